@@ -1,0 +1,68 @@
+// `gdn setup` as a command module: flags, help, handler. cmd/gdn.ts wires it in.
+import type { Argv, CommandModule } from 'yargs';
+import { errorMessage, InvalidArgument, TrellisError } from '../errors.js';
+import { notRootError, runSetup, type LogLevel } from './setup.js';
+
+export interface SetupArgs {
+  'rootless-uid'?: number;
+  'rootless-gid'?: number;
+  'store-driver': 'overlay';
+  'log-level': LogLevel;
+}
+
+export interface ResolvedIds {
+  uid: number;
+  gid: number;
+}
+
+/**
+ * The user to prepare: the flags, else the user who ran sudo. Not being root is
+ * reported first, with the command to run (the caller's own ids when no flags).
+ */
+export function resolveIds(
+  args: { uid?: number; gid?: number },
+  env: NodeJS.ProcessEnv,
+  euid: number,
+  ownIds: ResolvedIds,
+): ResolvedIds {
+  if ((args.uid === undefined) !== (args.gid === undefined)) {
+    throw new InvalidArgument('--rootless-uid and --rootless-gid must be given together');
+  }
+  const fromSudo = env.SUDO_UID !== undefined && env.SUDO_GID !== undefined && /^\d+$/.test(env.SUDO_UID) && /^\d+$/.test(env.SUDO_GID);
+  if (euid !== 0) {
+    throw notRootError(args.uid ?? ownIds.uid, args.gid ?? ownIds.gid);
+  }
+  if (args.uid !== undefined && args.gid !== undefined) return { uid: args.uid, gid: args.gid };
+  if (fromSudo) return { uid: Number(env.SUDO_UID), gid: Number(env.SUDO_GID) };
+  throw new InvalidArgument(
+    'gdn setup needs the user who will run gdn server: gdn setup --rootless-uid <uid> --rootless-gid <gid> (or run it through sudo as that user)',
+  );
+}
+
+export const setupCommand: CommandModule<object, SetupArgs> = {
+  command: 'setup',
+  describe: 'prepare the host for a rootless gdn server (as root, once per boot)',
+  builder: (yargs: Argv<object>): Argv<SetupArgs> =>
+    yargs
+      .option('rootless-uid', { type: 'number', describe: 'uid of the user who will run gdn server (default: $SUDO_UID)' })
+      .option('rootless-gid', { type: 'number', describe: 'gid of that user (default: $SUDO_GID)' })
+      .option('store-driver', { choices: ['overlay'] as const, default: 'overlay' as const, describe: 'image store driver' })
+      .option('log-level', { choices: ['debug', 'info', 'error', 'fatal'] as const, default: 'info' as const, describe: 'how much to print' }),
+  handler: async (argv) => {
+    try {
+      const ids = resolveIds(
+        { uid: argv['rootless-uid'], gid: argv['rootless-gid'] },
+        process.env,
+        process.geteuid?.() ?? 0,
+        { uid: process.getuid?.() ?? 0, gid: process.getgid?.() ?? 0 },
+      );
+      await runSetup({ ...ids, storeDriver: argv['store-driver'], logLevel: argv['log-level'] }, (line) => {
+        process.stdout.write(`${line}\n`);
+      });
+    } catch (err) {
+      const hint = err instanceof TrellisError && err.hint !== undefined && !errorMessage(err).includes(err.hint) ? `\nhint: ${err.hint}` : '';
+      process.stderr.write(`error: ${errorMessage(err)}${hint}\n`);
+      process.exitCode = 1;
+    }
+  },
+};

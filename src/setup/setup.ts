@@ -1,0 +1,165 @@
+// `gdn setup`: everything root must do once (per boot) so that a user can run
+// `gdn server` rootless. Every step checks before it acts, so running it again
+// changes nothing and says so.
+import { readFileSync, statSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { FailedPrecondition, InvalidArgument } from '../errors.js';
+import { buildMappings, formatMapping, nextFreeStart, parseSubIds, primaryRange, type IdMapping } from '../idmap/subid.js';
+import { ROOTFS_SOURCE, userPathsForSetup } from '../paths.js';
+import { ImageStore } from '../../plugins/grootfs/store.js';
+import { delegateCgroups, hierarchyLabel, parseMountinfo, planCgroups } from './cgroups.js';
+import { ensureRootDir, ensureUserDir, lstatOrUndefined, readTextOrEmpty, writeFileAtomic, type Owner } from './host-files.js';
+import { importRootfs } from './rootfs.js';
+import { planSubIds, RANGE_SIZE, userName, type SubIdPlan } from './subids.js';
+
+export type LogLevel = 'debug' | 'info' | 'error' | 'fatal';
+
+export interface SetupOptions {
+  uid: number;
+  gid: number;
+  storeDriver?: 'overlay';
+  /** info: one line per step; debug: also details; error, fatal: nothing on success. */
+  logLevel?: LogLevel;
+}
+
+const SUBUID = '/etc/subuid';
+const SUBGID = '/etc/subgid';
+const ROOT: Owner = { uid: 0, gid: 0 };
+
+export function notRootError(uid: number | string, gid: number | string): FailedPrecondition {
+  return new FailedPrecondition(
+    'ERR_TRELLIS_SETUP_NOT_ROOT',
+    `gdn setup must run as root: sudo gdn setup --rootless-uid ${uid} --rootless-gid ${gid}`,
+  );
+}
+
+export async function runSetup(opts: SetupOptions, print: (line: string) => void): Promise<void> {
+  const level = opts.logLevel ?? 'info';
+  const info = (line: string): void => {
+    if (level === 'info' || level === 'debug') print(`setup: ${line}`);
+  };
+  const debug = (line: string): void => {
+    if (level === 'debug') print(`setup: ${line}`);
+  };
+
+  if (process.geteuid?.() !== 0) throw notRootError(opts.uid, opts.gid);
+  for (const [flag, v] of [['--rootless-uid', opts.uid], ['--rootless-gid', opts.gid]] as const) {
+    if (!Number.isInteger(v) || v < 0 || v > 4294967294) throw new InvalidArgument(`${flag} must be an id between 0 and 4294967294, got ${v}`);
+  }
+  if (opts.uid === 0) {
+    throw new InvalidArgument('gdn setup prepares an ordinary user, not root: pass --rootless-uid <uid> of the user who will run gdn server');
+  }
+  if (opts.storeDriver !== undefined && opts.storeDriver !== 'overlay') {
+    throw new InvalidArgument(`unsupported store driver '${String(opts.storeDriver)}': only 'overlay' is available`);
+  }
+  const owner: Owner = { uid: opts.uid, gid: opts.gid };
+  const name = userName(opts.uid);
+  const who = name ?? `uid ${opts.uid}`;
+  const paths = userPathsForSetup(opts.uid);
+
+  // a. subordinate ids
+  const { uidMappings, gidMappings } = ensureSubIds({ name, id: opts.uid }, opts.gid, who, info);
+  debug(`uid mappings ${uidMappings.map(formatMapping).join(' ')}, gid mappings ${gidMappings.map(formatMapping).join(' ')}`);
+
+  // b. directories
+  // /run/user/UID: the XDG runtime dir that logind would have made.
+  const runUser = dirname(paths.runtimeDir);
+  const stateParent = dirname(paths.stateDir);
+  const dirs: Array<[string, DirKind, number, Owner]> = [
+    [dirname(runUser), 'root', 0o755, ROOT],
+    [runUser, 'root', 0o700, owner],
+    [paths.runtimeDir, 'user', 0o700, owner],
+    [paths.depot, 'user', 0o700, owner],
+    [stateParent, 'root', 0o755, ROOT],
+    [paths.stateDir, 'root', 0o700, owner],
+  ];
+  for (const [path, kind, mode, o] of dirs) {
+    const outcome = kind === 'root' ? ensureRootDir(path, o, mode) : ensureUserDir(path, o, mode);
+    // /run/user itself is only reported when setup had to make it.
+    if (path === dirname(runUser) && outcome === 'already present') continue;
+    info(`directory ${path} ${o.uid}:${o.gid} ${mode.toString(8).padStart(4, '0')} (${outcome})`);
+  }
+
+  // c. cgroups
+  const plan = planCgroups(parseMountinfo(readFileSync('/proc/self/mountinfo', 'utf8')));
+  debug(`cgroup ${plan.mode}: ${plan.hierarchies.map((h) => h.mountPoint).join(' ')}`);
+  for (const r of delegateCgroups(plan, owner)) {
+    const label = plan.mode === 'v2' ? 'cgroup v2' : r.hierarchy.version === 2 ? 'cgroup v2 (hybrid)' : `cgroup v1 ${hierarchyLabel(r.hierarchy)}`;
+    if (r.gardenCreated) debug(`created ${dirname(r.userDir)} (root, 0755)`);
+    info(`${label}: ${r.userDir} delegated to ${opts.uid}:${opts.gid} (${r.outcome})`);
+  }
+
+  // d. image store
+  const storeExisted = lstatOrUndefined(join(paths.store, 'meta', 'namespace.json')) !== undefined;
+  await new ImageStore({ storePath: paths.store, driver: opts.storeDriver ?? 'overlay' }).initStore({ uidMappings, gidMappings });
+  info(
+    `image store ${paths.store} (overlay, owner ${opts.uid}, mappings ${uidMappings.map(formatMapping).join(' ')}) (${storeExisted ? 'already present' : 'created'})`,
+  );
+
+  // e. default rootfs
+  const imported = importRootfs({
+    source: ROOTFS_SOURCE,
+    dest: paths.defaultRootfs,
+    stampPath: join(paths.stateDir, 'rootfs.stamp'),
+    scratchParent: stateParent,
+    uidMappings,
+    gidMappings,
+  });
+  info(`default rootfs ${paths.defaultRootfs} from ${ROOTFS_SOURCE} (${imported.outcome})`);
+  if (imported.previous !== undefined) {
+    info(`previous rootfs kept at ${imported.previous}: containers made before may still use it; remove it once they are gone`);
+  }
+  for (const s of imported.skipped) debug(`rootfs: skipped ${s.kind} ${s.path}`);
+
+  // f. host checks
+  for (const bin of ['newuidmap', 'newgidmap']) info(checkSetuidHelper(bin));
+  info(`done: ${who} can now run 'gdn server' (XDG_RUNTIME_DIR=/run/user/${opts.uid})`);
+}
+
+type DirKind = 'root' | 'user';
+
+function ensureSubIds(
+  user: { name?: string; id: number },
+  gid: number,
+  who: string,
+  info: (line: string) => void,
+): { uidMappings: IdMapping[]; gidMappings: IdMapping[] } {
+  const uidText = readTextOrEmpty(SUBUID);
+  const gidText = readTextOrEmpty(SUBGID);
+  const uidRanges = parseSubIds(uidText);
+  const gidRanges = parseSubIds(gidText);
+  // When both files need a line, pick one start free in both so the ranges match.
+  const haveUid = primaryRange(uidRanges, user);
+  const haveGid = primaryRange(gidRanges, user);
+  const preferred = haveUid === undefined && haveGid === undefined ? nextFreeStart([...uidRanges, ...gidRanges], RANGE_SIZE) : undefined;
+  const uidPlan = planSubIds(uidText, user, undefined, preferred ?? haveGid?.start);
+  const gidPlan = planSubIds(gidText, user, undefined, preferred ?? haveUid?.start);
+  for (const [file, plan] of [[SUBUID, uidPlan], [SUBGID, gidPlan]] as Array<[string, SubIdPlan]>) {
+    if (!plan.present) writeFileAtomic(file, plan.text, { mode: 0o644, uid: 0, gid: 0 });
+    const kind = file === SUBUID ? 'subuid' : 'subgid';
+    info(`${kind} range ${plan.range.start}:${plan.range.count} for ${who} (${plan.present ? 'already present' : `added to ${file}`})`);
+  }
+  return {
+    uidMappings: buildMappings(user.id, uidPlan.range),
+    gidMappings: buildMappings(gid, gidPlan.range),
+  };
+}
+
+const HELPER_DIRS = ['/usr/bin', '/usr/sbin', '/bin', '/sbin', '/usr/local/bin'];
+
+/** runc maps a container's full range only through setuid newuidmap/newgidmap. */
+function checkSetuidHelper(bin: string): string {
+  const path = HELPER_DIRS.map((d) => join(d, bin)).find((p) => lstatOrUndefined(p) !== undefined);
+  if (path === undefined) {
+    throw new FailedPrecondition('ERR_TRELLIS_UIDMAP_MISSING', `${bin} is not installed: apt-get install uidmap`, 'apt-get install uidmap');
+  }
+  const st = statSync(path);
+  if (st.uid !== 0 || (st.mode & 0o4000) === 0) {
+    throw new FailedPrecondition(
+      'ERR_TRELLIS_UIDMAP_NOT_SETUID',
+      `${path} is not setuid root (owner ${st.uid}, mode ${(st.mode & 0o7777).toString(8)}): apt-get install --reinstall uidmap`,
+      'apt-get install --reinstall uidmap',
+    );
+  }
+  return `${path} is setuid root (ok)`;
+}
