@@ -1,0 +1,227 @@
+#!/usr/bin/env node
+// gdn: `gdn server` (an ordinary user) and `gdn setup` (root, once). The composition
+// root: flags in, plain constructors wired together, nothing else.
+import { createServer as createHttpServer } from 'node:http';
+import { chmodSync, existsSync, mkdtempSync, rmSync, unlinkSync } from 'node:fs';
+import { userInfo, tmpdir } from 'node:os';
+import { join } from 'node:path';
+import pino from 'pino';
+import yargs, { type Argv } from 'yargs';
+import { hideBin } from 'yargs/helpers';
+import { buildApp, buildHijack } from '../src/api/routes.js';
+import { createFront } from '../src/api/front.js';
+import { parseGoDuration } from '../src/client/duration.js';
+import { TrellisError, errorMessage } from '../src/errors.js';
+import { Gardener } from '../src/gardener/gardener.js';
+import { ExecImagePlugin, InProcessImagePlugin, type ImagePlugin } from '../src/image/plugin.js';
+import { buildMappings, primaryRange, readSubIdFile } from '../src/idmap/subid.js';
+import { ExecNetworkPlugin, LoopbackOnly, type NetworkPlugin } from '../src/network/plugin.js';
+import { userPaths } from '../src/paths.js';
+import { delegatedCgroup, probeOverlayInUserns, requireBinary, requireSetuid, requireWritableDir } from '../src/probe.js';
+import { Conmon } from '../src/runtime/conmon.js';
+import { Containerizer } from '../src/runtime/containerizer.js';
+import { Depot } from '../src/runtime/depot.js';
+import { Runc } from '../src/runtime/runc.js';
+import { setupCommand } from '../src/setup/command.js';
+import { ImageStore } from '../plugins/grootfs/store.js';
+
+interface ServerArgs {
+  'bind-ip'?: string;
+  'bind-port': number;
+  'bind-socket'?: string;
+  depot?: string;
+  'uid-map-start'?: number;
+  'uid-map-length'?: number;
+  'gid-map-start'?: number;
+  'gid-map-length'?: number;
+  'image-plugin'?: string;
+  'image-plugin-extra-arg': string[];
+  'network-plugin'?: string;
+  'network-plugin-extra-arg': string[];
+  'runtime-plugin': string;
+  'runtime-plugin-extra-arg': string[];
+  'default-rootfs'?: string;
+  'default-grace-time': string;
+  'max-containers': number;
+  'properties-path'?: string;
+  'log-level': string;
+  'skip-setup': boolean;
+  'assets-dir'?: string;
+  'init-bin'?: string;
+  'conmon-bin'?: string;
+  'external-ip'?: string;
+}
+
+function serverFlags(y: Argv) {
+  return y
+    .option('bind-ip', { type: 'string', describe: 'listen on TCP at this address (default 127.0.0.1 unless --bind-socket)' })
+    .option('bind-port', { type: 'number', default: 7777, describe: 'TCP port' })
+    .option('bind-socket', { type: 'string', describe: 'listen on this unix socket instead of TCP' })
+    .option('depot', { type: 'string', describe: 'container state directory (default $XDG_RUNTIME_DIR/gdn/depot)' })
+    .option('uid-map-start', { type: 'number', describe: 'host uid that container uid 1 maps to (default: your /etc/subuid entry)' })
+    .option('uid-map-length', { type: 'number', describe: 'number of uids mapped from container uid 1' })
+    .option('gid-map-start', { type: 'number', describe: 'host gid that container gid 1 maps to (default: your /etc/subgid entry)' })
+    .option('gid-map-length', { type: 'number', describe: 'number of gids mapped from container gid 1' })
+    .option('image-plugin', { type: 'string', describe: 'image plugin executable (default: the built-in grootfs store)' })
+    .option('image-plugin-extra-arg', { type: 'string', array: true, default: [] as string[], describe: 'argument put before the plugin subcommand (repeatable)' })
+    .option('network-plugin', { type: 'string', describe: 'network plugin executable (default: loopback only)' })
+    .option('network-plugin-extra-arg', { type: 'string', array: true, default: [] as string[], describe: 'argument put before --action (repeatable)' })
+    .option('runtime-plugin', { type: 'string', default: 'runc', describe: 'OCI runtime binary' })
+    .option('runtime-plugin-extra-arg', { type: 'string', array: true, default: [] as string[], describe: 'extra global runtime flag (repeatable)' })
+    .option('default-rootfs', { type: 'string', describe: 'rootfs used when a create names none (default: the one gdn setup made)' })
+    .option('default-grace-time', { type: 'string', default: '0', describe: 'Go duration; 0 = containers never expire' })
+    .option('max-containers', { type: 'number', default: 0, describe: '0 = unlimited' })
+    .option('properties-path', { type: 'string', describe: 'also write every container\'s properties here as JSON' })
+    .option('log-level', { type: 'string', default: 'info', choices: ['debug', 'info', 'error', 'fatal'] })
+    .option('skip-setup', { type: 'boolean', default: false, describe: 'accepted for Garden compatibility; the server never needs root' })
+    .option('assets-dir', { type: 'string', describe: 'accepted for Garden compatibility; binaries come from PATH' })
+    .option('init-bin', { type: 'string', describe: 'container pid 1 (default: catatonit from PATH)' })
+    .option('conmon-bin', { type: 'string', describe: 'conmon binary (default: conmon from PATH)' })
+    .option('external-ip', { type: 'string', describe: 'host address reported for net-in' });
+}
+
+async function server(args: ServerArgs): Promise<void> {
+  const log = pino({ level: args['log-level'] === 'fatal' ? 'fatal' : args['log-level'], base: { source: 'gdn' } });
+  const uid = process.getuid!();
+  const gid = process.getgid!();
+  if (uid === 0) throw new TrellisError('ERR_TRELLIS_ROOT', 'gdn server runs as an ordinary user, not root', { hint: 'run it as the user you gave gdn setup' });
+  const paths = userPaths(uid);
+  const user = userInfo().username;
+
+  // Id maps: flags, else the user's own /etc/subuid and /etc/subgid entries.
+  const mapFrom = (file: string, start: number | undefined, length: number | undefined, kind: string) => {
+    if (start !== undefined && length !== undefined) return { start, count: length };
+    const r = primaryRange(readSubIdFile(file), { name: user, id: uid });
+    if (r === undefined) {
+      throw new TrellisError('ERR_TRELLIS_SUBUID_MISSING', `no ${file} entry for user '${user}'`, {
+        hint: `run 'sudo gdn setup --rootless-uid ${uid} --rootless-gid ${gid}'`,
+      });
+    }
+    if (r.count < 65536) log.info({ kind, count: r.count }, 'probe.small-id-range');
+    return { start: start ?? r.start, count: length ?? r.count };
+  };
+  const uidRange = mapFrom('/etc/subuid', args['uid-map-start'], args['uid-map-length'], 'uid');
+  const gidRange = mapFrom('/etc/subgid', args['gid-map-start'], args['gid-map-length'], 'gid');
+  const uidMappings = buildMappings(uid, uidRange);
+  const gidMappings = buildMappings(gid, gidRange);
+
+  requireSetuid('newuidmap');
+  requireSetuid('newgidmap');
+  const runcBin = requireBinary(args['runtime-plugin'], 'runc');
+  const conmonBin = requireBinary(args['conmon-bin'] ?? 'conmon', 'conmon');
+  const initBin = requireBinary(args['init-bin'] ?? 'catatonit', 'catatonit');
+  const depotDir = args.depot ?? paths.depot;
+  requireWritableDir(depotDir, 'depot', uid, gid);
+  const scratch = mkdtempSync(join(tmpdir(), 'gdn-probe-'));
+  try {
+    probeOverlayInUserns(scratch);
+  } finally {
+    rmSync(scratch, { recursive: true, force: true });
+  }
+  const cg = delegatedCgroup(paths.cgroupParent);
+  const cgroupParent = cg.ok ? `/${paths.cgroupParent}` : undefined;
+  if (!cg.ok) {
+    throw new TrellisError('ERR_TRELLIS_CGROUPS', `cgroups are not delegated to this user: ${cg.why}`, {
+      hint: `run 'sudo gdn setup --rootless-uid ${uid} --rootless-gid ${gid}'`,
+    });
+  }
+
+  let image: ImagePlugin;
+  if (args['image-plugin'] !== undefined) {
+    image = new ExecImagePlugin(args['image-plugin'], args['image-plugin-extra-arg'], log.child({ component: 'image-plugin' }));
+  } else {
+    if (!existsSync(join(paths.store, 'meta', 'namespace.json'))) {
+      throw new TrellisError('ERR_TRELLIS_STORE', `the image store ${paths.store} is not initialised`, {
+        hint: `run 'sudo gdn setup --rootless-uid ${uid} --rootless-gid ${gid}'`,
+      });
+    }
+    image = new InProcessImagePlugin(new ImageStore({ storePath: paths.store, driver: 'overlay', logger: log.child({ component: 'grootfs' }) }));
+  }
+  const network: NetworkPlugin =
+    args['network-plugin'] !== undefined
+      ? new ExecNetworkPlugin(args['network-plugin'], args['network-plugin-extra-arg'], log.child({ component: 'network-plugin' }))
+      : new LoopbackOnly();
+
+  const defaultRootfs = args['default-rootfs'] ?? (existsSync(paths.defaultRootfs) ? paths.defaultRootfs : '');
+  const depot = new Depot(depotDir);
+  const runc = new Runc(runcBin, args['runtime-plugin-extra-arg']);
+  const conmon = new Conmon(conmonBin, runcBin);
+  const gardener = new Gardener({
+    depot,
+    containerizer: new Containerizer(depot, runc, conmon),
+    image,
+    network,
+    log,
+    uidMappings,
+    gidMappings,
+    initBinary: initBin,
+    defaultRootfs,
+    defaultGraceTimeNs: parseGoDuration(args['default-grace-time']),
+    maxContainers: args['max-containers'],
+    cgroupParent,
+    propertiesPath: args['properties-path'],
+  });
+  await gardener.restore();
+
+  const deps = { gardener, network, log, storePath: paths.store, externalIp: args['external-ip'] ?? '127.0.0.1' };
+  const http = createHttpServer({ requestTimeout: 0, headersTimeout: 60_000, keepAliveTimeout: 5_000 }, buildApp(deps));
+  const front = createFront(http, buildHijack(deps), log);
+
+  await new Promise<void>((resolve, reject) => {
+    front.once('error', reject);
+    if (args['bind-socket'] !== undefined) {
+      const sock = args['bind-socket'];
+      if (existsSync(sock)) unlinkSync(sock);
+      front.listen(sock, () => {
+        chmodSync(sock, 0o777);
+        log.info({ network: 'unix', addr: sock }, 'started');
+        resolve();
+      });
+    } else {
+      const ip = args['bind-ip'] ?? '127.0.0.1';
+      front.listen(args['bind-port'], ip, () => {
+        log.info({ network: 'tcp', addr: `${ip}:${args['bind-port']}` }, 'started');
+        resolve();
+      });
+    }
+  });
+
+  const shutdown = (signal: string) => {
+    log.info({ signal }, 'stopping');
+    front.close();
+    http.close();
+    gardener.shutdown();
+    // Containers and processes keep running under their monitors.
+    setTimeout(() => process.exit(0), 100).unref();
+  };
+  process.once('SIGTERM', () => shutdown('SIGTERM'));
+  process.once('SIGINT', () => shutdown('SIGINT'));
+}
+
+function report(err: unknown): never {
+  const hint = err instanceof TrellisError && err.hint ? ` (${err.hint})` : '';
+  process.stderr.write(`error: ${errorMessage(err)}${hint}\n`);
+  process.exit(1);
+}
+
+await yargs(hideBin(process.argv))
+  .scriptName('gdn')
+  .command(
+    'server',
+    'run the Garden API server as this (ordinary) user',
+    (y) => serverFlags(y),
+    async (argv) => {
+      try {
+        await server(argv as unknown as ServerArgs);
+      } catch (err) {
+        report(err);
+      }
+    },
+  )
+  .command(setupCommand)
+  .demandCommand(1, 'name a command: server or setup')
+  .strict()
+  .fail((msg, err) => report(err ?? new Error(msg)))
+  .version(false)
+  .help()
+  .parseAsync();

@@ -1,0 +1,565 @@
+// The Gardener: container lifecycle over the depot, runtime, image and network seams.
+// create = image -> bundle -> runtime -> network, rolled back in reverse on failure;
+// destroy gathers every step's failure and removes the record only when all succeeded.
+import { randomUUID } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { mkdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { isAbsolute, join, posix } from 'node:path';
+import type { Logger } from 'pino';
+import {
+  AlreadyExists, ContainerNotFound, ExecutableNotFound, ExternalFailure, InvalidArgument, ProcessNotFound,
+  TrellisError, errorMessage,
+} from '../errors.js';
+import type { IdMapping } from '../idmap/subid.js';
+import type { ImagePlugin } from '../image/plugin.js';
+import type { NetworkPlugin } from '../network/plugin.js';
+import { buildBundle, buildProcess, type BindMountSpec } from '../runtime/bundle.js';
+import type { Containerizer } from '../runtime/containerizer.js';
+import { containerKey, type ContainerRecord, type Depot } from '../runtime/depot.js';
+import { lockedFlags } from '../runtime/mountinfo.js';
+import { ProcessHandle, processFiles } from '../runtime/process.js';
+import { Reaper } from './reaper.js';
+import { resolveUser } from './users.js';
+
+export interface CreateSpec {
+  handle: string;
+  graceTimeNs: bigint;
+  image: string;
+  username: string;
+  password: string;
+  env: string[];
+  properties: Record<string, string>;
+  privileged: boolean;
+  /** uint64 values as bigints, keyed as on the wire. */
+  limits: {
+    bandwidth_limits: Record<string, bigint>;
+    cpu_limits: Record<string, bigint>;
+    disk_limits: Record<string, bigint>;
+    memory_limits: Record<string, bigint>;
+    pid_limits: Record<string, bigint>;
+  };
+  bindMounts: { src_path: string; dst_path: string; mode: number; origin: number }[];
+  network: string;
+  netin: { host_port: number; container_port: number }[];
+  netoutRules: unknown[];
+}
+
+export interface RunSpec {
+  id: string;
+  path: string;
+  args: string[];
+  env: string[];
+  dir: string;
+  user: string;
+  rlimits: Record<string, number>;
+  tty: boolean;
+  image: string;
+  bindMounts: number;
+}
+
+export interface ContainerInfo {
+  State: string;
+  Events: string[];
+  HostIP: string;
+  ContainerIP: string;
+  ContainerIPv6: string;
+  ExternalIP: string;
+  ContainerPath: string;
+  ProcessIDs: string[];
+  Properties: Record<string, string>;
+  MappedPorts: { HostPort: number; ContainerPort: number }[];
+}
+
+interface Container {
+  record: ContainerRecord;
+  properties: Record<string, string>;
+  processes: Map<string, ProcessHandle>;
+  destroying?: Promise<void>;
+}
+
+export interface GardenerConfig {
+  depot: Depot;
+  containerizer: Containerizer;
+  image: ImagePlugin;
+  network: NetworkPlugin;
+  log: Logger;
+  uidMappings: IdMapping[];
+  gidMappings: IdMapping[];
+  initBinary: string;
+  defaultRootfs: string;
+  defaultGraceTimeNs: bigint;
+  maxContainers: number;
+  /** cgroup parent (e.g. /garden/1001), or undefined when cgroups are not delegated. */
+  cgroupParent?: string;
+  /** Where a snapshot of every container's properties is written (--properties-path). */
+  propertiesPath?: string;
+}
+
+const NS_PER_MS = 1_000_000n;
+
+export class Gardener {
+  private readonly containers = new Map<string, Container>();
+  /** Handles reserved by creates in flight: hidden from list, but taken. */
+  private readonly creating = new Set<string>();
+  readonly reaper: Reaper;
+
+  constructor(private readonly cfg: GardenerConfig) {
+    this.reaper = new Reaper((handle) => void this.reap(handle));
+  }
+
+  private get log() {
+    return this.cfg.log;
+  }
+
+  private get(handle: string): Container {
+    const c = this.containers.get(handle);
+    if (c === undefined || c.record.phase !== 'created') throw new ContainerNotFound(handle);
+    return c;
+  }
+
+  exists(handle: string): boolean {
+    return this.containers.get(handle)?.record.phase === 'created';
+  }
+
+  // ---- create ----
+
+  async create(spec: CreateSpec): Promise<string> {
+    const handle = spec.handle === '' ? randomUUID() : spec.handle;
+    validateHandle(handle);
+    if (spec.privileged) throw new InvalidArgument('privileged container creation is disabled');
+    if (this.containers.has(handle) || this.creating.has(handle)) throw new AlreadyExists(`Handle '${handle}' already in use`);
+    if (this.cfg.maxContainers > 0 && this.containers.size + this.creating.size >= this.cfg.maxContainers) {
+      throw new TrellisError('ERR_TRELLIS_MAX_CONTAINERS', 'max containers reached');
+    }
+    const key = containerKey(handle);
+    const log = this.log.child({ session: 'create', handle });
+    log.info('create.start');
+    this.creating.add(handle);
+    const graceTimeNs = spec.graceTimeNs === 0n ? this.cfg.defaultGraceTimeNs : spec.graceTimeNs;
+    const record: ContainerRecord = {
+      handle,
+      key,
+      createdAt: new Date().toISOString(),
+      phase: 'creating',
+      stopped: false,
+      graceTimeNs: graceTimeNs.toString(),
+      env: [],
+      limits: Object.fromEntries(
+        Object.entries(spec.limits).map(([k, v]) => [k, Object.fromEntries(Object.entries(v).map(([f, n]) => [f, n.toString()]))]),
+      ),
+      imagePlugin: this.cfg.image.name,
+    };
+    let reserved = false;
+    const undo: Array<[string, () => Promise<void>]> = [];
+    try {
+      try {
+        await this.cfg.depot.reserve(record);
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code === 'EEXIST') throw new AlreadyExists(`Handle '${handle}' already in use`);
+        throw err;
+      }
+      reserved = true;
+      undo.push(['depot', () => this.cfg.depot.remove(key)]);
+
+      const bindMounts = await this.bindMounts(spec, key);
+      const imageUri = spec.image === '' ? this.cfg.defaultRootfs : spec.image;
+      if (imageUri === '') throw new InvalidArgument('no rootfs given and the server has no --default-rootfs');
+      const image = await this.step('image', () =>
+        this.cfg.image.create({
+          handle,
+          key,
+          image: imageUri,
+          diskLimitBytes: spec.limits.disk_limits.byte_hard,
+          excludeImageFromQuota: spec.limits.disk_limits.scope === 1n,
+          username: spec.username || undefined,
+          password: spec.password || undefined,
+        }),
+      );
+      undo.push(['image', () => this.cfg.image.destroy(handle, key)]);
+
+      record.env = [...image.env, ...spec.env];
+      const memory = spec.limits.memory_limits.limit_in_bytes ?? 0n;
+      const cpu = spec.limits.cpu_limits.weight || spec.limits.cpu_limits.limit_in_shares || 0n;
+      const pids = spec.limits.pid_limits.max ?? 0n;
+      if ((memory > 0n || cpu > 0n || pids > 0n) && this.cfg.cgroupParent === undefined) {
+        throw new InvalidArgument('limits need delegated cgroups: run gdn setup for this user');
+      }
+      const config = buildBundle({
+        handle,
+        rootfsPath: image.rootfsPath,
+        imageMounts: image.mounts,
+        env: record.env,
+        uidMappings: this.cfg.uidMappings,
+        gidMappings: this.cfg.gidMappings,
+        initBinary: this.cfg.initBinary,
+        initLockedFlags: lockedFlags(this.cfg.initBinary),
+        bindMounts,
+        cgroupsPath: this.cfg.cgroupParent === undefined ? undefined : `${this.cfg.cgroupParent}/${key}`,
+        limits: { memoryBytes: Number(memory), cpuShares: Number(cpu), pidsMax: Number(pids) },
+      });
+      const initPid = await this.step('runtime', () => this.cfg.containerizer.create(key, config));
+      undo.push(['runtime', () => this.cfg.containerizer.destroy(key)]);
+      record.initPid = initPid;
+
+      const props: Record<string, string> = { ...spec.properties };
+      const up = await this.step('network', () =>
+        this.cfg.network.up(handle, initPid, props, { netoutRules: spec.netoutRules, netin: spec.netin }),
+      );
+      undo.push(['network', () => this.cfg.network.down(handle)]);
+      Object.assign(props, up.properties);
+      await this.writeNetworkFiles(key, handle, props);
+      if (graceTimeNs !== 0n) props['garden.grace-time'] = graceTimeNs.toString();
+      props['garden.state'] = 'created';
+
+      record.phase = 'created';
+      await this.cfg.depot.saveProperties(key, props);
+      await this.cfg.depot.saveContainer(record);
+      this.containers.set(handle, { record, properties: props, processes: new Map() });
+      this.reaper.track(handle, graceTimeNs);
+      this.snapshotProperties();
+      log.info({ initPid }, 'create.finished');
+      return handle;
+    } catch (err) {
+      log.error({ err: errorMessage(err) }, 'create.failed');
+      for (const [name, fn] of undo.reverse()) {
+        try {
+          await fn();
+        } catch (undoErr) {
+          log.error({ step: name, err: errorMessage(undoErr) }, 'create.rollback-failed');
+        }
+      }
+      if (!reserved && err instanceof AlreadyExists) throw err;
+      throw err;
+    } finally {
+      this.creating.delete(handle);
+    }
+  }
+
+  private async step<T>(name: string, fn: () => Promise<T>): Promise<T> {
+    try {
+      return await fn();
+    } catch (err) {
+      if (err instanceof TrellisError && !(err instanceof ExternalFailure)) throw err;
+      const wrapped = new ExternalFailure(name, `${name}: ${errorMessage(err)}`, err);
+      throw wrapped;
+    }
+  }
+
+  private async bindMounts(spec: CreateSpec, key: string): Promise<BindMountSpec[]> {
+    const dir = this.cfg.depot.dir(key);
+    const out: BindMountSpec[] = [];
+    for (const b of spec.bindMounts) {
+      if (b.origin !== 0) throw new InvalidArgument('bind mounts from inside the container (origin 1) are not supported');
+      if (!isAbsolute(b.src_path) || !posix.isAbsolute(b.dst_path)) {
+        throw new InvalidArgument(`bind mount paths must be absolute: '${b.src_path}' -> '${b.dst_path}'`);
+      }
+      try {
+        await stat(b.src_path);
+      } catch {
+        throw new InvalidArgument(`bind mount source does not exist: ${b.src_path}`);
+      }
+      out.push({ source: b.src_path, destination: b.dst_path, readOnly: b.mode !== 1, lockedFlags: lockedFlags(b.src_path) });
+    }
+    for (const name of ['hosts', 'resolv.conf']) {
+      const p = join(dir, name);
+      await writeFile(p, '', { mode: 0o644 });
+      out.push({ source: p, destination: `/etc/${name}`, readOnly: false, lockedFlags: lockedFlags(p) });
+    }
+    return out;
+  }
+
+  private async writeNetworkFiles(key: string, handle: string, props: Record<string, string>): Promise<void> {
+    const dir = this.cfg.depot.dir(key);
+    const host = handle.length > 49 ? handle.slice(-49) : handle;
+    const ip = props['garden.network.container-ip'];
+    const hosts = ['127.0.0.1 localhost', '::1 localhost ip6-localhost ip6-loopback'];
+    hosts.push(ip ? `${ip} ${host}` : `127.0.1.1 ${host}`);
+    await writeFile(join(dir, 'hosts'), `${hosts.join('\n')}\n`);
+    let resolv = '';
+    try {
+      resolv = (await readFile('/etc/resolv.conf', 'utf8'))
+        .split('\n')
+        .filter((l) => !/^\s*nameserver\s+127\./.test(l))
+        .join('\n');
+    } catch {
+      // no host resolver configuration
+    }
+    await writeFile(join(dir, 'resolv.conf'), resolv);
+  }
+
+  // ---- destroy ----
+
+  async destroy(handle: string): Promise<void> {
+    const c = this.containers.get(handle);
+    if (c === undefined || (c.record.phase !== 'created' && c.record.phase !== 'destroying')) throw new ContainerNotFound(handle);
+    if (c.destroying !== undefined) throw new TrellisError('ERR_TRELLIS_BUSY', 'container already being destroyed');
+    c.destroying = this.finishDestroy(c).finally(() => {
+      c.destroying = undefined;
+    });
+    return c.destroying;
+  }
+
+  private async finishDestroy(c: Container): Promise<void> {
+    const { handle, key } = c.record;
+    const log = this.log.child({ session: 'destroy', handle });
+    log.info('destroy.start');
+    this.reaper.untrack(handle);
+    c.record.phase = 'destroying';
+    await this.cfg.depot.saveContainer(c.record).catch(() => {});
+    const failures: string[] = [];
+    const attempt = async (name: string, fn: () => Promise<void>) => {
+      try {
+        await fn();
+      } catch (err) {
+        failures.push(`${name}: ${errorMessage(err)}`);
+        log.error({ step: name, err: errorMessage(err) }, 'destroy.step-failed');
+      }
+    };
+    await attempt('runtime', () => this.cfg.containerizer.destroy(key));
+    await attempt('network', () => this.cfg.network.down(handle));
+    await attempt('image', () => this.cfg.image.destroy(handle, key));
+    for (const p of c.processes.values()) p.close();
+    if (failures.length > 0) {
+      log.error({ failures }, 'destroy.failed');
+      throw new TrellisError('ERR_TRELLIS_DESTROY', `destroying ${handle}: ${failures.join('; ')}`);
+    }
+    await this.cfg.depot.remove(key);
+    this.containers.delete(handle);
+    this.snapshotProperties();
+    log.info('destroy.finished');
+  }
+
+  private async reap(handle: string): Promise<void> {
+    const c = this.containers.get(handle);
+    if (c === undefined || c.destroying !== undefined) return;
+    this.log.info({ handle }, 'reaper.expired');
+    try {
+      await this.destroy(handle);
+    } catch (err) {
+      this.log.error({ handle, err: errorMessage(err) }, 'reaper.destroy-failed');
+    }
+  }
+
+  // ---- queries ----
+
+  list(filter: Record<string, string>): string[] {
+    const f = { ...filter };
+    if (f['garden.state'] === undefined) f['garden.state'] = 'created';
+    if (f['garden.state'] === 'all') delete f['garden.state'];
+    const out: string[] = [];
+    for (const c of this.containers.values()) {
+      if (c.record.phase !== 'created') continue;
+      if (Object.entries(f).every(([k, v]) => c.properties[k] === v)) out.push(c.record.handle);
+    }
+    return out;
+  }
+
+  info(handle: string): ContainerInfo {
+    const c = this.get(handle);
+    let mapped: { HostPort: number; ContainerPort: number }[] = [];
+    try {
+      mapped = JSON.parse(c.properties['garden.network.mapped-ports'] ?? '[]') as typeof mapped;
+    } catch {
+      mapped = [];
+    }
+    return {
+      State: c.record.stopped ? 'stopped' : 'active',
+      Events: [],
+      HostIP: c.properties['garden.network.host-ip'] ?? '',
+      ContainerIP: c.properties['garden.network.container-ip'] ?? '',
+      ContainerIPv6: c.properties['garden.network.container-ipv6'] ?? '',
+      ExternalIP: c.properties['garden.network.external-ip'] ?? '',
+      ContainerPath: this.cfg.depot.dir(c.record.key),
+      ProcessIDs: [...c.processes.values()].filter((p) => !p.exited).map((p) => p.id),
+      Properties: { ...c.properties },
+      MappedPorts: mapped,
+    };
+  }
+
+  limits(handle: string): ContainerRecord['limits'] {
+    return this.get(handle).record.limits;
+  }
+
+  async stats(handle: string) {
+    const c = this.get(handle);
+    return this.cfg.image.stats(handle, c.record.key);
+  }
+
+  createdAt(handle: string): Date {
+    return new Date(this.get(handle).record.createdAt);
+  }
+
+  // ---- properties ----
+
+  properties(handle: string): Record<string, string> {
+    return { ...this.get(handle).properties };
+  }
+
+  property(handle: string, key: string): string {
+    const v = this.get(handle).properties[key];
+    if (v === undefined) throw new TrellisError('ERR_TRELLIS_NO_PROPERTY', `property does not exist: ${key}`);
+    return v;
+  }
+
+  async setProperty(handle: string, key: string, value: string): Promise<void> {
+    const c = this.get(handle);
+    c.properties[key] = value;
+    await this.cfg.depot.saveProperties(c.record.key, c.properties);
+    this.snapshotProperties();
+  }
+
+  async removeProperty(handle: string, key: string): Promise<void> {
+    const c = this.get(handle);
+    delete c.properties[key];
+    await this.cfg.depot.saveProperties(c.record.key, c.properties);
+    this.snapshotProperties();
+  }
+
+  async setGraceTime(handle: string, ns: bigint): Promise<void> {
+    const c = this.get(handle);
+    c.record.graceTimeNs = ns.toString();
+    if (ns === 0n) delete c.properties['garden.grace-time'];
+    else c.properties['garden.grace-time'] = ns.toString();
+    await this.cfg.depot.saveContainer(c.record);
+    await this.cfg.depot.saveProperties(c.record.key, c.properties);
+    this.reaper.track(handle, ns);
+    this.snapshotProperties();
+  }
+
+  private snapshotProperties(): void {
+    const path = this.cfg.propertiesPath;
+    if (path === undefined || path === '') return;
+    const all: Record<string, Record<string, string>> = {};
+    for (const c of this.containers.values()) if (c.record.phase === 'created') all[c.record.handle] = c.properties;
+    const tmp = `${path}.tmp-${process.pid}`;
+    void writeFile(tmp, JSON.stringify(all))
+      .then(() => import('node:fs/promises').then((fs) => fs.rename(tmp, path)))
+      .catch((err: unknown) => this.log.error({ err: errorMessage(err) }, 'properties.snapshot-failed'));
+  }
+
+  // ---- stop ----
+
+  async stop(handle: string, kill: boolean): Promise<void> {
+    const c = this.get(handle);
+    const initPid = c.record.initPid ?? (await this.cfg.containerizer.initPid(c.record.key));
+    if (initPid !== undefined) await this.cfg.containerizer.stopProcesses(initPid, kill);
+    c.record.stopped = true;
+    await this.cfg.depot.saveContainer(c.record);
+  }
+
+  // ---- processes ----
+
+  async run(handle: string, spec: RunSpec): Promise<ProcessHandle> {
+    const c = this.get(handle);
+    if (spec.image !== '') throw new InvalidArgument('processes with their own image are not supported yet');
+    if (spec.bindMounts > 0) throw new InvalidArgument('Running a process with bind mounts and no image provided is not allowed');
+    if (spec.tty) throw new InvalidArgument('TTY processes are not supported yet: run without a tty');
+    if (spec.path === '') throw new ExecutableNotFound('no executable given: the process spec has an empty path');
+    const id = spec.id === '' ? randomUUID() : spec.id;
+    if (c.processes.has(id)) throw new AlreadyExists(`process ID '${id}' already in use`);
+    const { key } = c.record;
+    const initPid = c.record.initPid;
+    if (initPid === undefined) throw new TrellisError('ERR_TRELLIS_NO_INIT', `container ${handle} has no init process`);
+    const root = `/proc/${initPid}/root`;
+    const readIn = async (p: string) => readFile(join(root, p), 'utf8').catch(() => undefined);
+    const user = resolveUser(spec.user, await readIn('/etc/passwd'), await readIn('/etc/group'));
+    let cwd = spec.dir;
+    if (cwd === '') cwd = existsSync(join(root, user.home)) ? user.home : '/';
+    else if (!posix.isAbsolute(cwd)) cwd = posix.join(user.home, cwd);
+    const proc = buildProcess({
+      args: [spec.path, ...spec.args],
+      containerEnv: c.record.env,
+      env: spec.env,
+      uid: user.uid,
+      gid: user.gid,
+      username: spec.user === '' ? 'root' : spec.user,
+      cwd,
+      rlimits: spec.rlimits,
+      terminal: false,
+    });
+    const dir = this.cfg.depot.processDir(key, id);
+    try {
+      await mkdir(dir, { mode: 0o700 });
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'EEXIST') throw new AlreadyExists(`process ID '${id}' already in use`);
+      throw err;
+    }
+    const files = processFiles(dir, key);
+    let started;
+    try {
+      started = await this.cfg.containerizer.exec(key, id, dir, proc);
+    } catch (err) {
+      await rm(dir, { recursive: true, force: true }).catch(() => {});
+      const msg = errorMessage(err);
+      if (/executable file not found|no such file or directory/i.test(msg) && !/chdir|cwd/i.test(msg)) {
+        throw new ExecutableNotFound(msg);
+      }
+      throw err;
+    }
+    const p = new ProcessHandle(id, files, started.pid);
+    started.exited.then((code) => p.reportExit(code)).catch(() => {});
+    await this.cfg.depot.saveProcess(key, { id, createdAt: new Date().toISOString(), pid: started.pid, tty: false });
+    c.processes.set(id, p);
+    return p;
+  }
+
+  process(handle: string, id: string): ProcessHandle {
+    const p = this.get(handle).processes.get(id);
+    if (p === undefined) throw new ProcessNotFound(id);
+    return p;
+  }
+
+  // ---- restart ----
+
+  /** Rebuilds memory from the depot: adopts what runs, finishes interrupted destroys. */
+  async restore(): Promise<void> {
+    const records = await this.cfg.depot.loadContainers();
+    for (const record of records) {
+      const log = this.log.child({ session: 'restore', handle: record.handle });
+      const c: Container = { record, properties: await this.cfg.depot.loadProperties(record.key), processes: new Map() };
+      if (record.phase !== 'created') {
+        // An interrupted create or destroy: finish it off.
+        this.containers.set(record.handle, c);
+        record.phase = 'destroying';
+        try {
+          await this.finishDestroy(c);
+          log.info('restore.finished-destroy');
+        } catch (err) {
+          log.error({ err: errorMessage(err) }, 'restore.destroy-failed');
+        }
+        continue;
+      }
+      for (const pr of await this.cfg.depot.loadProcesses(record.key)) {
+        const p = new ProcessHandle(pr.id, processFiles(this.cfg.depot.processDir(record.key, pr.id), record.key), pr.pid);
+        p.watchForExit();
+        c.processes.set(pr.id, p);
+      }
+      this.containers.set(record.handle, c);
+      this.reaper.track(record.handle, BigInt(record.graceTimeNs));
+      log.info({ processes: c.processes.size }, 'restore.adopted');
+    }
+  }
+
+  shutdown(): void {
+    this.reaper.stop();
+    for (const c of this.containers.values()) for (const p of c.processes.values()) p.close();
+  }
+
+  capacity(): { maxContainers: number } {
+    return { maxContainers: this.cfg.maxContainers };
+  }
+
+  get count(): number {
+    return this.containers.size;
+  }
+}
+
+/** Handles become directory names and URL segments: refuse the ones that would escape. */
+export function validateHandle(handle: string): void {
+  if (handle.includes('/')) throw new InvalidArgument(`invalid handle '${handle}': must not contain '/'`);
+  if (handle === '.' || handle === '..' || handle.includes('..')) throw new InvalidArgument(`invalid handle '${handle}': must not contain '..'`);
+  if (handle.includes('\0')) throw new InvalidArgument('invalid handle: must not contain NUL');
+  if (Buffer.byteLength(handle) > 512) throw new InvalidArgument('invalid handle: longer than 512 bytes');
+}
+
+export { NS_PER_MS };

@@ -1,0 +1,74 @@
+// Resolving a Garden process user ("", a name, "uid" or "uid:gid") against the
+// container's own /etc/passwd and /etc/group, as runc's user lookup does.
+import { InvalidArgument } from '../errors.js';
+
+export interface ResolvedUser {
+  uid: number;
+  gid: number;
+  name: string;
+  home: string;
+}
+
+interface PasswdEntry {
+  name: string;
+  uid: number;
+  gid: number;
+  home: string;
+}
+
+export function parsePasswd(text: string): PasswdEntry[] {
+  const out: PasswdEntry[] = [];
+  for (const line of text.split('\n')) {
+    const f = line.split(':');
+    if (f.length < 7 || line.startsWith('#')) continue;
+    const uid = Number(f[2]);
+    const gid = Number(f[3]);
+    if (!Number.isInteger(uid) || !Number.isInteger(gid)) continue;
+    out.push({ name: f[0]!, uid, gid, home: f[5] || '/' });
+  }
+  return out;
+}
+
+export function parseGroup(text: string): { name: string; gid: number }[] {
+  const out: { name: string; gid: number }[] = [];
+  for (const line of text.split('\n')) {
+    const f = line.split(':');
+    if (f.length < 3 || line.startsWith('#')) continue;
+    const gid = Number(f[2]);
+    if (Number.isInteger(gid)) out.push({ name: f[0]!, gid });
+  }
+  return out;
+}
+
+export function resolveUser(spec: string, passwdText: string | undefined, groupText: string | undefined): ResolvedUser {
+  const passwd = passwdText === undefined ? [] : parsePasswd(passwdText);
+  const groups = groupText === undefined ? [] : parseGroup(groupText);
+  const user = spec === '' ? 'root' : spec;
+  const [u, g] = user.split(':', 2) as [string, string | undefined];
+  let entry: PasswdEntry | undefined;
+  let uid: number;
+  if (/^\d+$/.test(u)) {
+    uid = Number(u);
+    entry = passwd.find((p) => p.uid === uid);
+  } else {
+    entry = passwd.find((p) => p.name === u);
+    if (entry === undefined) {
+      if (u === 'root') entry = { name: 'root', uid: 0, gid: 0, home: '/root' };
+      else throw new InvalidArgument(`unable to find user ${u}: no matching entries in passwd file`);
+    }
+    uid = entry.uid;
+  }
+  let gid = entry?.gid ?? uid;
+  if (g !== undefined && g !== '') {
+    if (/^\d+$/.test(g)) gid = Number(g);
+    else {
+      const grp = groups.find((x) => x.name === g);
+      if (grp === undefined) throw new InvalidArgument(`unable to find group ${g}: no matching entries in group file`);
+      gid = grp.gid;
+    }
+  }
+  if (uid > 65535 + 1 || gid > 65535 + 1) {
+    // Not fatal in principle, but outside the default 65536-id map nothing can own it.
+  }
+  return { uid, gid, name: entry?.name ?? user, home: entry?.home ?? '/' };
+}

@@ -1,0 +1,86 @@
+// What `gdn server` checks before it listens: each missing piece is named with its fix.
+import { accessSync, constants, existsSync, mkdirSync, statSync, readFileSync } from 'node:fs';
+import { delimiter, join } from 'node:path';
+import { execaSync } from 'execa';
+import { FailedPrecondition } from './errors.js';
+import { parseMountInfo } from './runtime/mountinfo.js';
+
+export function which(bin: string, path = process.env.PATH ?? ''): string | undefined {
+  if (bin.includes('/')) return existsSync(bin) ? bin : undefined;
+  for (const dir of path.split(delimiter)) {
+    if (dir === '') continue;
+    const p = join(dir, bin);
+    try {
+      accessSync(p, constants.X_OK);
+      if (statSync(p).isFile()) return p;
+    } catch {
+      // keep looking
+    }
+  }
+  return undefined;
+}
+
+const SETUP_HINT = (uid: number, gid: number) => `run 'sudo gdn setup --rootless-uid ${uid} --rootless-gid ${gid}'`;
+
+export function requireBinary(name: string, pkg: string): string {
+  const p = which(name, `${process.env.PATH ?? ''}:/usr/sbin:/sbin`);
+  if (p === undefined) {
+    throw new FailedPrecondition('ERR_TRELLIS_MISSING_BINARY', `${name} not found in PATH`, `install it: 'apt-get install ${pkg}'`);
+  }
+  return p;
+}
+
+export function requireSetuid(name: string): void {
+  const p = requireBinary(name, 'uidmap');
+  const st = statSync(p);
+  if (st.uid !== 0 || (st.mode & 0o4000) === 0) {
+    throw new FailedPrecondition('ERR_TRELLIS_NEWUIDMAP', `${p} is not setuid root`, "reinstall it: 'apt-get install --reinstall uidmap'");
+  }
+}
+
+export function requireWritableDir(dir: string, what: string, uid: number, gid: number): void {
+  try {
+    mkdirSync(dir, { recursive: true, mode: 0o700 });
+    accessSync(dir, constants.W_OK | constants.X_OK);
+  } catch (err) {
+    throw new FailedPrecondition(
+      'ERR_TRELLIS_DIR',
+      `${what} ${dir} is not writable: ${(err as Error).message}`,
+      SETUP_HINT(uid, gid),
+    );
+  }
+}
+
+/** The cgroup parent delegated to this user in every hierarchy, or a reason it is not. */
+export function delegatedCgroup(parent: string, mountinfo = readFileSync('/proc/self/mountinfo', 'utf8')): { ok: true } | { ok: false; why: string } {
+  const mounts = parseMountInfo(mountinfo).filter((m) => m.fsType === 'cgroup' || m.fsType === 'cgroup2');
+  if (mounts.length === 0) return { ok: false, why: 'no cgroup filesystem is mounted' };
+  for (const m of mounts) {
+    const dir = join(m.mountPoint, parent);
+    try {
+      accessSync(dir, constants.W_OK);
+    } catch {
+      return { ok: false, why: `${dir} is missing or not writable` };
+    }
+  }
+  return { ok: true };
+}
+
+/** Rootless overlay needs a kernel that allows it in a user namespace (mainline ≥ 5.11). */
+export function probeOverlayInUserns(scratch: string): void {
+  const dirs = ['l', 'u', 'w', 'm'].map((d) => join(scratch, d));
+  for (const d of dirs) mkdirSync(d, { recursive: true });
+  const [l, u, w, m] = dirs as [string, string, string, string];
+  const res = execaSync(
+    'unshare',
+    ['--user', '--map-root-user', '--mount', 'mount', '-t', 'overlay', 'overlay', '-o', `lowerdir=${l},upperdir=${u},workdir=${w}`, m],
+    { reject: false },
+  );
+  if (res.exitCode !== 0) {
+    throw new FailedPrecondition(
+      'ERR_TRELLIS_OVERLAY',
+      `overlay cannot be mounted in a user namespace here: ${res.stderr.trim() || `exit ${res.exitCode}`}`,
+      'use a kernel of 5.11 or later',
+    );
+  }
+}

@@ -1,0 +1,197 @@
+// The OCI config.json for a rootless container, as Garden's unprivileged bundle is
+// built (spec/plugins.md §5), with catatonit as pid 1. Pure: no I/O.
+import type { IdMapping } from '../idmap/subid.js';
+
+export interface OciMount {
+  destination: string;
+  type: string;
+  source: string;
+  options?: string[];
+}
+
+export interface OciRlimit {
+  type: string;
+  hard: number;
+  soft: number;
+}
+
+export interface OciProcess {
+  terminal?: boolean;
+  user: { uid: number; gid: number; additionalGids?: number[]; username?: string };
+  args: string[];
+  env: string[];
+  cwd: string;
+  capabilities: { bounding: string[]; effective: string[]; inheritable: string[]; permitted: string[] };
+  rlimits?: OciRlimit[];
+  noNewPrivileges?: boolean;
+}
+
+export interface OciConfig {
+  ociVersion: string;
+  process: OciProcess;
+  root: { path: string; readonly?: boolean };
+  hostname: string;
+  mounts: OciMount[];
+  linux: {
+    uidMappings: IdMapping[];
+    gidMappings: IdMapping[];
+    namespaces: { type: string }[];
+    cgroupsPath?: string;
+    resources?: {
+      memory?: { limit: number; swap?: number };
+      cpu?: { shares: number };
+      pids?: { limit: number };
+    };
+    maskedPaths: string[];
+    readonlyPaths: string[];
+    rootfsPropagation: string;
+  };
+}
+
+/** Garden's "unprivileged max caps" (plugins.md §5.1). */
+export const UNPRIVILEGED_CAPS = [
+  'CAP_CHOWN', 'CAP_DAC_OVERRIDE', 'CAP_FSETID', 'CAP_FOWNER', 'CAP_MKNOD', 'CAP_NET_RAW', 'CAP_SETGID',
+  'CAP_SETUID', 'CAP_SETFCAP', 'CAP_SETPCAP', 'CAP_NET_BIND_SERVICE', 'CAP_SYS_CHROOT', 'CAP_KILL', 'CAP_AUDIT_WRITE',
+];
+
+export const MASKED_PATHS = [
+  '/proc/kcore', '/proc/latency_stats', '/proc/sched_debug', '/proc/scsi', '/proc/timer_list', '/proc/timer_stats',
+  '/proc/keys', '/sys/firmware', '/proc/acpi',
+];
+
+export const READONLY_PATHS = ['/proc/asound', '/proc/bus', '/proc/fs', '/proc/irq', '/proc/sys', '/proc/sysrq-trigger'];
+
+/** Where the init binary appears in every container: on /dev's tmpfs, so nothing lands in the rootfs. */
+export const INIT_PATH = '/dev/init';
+
+export const DEFAULT_PATH_ROOT = 'PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
+export const DEFAULT_PATH_USER = 'PATH=/usr/local/bin:/usr/bin:/bin';
+
+export interface BindMountSpec {
+  source: string;
+  destination: string;
+  readOnly: boolean;
+  /** Flags of the source's mount that a user namespace may not drop (nosuid, nodev, noexec, atime flags). */
+  lockedFlags: string[];
+}
+
+export interface ContainerLimits {
+  memoryBytes?: number;
+  cpuShares?: number;
+  pidsMax?: number;
+}
+
+export interface BundleInput {
+  handle: string;
+  rootfsPath: string;
+  /** Mounts from the image plugin, performed first (e.g. the overlay onto /). */
+  imageMounts: OciMount[];
+  env: string[];
+  uidMappings: IdMapping[];
+  gidMappings: IdMapping[];
+  initBinary: string;
+  initLockedFlags: string[];
+  bindMounts: BindMountSpec[];
+  /** cgroup path (absolute, e.g. /garden/1001/<handle>), or undefined to run without one. */
+  cgroupsPath?: string;
+  limits: ContainerLimits;
+}
+
+function bindOptions(b: { readOnly: boolean; lockedFlags: string[] }): string[] {
+  return ['bind', b.readOnly ? 'ro' : 'rw', ...b.lockedFlags.filter((f) => f !== 'ro' && f !== 'rw' && f !== 'bind')];
+}
+
+export function containerHostname(handle: string): string {
+  return handle.length > 49 ? handle.slice(handle.length - 49) : handle;
+}
+
+export function buildBundle(input: BundleInput): OciConfig {
+  const caps = [...UNPRIVILEGED_CAPS];
+  const mounts: OciMount[] = [
+    ...input.imageMounts,
+    { destination: '/proc', type: 'proc', source: 'proc', options: ['nosuid', 'noexec', 'nodev'] },
+    { destination: '/dev', type: 'tmpfs', source: 'tmpfs', options: ['nosuid', 'strictatime', 'mode=755', 'size=65536k'] },
+    { destination: '/dev/pts', type: 'devpts', source: 'devpts', options: ['nosuid', 'noexec', 'newinstance', 'ptmxmode=0666', 'mode=0620'] },
+    { destination: '/dev/shm', type: 'tmpfs', source: 'shm', options: ['nosuid', 'noexec', 'nodev', 'mode=1777', 'size=65536k'] },
+    { destination: '/dev/mqueue', type: 'mqueue', source: 'mqueue', options: ['nosuid', 'noexec', 'nodev'] },
+    { destination: '/sys', type: 'sysfs', source: 'sysfs', options: ['nosuid', 'noexec', 'nodev', 'ro'] },
+    { destination: INIT_PATH, type: 'bind', source: input.initBinary, options: bindOptions({ readOnly: true, lockedFlags: input.initLockedFlags }) },
+    ...input.bindMounts.map((b) => ({ destination: b.destination, type: 'bind', source: b.source, options: bindOptions(b) })),
+  ];
+
+  const resources: NonNullable<OciConfig['linux']['resources']> = {};
+  if (input.limits.memoryBytes) resources.memory = { limit: input.limits.memoryBytes, swap: input.limits.memoryBytes };
+  if (input.limits.cpuShares) resources.cpu = { shares: input.limits.cpuShares };
+  if (input.limits.pidsMax) resources.pids = { limit: input.limits.pidsMax };
+
+  const config: OciConfig = {
+    ociVersion: '1.0.2',
+    process: {
+      user: { uid: 0, gid: 0 },
+      // -P: pause mode. catatonit only reaps and waits; every user process arrives by `runc exec`.
+      args: [INIT_PATH, '-P'],
+      env: input.env,
+      cwd: '/',
+      capabilities: { bounding: caps, effective: caps, inheritable: caps, permitted: caps },
+      noNewPrivileges: false,
+    },
+    root: { path: input.rootfsPath },
+    hostname: containerHostname(input.handle),
+    mounts,
+    linux: {
+      uidMappings: input.uidMappings,
+      gidMappings: input.gidMappings,
+      namespaces: ['pid', 'network', 'ipc', 'uts', 'mount', 'user'].map((type) => ({ type })),
+      maskedPaths: MASKED_PATHS,
+      readonlyPaths: READONLY_PATHS,
+      rootfsPropagation: 'private',
+    },
+  };
+  if (input.cgroupsPath !== undefined) config.linux.cgroupsPath = input.cgroupsPath;
+  if (Object.keys(resources).length > 0) config.linux.resources = resources;
+  return config;
+}
+
+export const RLIMIT_NAMES: Record<string, string> = {
+  as: 'RLIMIT_AS', core: 'RLIMIT_CORE', cpu: 'RLIMIT_CPU', data: 'RLIMIT_DATA', fsize: 'RLIMIT_FSIZE',
+  locks: 'RLIMIT_LOCKS', memlock: 'RLIMIT_MEMLOCK', msgqueue: 'RLIMIT_MSGQUEUE', nice: 'RLIMIT_NICE',
+  nofile: 'RLIMIT_NOFILE', nproc: 'RLIMIT_NPROC', rss: 'RLIMIT_RSS', rtprio: 'RLIMIT_RTPRIO',
+  sigpending: 'RLIMIT_SIGPENDING', stack: 'RLIMIT_STACK',
+};
+
+export interface ProcessInput {
+  args: string[];
+  /** Container env (image env, then the create spec's env). */
+  containerEnv: string[];
+  /** The run spec's env, appended after the container's. */
+  env: string[];
+  uid: number;
+  gid: number;
+  username: string;
+  cwd: string;
+  rlimits: Record<string, number>;
+  terminal: boolean;
+}
+
+/** The process JSON handed to `runc exec` (plugins.md §8.1). */
+export function buildProcess(input: ProcessInput): OciProcess {
+  const env = [...input.containerEnv, ...input.env];
+  if (!env.some((e) => e.startsWith('PATH='))) env.push(input.uid === 0 ? DEFAULT_PATH_ROOT : DEFAULT_PATH_USER);
+  if (!env.some((e) => e.startsWith('USER='))) env.push(`USER=${input.username}`);
+  const caps = [...UNPRIVILEGED_CAPS];
+  const rlimits: OciRlimit[] = [];
+  for (const [key, value] of Object.entries(input.rlimits)) {
+    const type = RLIMIT_NAMES[key];
+    if (type !== undefined) rlimits.push({ type, hard: value, soft: value });
+  }
+  const proc: OciProcess = {
+    user: { uid: input.uid, gid: input.gid, username: input.username },
+    args: input.args,
+    env,
+    cwd: input.cwd,
+    capabilities: { bounding: caps, effective: input.uid === 0 ? caps : [], inheritable: caps, permitted: caps },
+  };
+  if (input.terminal) proc.terminal = true;
+  if (rlimits.length > 0) proc.rlimits = rlimits;
+  return proc;
+}

@@ -1,0 +1,164 @@
+// conmon supervises every container init and every process, so both outlive gdn.
+// We start it with a sync pipe on fd 3 (API version 1): it reports the pid (or a
+// negative number and the runtime's error), and in exec mode later the exit code.
+// It double-forks, so its monitor lives on without us; the exit file and the
+// k8s-file log stay on disk for whoever reads them next.
+import { spawn } from 'node:child_process';
+import type { Readable } from 'node:stream';
+import { ExternalFailure } from '../errors.js';
+
+export interface SyncMessage {
+  data: number;
+  message?: string;
+}
+
+/** Parses newline-separated `{"data": N, "message": "..."}` records. */
+export class SyncReader {
+  private buf = '';
+  constructor(private readonly onMessage: (m: SyncMessage) => void) {}
+  push(chunk: string): void {
+    this.buf += chunk;
+    let nl: number;
+    while ((nl = this.buf.indexOf('\n')) >= 0) {
+      const line = this.buf.slice(0, nl).trim();
+      this.buf = this.buf.slice(nl + 1);
+      if (line === '') continue;
+      try {
+        this.onMessage(JSON.parse(line) as SyncMessage);
+      } catch {
+        // conmon writes runtime output unescaped in rare cases; keep what is readable.
+        const m = /"data":\s*(-?\d+)/.exec(line);
+        if (m) this.onMessage({ data: Number(m[1]), message: line });
+      }
+    }
+  }
+}
+
+export interface ConmonCommon {
+  /** Container id (runc's) and a unique id for this monitor. */
+  containerId: string;
+  monitorId: string;
+  /** Directory conmon owns: bundle path (-b), attach socket, ctl/winsz fifos. */
+  dir: string;
+  runtimeRoot: string;
+  pidFile: string;
+  conmonPidFile: string;
+  exitDir: string;
+  logPath: string;
+  stdin: boolean;
+}
+
+export interface ExecOptions extends ConmonCommon {
+  processSpecPath: string;
+}
+
+export interface StartedMonitor {
+  pid: number;
+  /** Resolves with the exit code reported on the sync pipe (exec mode), or undefined if the pipe closed first. */
+  exited: Promise<number | undefined>;
+}
+
+export class Conmon {
+  constructor(
+    readonly binary: string,
+    readonly runtimeBinary: string,
+    private readonly env: NodeJS.ProcessEnv = {},
+  ) {}
+
+  argv(o: ConmonCommon): string[] {
+    return [
+      '--api-version', '1',
+      '-c', o.containerId,
+      '-u', o.monitorId,
+      '-n', o.monitorId,
+      '-r', this.runtimeBinary,
+      '-b', o.dir,
+      '--full-attach',
+      '--socket-dir-path', o.dir,
+      '-p', o.pidFile,
+      '-P', o.conmonPidFile,
+      '--exit-dir', o.exitDir,
+      '-l', `k8s-file:${o.logPath}`,
+      '--runtime-arg', '--root',
+      '--runtime-arg', o.runtimeRoot,
+      '--no-sync-log',
+      ...(o.stdin ? ['-i'] : []),
+    ];
+  }
+
+  /** `runc create` under a monitor; resolves once the init process exists (not yet started). */
+  async create(o: ConmonCommon): Promise<StartedMonitor> {
+    return this.launch(this.argv(o), false);
+  }
+
+  /** `runc exec` under a monitor; resolves once the process is running. */
+  async exec(o: ExecOptions): Promise<StartedMonitor> {
+    return this.launch([...this.argv(o), '--exec', '--exec-process-spec', o.processSpecPath], true);
+  }
+
+  private launch(argv: string[], exec: boolean): Promise<StartedMonitor> {
+    return new Promise((resolve, reject) => {
+      const child = spawn(this.binary, argv, {
+        stdio: ['ignore', 'ignore', 'pipe', 'pipe'],
+        env: { PATH: process.env.PATH, XDG_RUNTIME_DIR: process.env.XDG_RUNTIME_DIR, ...this.env, _OCI_SYNCPIPE: '3' },
+        detached: true,
+      });
+      let stderr = '';
+      child.stderr!.setEncoding('utf8');
+      child.stderr!.on('data', (d: string) => {
+        if (stderr.length < 4096) stderr += d;
+      });
+      let settled = false;
+      let resolveExit: (code: number | undefined) => void = () => {};
+      const exited = new Promise<number | undefined>((r) => (resolveExit = r));
+      const sync = child.stdio[3] as Readable;
+      sync.setEncoding('utf8');
+      const reader = new SyncReader((m) => {
+        if (!settled) {
+          settled = true;
+          if (m.data > 0) resolve({ pid: m.data, exited });
+          else reject(new ExternalFailure('runc', cleanRuntimeMessage(m.message ?? `conmon reported ${m.data}`)));
+          if (!exec) sync.destroy();
+          return;
+        }
+        resolveExit(m.data);
+        sync.destroy();
+      });
+      sync.on('data', (d: string) => reader.push(d));
+      sync.on('error', () => {});
+      sync.on('close', () => {
+        resolveExit(undefined);
+        if (!settled) {
+          settled = true;
+          reject(new ExternalFailure('conmon', `conmon exited before reporting a pid${stderr ? `: ${stderr.trim()}` : ''}`));
+        }
+      });
+      child.on('error', (err) => {
+        if (!settled) {
+          settled = true;
+          reject(new ExternalFailure('conmon', `cannot start conmon (${this.binary}): ${err.message}`, err));
+        }
+      });
+      child.unref();
+    });
+  }
+}
+
+/** runc's error text arrives as raw log lines; keep the human part. */
+export function cleanRuntimeMessage(message: string): string {
+  const lines = message.split('\n').map((l) => l.trim()).filter((l) => l !== '');
+  const msgs: string[] = [];
+  for (const line of lines) {
+    const m = /msg="((?:[^"\\]|\\.)*)"/.exec(line);
+    if (m) msgs.push(m[1]!.replace(/\\"/g, '"'));
+    else {
+      try {
+        const rec = JSON.parse(line) as { msg?: string };
+        if (rec.msg) msgs.push(rec.msg);
+      } catch {
+        msgs.push(line);
+      }
+    }
+  }
+  return msgs.join('; ') || message;
+}

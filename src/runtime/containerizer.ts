@@ -1,0 +1,169 @@
+// Turns a bundle into a running container and back: conmon + `runc create`, then
+// `runc start`; `runc exec` under conmon for processes; `runc delete` on destroy.
+import { mkdir, readdir, readFile, readlink, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { Conmon, type StartedMonitor } from './conmon.js';
+import type { OciConfig, OciProcess } from './bundle.js';
+import type { Depot } from './depot.js';
+import { processFiles } from './process.js';
+import type { Runc } from './runc.js';
+
+export class Containerizer {
+  constructor(
+    readonly depot: Depot,
+    readonly runc: Runc,
+    readonly conmon: Conmon,
+  ) {}
+
+  initDir(key: string): string {
+    return join(this.depot.dir(key), 'init');
+  }
+
+  /** Writes config.json, creates the container under a monitor and starts catatonit. Returns its host pid. */
+  async create(key: string, config: OciConfig): Promise<number> {
+    const dir = this.depot.dir(key);
+    await writeFile(join(dir, 'config.json'), JSON.stringify(config), { mode: 0o600 });
+    const initDir = this.initDir(key);
+    await mkdir(initDir, { mode: 0o700 });
+    const files = processFiles(initDir, key);
+    // conmon wants the bundle (-b) to hold config.json; the init's own files go beside it.
+    const started = await this.conmon.create({
+      containerId: key,
+      monitorId: `${key}-init`.slice(0, 200),
+      dir,
+      runtimeRoot: this.depot.runcRoot(key),
+      pidFile: join(dir, 'pidfile'),
+      conmonPidFile: files.conmonPidFile,
+      exitDir: initDir,
+      logPath: files.logPath,
+      stdin: false,
+    });
+    await this.runc.start(this.depot.runcRoot(key), key);
+    return started.pid;
+  }
+
+  async exec(key: string, processId: string, dir: string, spec: OciProcess): Promise<StartedMonitor> {
+    const files = processFiles(dir, key);
+    const specPath = join(dir, 'spec.json');
+    await writeFile(specPath, JSON.stringify(spec), { mode: 0o600 });
+    return this.conmon.exec({
+      containerId: key,
+      monitorId: processId,
+      dir,
+      runtimeRoot: this.depot.runcRoot(key),
+      pidFile: files.pidFile,
+      conmonPidFile: files.conmonPidFile,
+      exitDir: dir,
+      logPath: files.logPath,
+      stdin: true,
+      processSpecPath: specPath,
+    });
+  }
+
+  async initPid(key: string): Promise<number | undefined> {
+    const st = await this.runc.state(this.depot.runcRoot(key), key);
+    return st && st.pid > 0 && st.status !== 'stopped' ? st.pid : undefined;
+  }
+
+  /** Every process in the container's pid namespace but its init. */
+  async containerPids(initPid: number): Promise<number[]> {
+    let ns: string;
+    try {
+      ns = await readlink(`/proc/${initPid}/ns/pid`);
+    } catch {
+      return [];
+    }
+    const out: number[] = [];
+    for (const name of await readdir('/proc')) {
+      const pid = Number(name);
+      if (!(pid > 0) || pid === initPid) continue;
+      try {
+        if ((await readlink(`/proc/${pid}/ns/pid`)) === ns) out.push(pid);
+      } catch {
+        // not ours to see, or gone
+      }
+    }
+    return out;
+  }
+
+  /** Garden's stop: TERM (unless kill), up to 10 s, then KILL; init stays. */
+  async stopProcesses(initPid: number, kill: boolean, graceMs = 10000): Promise<void> {
+    const signalAll = async (sig: NodeJS.Signals) => {
+      for (const pid of await this.containerPids(initPid)) {
+        try {
+          process.kill(pid, sig);
+        } catch {
+          // gone
+        }
+      }
+    };
+    if (!kill) {
+      await signalAll('SIGTERM');
+      const deadline = Date.now() + graceMs;
+      while (Date.now() < deadline && (await this.containerPids(initPid)).length > 0) await sleep(100);
+    }
+    for (let i = 0; i < 50 && (await this.containerPids(initPid)).length > 0; i++) {
+      await signalAll('SIGKILL');
+      await sleep(50);
+    }
+  }
+
+  /** Kills and deletes the runc container (if any) and waits for its monitors to go. */
+  async destroy(key: string): Promise<void> {
+    const root = this.depot.runcRoot(key);
+    const st = await this.runc.state(root, key);
+    if (st !== undefined) await this.runc.delete(root, key, true);
+    await this.waitMonitorsGone(key);
+  }
+
+  private async monitorPids(key: string): Promise<number[]> {
+    const files = [join(this.initDir(key), 'conmon.pid')];
+    try {
+      for (const p of await readdir(this.depot.processesDir(key))) files.push(join(this.depot.processesDir(key), p, 'conmon.pid'));
+    } catch {
+      // no processes
+    }
+    const pids: number[] = [];
+    for (const f of files) {
+      try {
+        const pid = Number((await readFile(f, 'utf8')).trim());
+        if (pid > 0) pids.push(pid);
+      } catch {
+        // never started
+      }
+    }
+    return pids;
+  }
+
+  private async waitMonitorsGone(key: string): Promise<void> {
+    const pids = await this.monitorPids(key);
+    const alive = async (pid: number) => {
+      try {
+        const stat = await readFile(`/proc/${pid}/stat`, 'utf8');
+        const state = stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
+        return stat.includes('(conmon)') && state !== 'Z';
+      } catch {
+        return false;
+      }
+    };
+    const deadline = Date.now() + 5000;
+    for (;;) {
+      const left = [];
+      for (const p of pids) if (await alive(p)) left.push(p);
+      if (left.length === 0) return;
+      if (Date.now() > deadline) {
+        // Their containers are gone; a monitor that lingers has nothing left to report.
+        for (const p of left) {
+          try {
+            process.kill(p, 'SIGKILL');
+          } catch {
+            // gone
+          }
+        }
+        return;
+      }
+      await sleep(10);
+    }
+  }
+}

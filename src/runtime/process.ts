@@ -1,0 +1,330 @@
+// One process in a container, as the daemon sees it: output read from conmon's log
+// from where the last reader stopped, the exit code from conmon (sync pipe while we
+// started it, its exit file otherwise), stdin through conmon's attach socket.
+import { createRequire } from 'node:module';
+import { existsSync, openSync, closeSync, watch, type FSWatcher } from 'node:fs';
+import { open, readFile, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { parseK8sLog } from './k8slog.js';
+
+const require = createRequire(import.meta.url);
+// conmon's attach socket is SOCK_SEQPACKET, which node:net cannot open.
+const { SeqpacketSocket } = require('node-unix-socket') as {
+  SeqpacketSocket: new () => {
+    connect(path: string, cb?: () => void): void;
+    write(buf: Buffer): void;
+    end(cb?: () => void): void;
+    destroy(): void;
+    on(ev: string, cb: (...args: unknown[]) => void): void;
+  };
+};
+
+export interface OutputSink {
+  stdout(data: Buffer): void;
+  stderr(data: Buffer): void;
+}
+
+/** Files conmon writes for one monitored process. */
+export interface ProcessFiles {
+  dir: string;
+  logPath: string;
+  exitFile: string;
+  conmonPidFile: string;
+  pidFile: string;
+}
+
+export function processFiles(dir: string, containerKey: string): ProcessFiles {
+  return {
+    dir,
+    logPath: join(dir, 'output.log'),
+    exitFile: join(dir, containerKey),
+    conmonPidFile: join(dir, 'conmon.pid'),
+    pidFile: join(dir, 'pidfile'),
+  };
+}
+
+const READ_CHUNK = 256 * 1024;
+const STDIN_MESSAGE = 8192;
+
+export class ProcessHandle {
+  private offset = 0;
+  private offsetLoaded = false;
+  private readonly sinks = new Set<OutputSink>();
+  private pumping: Promise<void> | undefined;
+  private pumpAgain = false;
+  private watcher: FSWatcher | undefined;
+  private dirWatcher: FSWatcher | undefined;
+  private exitCode: number | undefined;
+  private exitError: string | undefined;
+  private readonly exitWaiters: Array<() => void> = [];
+  private offsetDirty = false;
+  private offsetTimer: NodeJS.Timeout | undefined;
+  private stdinHolders = 0;
+  private stdinClosed = false;
+  private stdinSock: InstanceType<typeof SeqpacketSocket> | undefined;
+  private stdinQueue: Buffer[] = [];
+  private stdinConnecting = false;
+
+  constructor(
+    readonly id: string,
+    readonly files: ProcessFiles,
+    readonly pid: number | undefined,
+  ) {}
+
+  get exited(): boolean {
+    return this.exitCode !== undefined || this.exitError !== undefined;
+  }
+  get result(): { exitCode?: number; error?: string } {
+    return { exitCode: this.exitCode, error: this.exitError };
+  }
+
+  /** Called with what conmon's sync pipe said; undefined means the pipe closed without a code. */
+  reportExit(code: number | undefined): void {
+    if (code !== undefined) this.finish(code);
+    else void this.checkExitFile();
+  }
+
+  /** After a restart: learn the exit from the exit file, now or when conmon writes it. */
+  watchForExit(): void {
+    if (this.exited) return;
+    try {
+      this.dirWatcher = watch(this.files.dir, () => void this.checkExitFile());
+      this.dirWatcher.on('error', () => {});
+    } catch {
+      // the directory is gone: the container was destroyed under us
+    }
+    void this.checkExitFile();
+  }
+
+  private async checkExitFile(): Promise<void> {
+    if (this.exited) return;
+    try {
+      const text = (await readFile(this.files.exitFile, 'utf8')).trim();
+      if (text !== '') return this.finish(Number(text));
+    } catch {
+      // not written yet
+    }
+    if (!(await this.monitorAlive())) {
+      // conmon writes the exit file before it exits; look once more, then give up.
+      try {
+        const text = (await readFile(this.files.exitFile, 'utf8')).trim();
+        if (text !== '') return this.finish(Number(text));
+      } catch {
+        // fall through
+      }
+      this.finishWithError('the process monitor exited without recording an exit status');
+    }
+  }
+
+  private async monitorAlive(): Promise<boolean> {
+    try {
+      const pid = Number((await readFile(this.files.conmonPidFile, 'utf8')).trim());
+      if (!(pid > 0)) return false;
+      const stat = await readFile(`/proc/${pid}/stat`, 'utf8');
+      const state = stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
+      return state !== 'Z' && state !== 'X' && stat.includes('(conmon)');
+    } catch {
+      return false;
+    }
+  }
+
+  private finish(code: number): void {
+    if (this.exited) return;
+    this.exitCode = code;
+    this.afterExit();
+  }
+
+  private finishWithError(message: string): void {
+    if (this.exited) return;
+    this.exitError = message;
+    this.afterExit();
+  }
+
+  private afterExit(): void {
+    this.dirWatcher?.close();
+    this.dirWatcher = undefined;
+    this.stdinSock?.destroy();
+    this.stdinSock = undefined;
+    this.stdinClosed = true;
+    // conmon drains the pipes into the log before it reports the exit.
+    void this.pump().then(() => {
+      for (const w of this.exitWaiters.splice(0)) w();
+    });
+  }
+
+  /** Resolves once the exit is known and every byte of output reached the current sinks. */
+  waitFinished(): Promise<void> {
+    if (this.exited && this.pumping === undefined) return this.pump();
+    return new Promise((resolve) => this.exitWaiters.push(resolve));
+  }
+
+  // ---- output ----
+
+  addSink(sink: OutputSink): void {
+    this.sinks.add(sink);
+    if (this.watcher === undefined && !this.exited) {
+      try {
+        this.watcher = watch(this.files.logPath, () => void this.pump());
+        this.watcher.on('error', () => {});
+      } catch {
+        // conmon creates the log when the process starts; the directory watch covers the gap
+        try {
+          this.watcher = watch(this.files.dir, () => void this.pump());
+          this.watcher.on('error', () => {});
+        } catch {
+          // gone
+        }
+      }
+    }
+    void this.pump();
+  }
+
+  removeSink(sink: OutputSink): void {
+    this.sinks.delete(sink);
+    if (this.sinks.size === 0) {
+      this.watcher?.close();
+      this.watcher = undefined;
+    }
+  }
+
+  /** Reads what the log gained since the last read and hands it to every sink. */
+  pump(): Promise<void> {
+    if (this.pumping !== undefined) {
+      this.pumpAgain = true;
+      return this.pumping;
+    }
+    this.pumping = (async () => {
+      do {
+        this.pumpAgain = false;
+        await this.pumpOnce();
+      } while (this.pumpAgain);
+    })().finally(() => {
+      this.pumping = undefined;
+    });
+    return this.pumping;
+  }
+
+  private async pumpOnce(): Promise<void> {
+    if (this.sinks.size === 0) return;
+    if (!this.offsetLoaded) {
+      this.offsetLoaded = true;
+      try {
+        this.offset = Number((await readFile(join(this.files.dir, 'read-offset'), 'utf8')).trim()) || 0;
+      } catch {
+        this.offset = 0;
+      }
+    }
+    let fh;
+    try {
+      fh = await open(this.files.logPath, 'r');
+    } catch {
+      return;
+    }
+    try {
+      let carry = Buffer.alloc(0);
+      for (;;) {
+        const chunk = Buffer.alloc(READ_CHUNK);
+        const { bytesRead } = await fh.read(chunk, 0, READ_CHUNK, this.offset + carry.length);
+        if (bytesRead === 0) break;
+        const buf = carry.length ? Buffer.concat([carry, chunk.subarray(0, bytesRead)]) : chunk.subarray(0, bytesRead);
+        const { records, consumed } = parseK8sLog(buf);
+        for (const r of records) for (const s of this.sinks) s[r.stream](r.data);
+        this.offset += consumed;
+        carry = Buffer.from(buf.subarray(consumed));
+        if (consumed > 0) this.markOffset();
+        if (bytesRead < READ_CHUNK) break;
+      }
+    } finally {
+      await fh.close();
+    }
+  }
+
+  private markOffset(): void {
+    this.offsetDirty = true;
+    if (this.offsetTimer !== undefined) return;
+    this.offsetTimer = setTimeout(() => void this.flushOffset(), 100);
+  }
+
+  /** What has been handed to a reader is not handed out again, even after a restart. */
+  async flushOffset(): Promise<void> {
+    if (this.offsetTimer !== undefined) clearTimeout(this.offsetTimer);
+    this.offsetTimer = undefined;
+    if (!this.offsetDirty) return;
+    this.offsetDirty = false;
+    await writeFile(join(this.files.dir, 'read-offset'), String(this.offset)).catch(() => {});
+  }
+
+  // ---- stdin ----
+
+  /** A client that may send stdin; when the last one lets go the process sees EOF. */
+  holdStdin(): void {
+    this.stdinHolders++;
+  }
+
+  releaseStdin(): void {
+    if (this.stdinHolders > 0) this.stdinHolders--;
+    if (this.stdinHolders === 0) this.closeStdin();
+  }
+
+  writeStdin(data: Buffer): void {
+    if (this.stdinClosed || this.exited) return;
+    for (let i = 0; i < data.length; i += STDIN_MESSAGE) this.stdinQueue.push(data.subarray(i, i + STDIN_MESSAGE));
+    this.flushStdin();
+  }
+
+  private closeStdin(): void {
+    if (this.stdinClosed || this.exited) return;
+    this.stdinClosed = true;
+    this.flushStdin();
+  }
+
+  private flushStdin(): void {
+    if (this.stdinSock === undefined) {
+      if (this.stdinConnecting) return;
+      this.stdinConnecting = true;
+      const sock = new SeqpacketSocket();
+      sock.on('error', () => {
+        this.stdinSock = undefined;
+      });
+      // The socket path can be longer than sun_path allows; go through the directory's fd.
+      let dirFd: number | undefined;
+      try {
+        dirFd = openSync(this.files.dir, 'r');
+        if (!existsSync(join(this.files.dir, 'attach'))) throw new Error('no attach socket');
+        sock.connect(`/proc/self/fd/${dirFd}/attach`, () => {
+          if (dirFd !== undefined) closeSync(dirFd);
+          dirFd = undefined;
+          this.stdinSock = sock;
+          this.stdinConnecting = false;
+          this.flushStdin();
+        });
+      } catch {
+        if (dirFd !== undefined) closeSync(dirFd);
+        this.stdinConnecting = false;
+      }
+      return;
+    }
+    for (const b of this.stdinQueue.splice(0)) this.stdinSock.write(Buffer.from(b));
+    if (this.stdinClosed) {
+      this.stdinSock.end();
+      this.stdinSock = undefined;
+    }
+  }
+
+  signal(sig: NodeJS.Signals): void {
+    if (this.exited || this.pid === undefined) return;
+    try {
+      process.kill(this.pid, sig);
+    } catch {
+      // already gone
+    }
+  }
+
+  close(): void {
+    this.watcher?.close();
+    this.dirWatcher?.close();
+    this.stdinSock?.destroy();
+    if (this.offsetTimer !== undefined) clearTimeout(this.offsetTimer);
+    void this.flushOffset();
+  }
+}

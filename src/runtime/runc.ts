@@ -1,0 +1,88 @@
+// One typed class for the runc binary: a method per subcommand, --root and a JSON
+// log always passed, and the last log line carried into any error.
+import { execa } from 'execa';
+import { readFile, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import { ExternalFailure } from '../errors.js';
+
+export interface RuncState {
+  id: string;
+  pid: number;
+  status: 'created' | 'running' | 'stopped' | 'paused' | 'creating';
+  bundle: string;
+  created: string;
+}
+
+export class Runc {
+  constructor(
+    readonly binary: string,
+    private readonly extraGlobalArgs: string[] = [],
+  ) {}
+
+  /** Global flags for a container whose runc state lives at `root`. */
+  globalArgs(root: string, logFile: string): string[] {
+    return ['--root', root, '--log', logFile, '--log-format', 'json', ...this.extraGlobalArgs];
+  }
+
+  async state(root: string, id: string): Promise<RuncState | undefined> {
+    const res = await this.run(root, ['state', id], { reject: false });
+    if (res.exitCode !== 0) return undefined;
+    return JSON.parse(res.stdout) as RuncState;
+  }
+
+  async start(root: string, id: string): Promise<void> {
+    await this.run(root, ['start', id]);
+  }
+
+  async delete(root: string, id: string, force: boolean): Promise<void> {
+    await this.run(root, ['delete', ...(force ? ['--force'] : []), id]);
+  }
+
+  private async run(root: string, args: string[], opts: { reject?: boolean } = {}) {
+    const log = join(root, `runc-${process.pid}-${Math.random().toString(36).slice(2)}.log`);
+    try {
+      const res = await execa(this.binary, [...this.globalArgs(root, log), ...args], {
+        reject: false,
+        stdin: 'ignore',
+        env: { PATH: process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin', XDG_RUNTIME_DIR: process.env.XDG_RUNTIME_DIR ?? '' },
+        extendEnv: false,
+      });
+      if (res.exitCode !== 0 && opts.reject !== false) {
+        const last = await lastLogMessage(log);
+        throw new ExternalFailure('runc', `runc ${args[0]}: ${last ?? (res.stderr.trim() || `exit status ${res.exitCode}`)}`);
+      }
+      return res;
+    } finally {
+      await rm(log, { force: true });
+    }
+  }
+}
+
+/** The `msg` of the last error-level line of a runc JSON log, else of the last line. */
+export async function lastLogMessage(path: string): Promise<string | undefined> {
+  let text: string;
+  try {
+    text = await readFile(path, 'utf8');
+  } catch {
+    return undefined;
+  }
+  return lastLogMessageOf(text);
+}
+
+export function lastLogMessageOf(text: string): string | undefined {
+  let last: string | undefined;
+  let lastError: string | undefined;
+  for (const line of text.split('\n')) {
+    if (line.trim() === '') continue;
+    try {
+      const rec = JSON.parse(line) as { msg?: string; level?: string };
+      if (typeof rec.msg === 'string') {
+        last = rec.msg;
+        if (rec.level === 'error' || rec.level === 'fatal') lastError = rec.msg;
+      }
+    } catch {
+      last = line.trim();
+    }
+  }
+  return lastError ?? last;
+}
