@@ -110,6 +110,7 @@ async function server(args: ServerArgs): Promise<void> {
   const runcBin = requireBinary(args['runtime-plugin'], 'runc');
   const conmonBin = requireBinary(args['conmon-bin'] ?? 'conmon', 'conmon');
   const initBin = requireBinary(args['init-bin'] ?? 'catatonit', 'catatonit');
+  const toolsBin = requireBinary('busybox', 'busybox-static');
   const depotDir = args.depot ?? paths.depot;
   requireWritableDir(depotDir, 'depot', uid, gid);
   const scratch = mkdtempSync(join(tmpdir(), 'gdn-probe-'));
@@ -155,6 +156,7 @@ async function server(args: ServerArgs): Promise<void> {
     uidMappings,
     gidMappings,
     initBinary: initBin,
+    toolsBinary: toolsBin,
     defaultRootfs,
     defaultGraceTimeNs: parseGoDuration(args['default-grace-time']),
     maxContainers: args['max-containers'],

@@ -55,7 +55,9 @@ export interface ImageRecord {
   excludeImageFromQuota: boolean;
 }
 
-export const DEFAULT_ENV = ['PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'];
+// A directory image carries no image config, so no env: gdn then gives each process
+// the PATH Garden gives its user (root's, or the shorter non-root one).
+export const DEFAULT_ENV: string[] = [];
 
 /** Made by init-store (0755, owned by the store owner); all must exist for the store to count as initialised. */
 export const STORE_DIRS = ['images', 'volumes', 'meta', 'locks', 'tmp', 'meta/dependencies', 'l'];

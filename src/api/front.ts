@@ -39,6 +39,7 @@ export function decodeSegment(s: string): string {
 export function matchHijack(method: string, path: string): HijackRoute | undefined {
   const seg = path.split('/');
   if (seg[0] !== '' || seg[1] !== 'containers' || seg[3] !== 'processes') return undefined;
+  if (seg.slice(1).some((s) => s === '')) return undefined;
   if (method === 'POST' && seg.length === 4) return { kind: 'run', handle: decodeSegment(seg[2]!) };
   if (method === 'GET' && seg.length === 5) return { kind: 'attach', handle: decodeSegment(seg[2]!), pid: decodeSegment(seg[4]!) };
   if (method === 'GET' && seg.length === 8 && seg[5] === 'attaches' && (seg[7] === 'stdout' || seg[7] === 'stderr')) {

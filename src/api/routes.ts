@@ -5,7 +5,7 @@ import { freemem, totalmem } from 'node:os';
 import { statfs } from 'node:fs/promises';
 import type net from 'node:net';
 import type { Logger } from 'pino';
-import { InvalidArgument, TrellisError, errorMessage } from '../errors.js';
+import { InvalidArgument, errorMessage } from '../errors.js';
 import type { Gardener } from '../gardener/gardener.js';
 import type { NetworkPlugin } from '../network/plugin.js';
 import {
@@ -78,7 +78,8 @@ export function buildApp(deps: ApiDeps): express.Express {
   app.disable('x-powered-by');
   app.set('etag', false);
   app.set('query parser', (q: string) => q);
-  app.use(express.raw({ type: () => true, limit: MAX_JSON_BODY }));
+  // Every body is JSON read raw and decoded as Go would, except stream-in's tar, which is piped.
+  app.use(express.raw({ type: (req) => !(req.method === 'PUT' && /\/files$/.test((req as Request).path ?? '')), limit: MAX_JSON_BODY }));
 
   /** A handler about one container: it pauses that container's grace timer while it runs. */
   const pausing = (fn: (req: Request, res: Response, handle: string) => Promise<void> | void) =>
@@ -249,9 +250,22 @@ export function buildApp(deps: ApiDeps): express.Express {
 
   app.get('/containers/:handle/metrics', pausing(async (_req, res, h) => send(res, 200, line(await metricsOf(gardener, h)))));
 
-  app.all(['/containers/:handle/files'], pausing((_req, _res, h) => {
-    exists(h);
-    throw new TrellisError('ERR_TRELLIS_NOT_IMPLEMENTED', 'streaming files in and out of containers is not supported yet');
+  app.put('/containers/:handle/files', pausing(async (req, res, h) => {
+    const q = new URLSearchParams(queryOf(req));
+    await gardener.streamIn(h, { destination: q.get('destination') ?? '', user: q.get('user') ?? '' }, req);
+    send(res, 200, EMPTY);
+  }));
+
+  app.get('/containers/:handle/files', pausing(async (req, res, h) => {
+    const q = new URLSearchParams(queryOf(req));
+    const tar = await gardener.streamOut(h, { source: q.get('source') ?? '', user: q.get('user') ?? '' });
+    res.statusCode = 200;
+    res.setHeader('Content-Type', 'application/octet-stream');
+    await new Promise<void>((resolve) => {
+      tar.on('end', resolve);
+      res.on('close', resolve);
+      tar.pipe(res);
+    });
   }));
 
   // Garden's router: 405 with Allow for a known path, else a plain-text 404.

@@ -186,6 +186,11 @@ export function serveControl(opts: {
   sock.on('error', () => {});
   // The client closing the connection before the exit is a detach: the process runs on.
   sock.on('close', done);
+  // The front allows half-open sockets, so a client that closes shows up as 'end' first.
+  sock.on('end', () => {
+    sock.end();
+    done();
+  });
 
   void proc.waitFinished().then(() => {
     if (finished || sock.destroyed) return done();

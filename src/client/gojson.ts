@@ -205,7 +205,8 @@ export function dNullableMap<T>(of: Decoder<T>): Decoder<Record<string, T> | nul
   return (v, w) => {
     if (v === null || v === undefined) return null;
     if (!isPlainObject(v)) return mismatch(v, 'map', w);
-    const out: Record<string, T> = {};
+    // A null prototype, so "__proto__" is a key like any other.
+    const out: Record<string, T> = Object.create(null) as Record<string, T>;
     for (const [k, x] of Object.entries(v)) out[k] = of(x, `${w}.${k}`);
     return out;
   };

@@ -13,7 +13,7 @@ import {
 import type { IdMapping } from '../idmap/subid.js';
 import type { ImagePlugin } from '../image/plugin.js';
 import type { NetworkPlugin } from '../network/plugin.js';
-import { buildBundle, buildProcess, type BindMountSpec } from '../runtime/bundle.js';
+import { TOOLS_PATH, buildBundle, buildProcess, type BindMountSpec } from '../runtime/bundle.js';
 import type { Containerizer } from '../runtime/containerizer.js';
 import { containerKey, type ContainerRecord, type Depot } from '../runtime/depot.js';
 import { lockedFlags } from '../runtime/mountinfo.js';
@@ -86,6 +86,8 @@ export interface GardenerConfig {
   uidMappings: IdMapping[];
   gidMappings: IdMapping[];
   initBinary: string;
+  /** Static busybox bound into every container for stream-in/out. */
+  toolsBinary?: string;
   defaultRootfs: string;
   defaultGraceTimeNs: bigint;
   maxContainers: number;
@@ -193,6 +195,8 @@ export class Gardener {
         gidMappings: this.cfg.gidMappings,
         initBinary: this.cfg.initBinary,
         initLockedFlags: lockedFlags(this.cfg.initBinary),
+        toolsBinary: this.cfg.toolsBinary,
+        toolsLockedFlags: this.cfg.toolsBinary === undefined ? undefined : lockedFlags(this.cfg.toolsBinary),
         bindMounts,
         cgroupsPath: this.cfg.cgroupParent === undefined ? undefined : `${this.cfg.cgroupParent}/${key}`,
         limits: { memoryBytes: Number(memory), cpuShares: Number(cpu), pidsMax: Number(pids) },
@@ -201,7 +205,7 @@ export class Gardener {
       undo.push(['runtime', () => this.cfg.containerizer.destroy(key)]);
       record.initPid = initPid;
 
-      const props: Record<string, string> = { ...spec.properties };
+      const props = propertyMap(spec.properties);
       const up = await this.step('network', () =>
         this.cfg.network.up(handle, initPid, props, { netoutRules: spec.netoutRules, netin: spec.netin }),
       );
@@ -349,7 +353,7 @@ export class Gardener {
     const out: string[] = [];
     for (const c of this.containers.values()) {
       if (c.record.phase !== 'created') continue;
-      if (Object.entries(f).every(([k, v]) => c.properties[k] === v)) out.push(c.record.handle);
+      if (Object.entries(f).every(([k, v]) => Object.hasOwn(c.properties, k) && c.properties[k] === v)) out.push(c.record.handle);
     }
     return out;
   }
@@ -371,7 +375,7 @@ export class Gardener {
       ExternalIP: c.properties['garden.network.external-ip'] ?? '',
       ContainerPath: this.cfg.depot.dir(c.record.key),
       ProcessIDs: [...c.processes.values()].filter((p) => !p.exited).map((p) => p.id),
-      Properties: { ...c.properties },
+      Properties: propertyMap(c.properties),
       MappedPorts: mapped,
     };
   }
@@ -392,11 +396,12 @@ export class Gardener {
   // ---- properties ----
 
   properties(handle: string): Record<string, string> {
-    return { ...this.get(handle).properties };
+    return propertyMap(this.get(handle).properties);
   }
 
   property(handle: string, key: string): string {
-    const v = this.get(handle).properties[key];
+    const props = this.get(handle).properties;
+    const v = Object.hasOwn(props, key) ? props[key] : undefined;
     if (v === undefined) throw new TrellisError('ERR_TRELLIS_NO_PROPERTY', `property does not exist: ${key}`);
     return v;
   }
@@ -457,12 +462,22 @@ export class Gardener {
     if (spec.path === '') throw new ExecutableNotFound('no executable given: the process spec has an empty path');
     const id = spec.id === '' ? randomUUID() : spec.id;
     if (c.processes.has(id)) throw new AlreadyExists(`process ID '${id}' already in use`);
-    const { key } = c.record;
+    const p = await this.spawn(c, id, spec);
+    c.processes.set(id, p);
+    return p;
+  }
+
+  private async userIn(c: Container, user: string) {
     const initPid = c.record.initPid;
-    if (initPid === undefined) throw new TrellisError('ERR_TRELLIS_NO_INIT', `container ${handle} has no init process`);
+    if (initPid === undefined) throw new TrellisError('ERR_TRELLIS_NO_INIT', `container ${c.record.handle} has no init process`);
     const root = `/proc/${initPid}/root`;
     const readIn = async (p: string) => readFile(join(root, p), 'utf8').catch(() => undefined);
-    const user = resolveUser(spec.user, await readIn('/etc/passwd'), await readIn('/etc/group'));
+    return { root, user: resolveUser(user, await readIn('/etc/passwd'), await readIn('/etc/group')) };
+  }
+
+  private async spawn(c: Container, id: string, spec: Omit<RunSpec, 'id' | 'image' | 'bindMounts' | 'tty'>): Promise<ProcessHandle> {
+    const { key } = c.record;
+    const { root, user } = await this.userIn(c, spec.user);
     let cwd = spec.dir;
     if (cwd === '') cwd = existsSync(join(root, user.home)) ? user.home : '/';
     else if (!posix.isAbsolute(cwd)) cwd = posix.join(user.home, cwd);
@@ -499,8 +514,83 @@ export class Gardener {
     const p = new ProcessHandle(id, files, started.pid);
     started.exited.then((code) => p.reportExit(code)).catch(() => {});
     await this.cfg.depot.saveProcess(key, { id, createdAt: new Date().toISOString(), pid: started.pid, tty: false });
-    c.processes.set(id, p);
     return p;
+  }
+
+  /** A helper process of our own (tar for streaming): not listed, removed when done. */
+  private async runTool(c: Container, args: string[], user: string, onStdout?: (d: Buffer) => void) {
+    if (this.cfg.toolsBinary === undefined) throw new TrellisError('ERR_TRELLIS_NO_TOOLS', 'streaming needs busybox-static on the server host');
+    const p = await this.spawn(c, `trellis-tool-${randomUUID()}`, {
+      path: TOOLS_PATH, args, env: [], dir: '/', user, rlimits: {},
+    });
+    const stderr: Buffer[] = [];
+    const sink = { stdout: (d: Buffer) => onStdout?.(d), stderr: (d: Buffer) => void (stderr.length < 64 && stderr.push(d)) };
+    p.addSink(sink);
+    const finished = p.waitFinished().then(async () => {
+      await p.pump();
+      p.removeSink(sink);
+      p.close();
+      await rm(p.files.dir, { recursive: true, force: true }).catch(() => {});
+      const { exitCode, error } = p.result;
+      return { exitCode: exitCode ?? -1, error, stderr: Buffer.concat(stderr).toString('utf8').trim() };
+    });
+    return { proc: p, finished };
+  }
+
+  private async toolPath(c: Container, user: string, path: string): Promise<string> {
+    if (posix.isAbsolute(path)) return path;
+    const { user: u } = await this.userIn(c, user);
+    return posix.join(u.home, path);
+  }
+
+  /** Unpacks a tar stream into `destination` inside the container, as `user`. */
+  async streamIn(handle: string, opts: { destination: string; user: string }, body: NodeJS.ReadableStream): Promise<void> {
+    const c = this.get(handle);
+    const dest = await this.toolPath(c, opts.user, opts.destination);
+    const mk = await this.runTool(c, ['mkdir', '-p', '--', dest], opts.user);
+    const made = await mk.finished;
+    if (made.exitCode !== 0) throw new TrellisError('ERR_TRELLIS_STREAM_IN', `creating ${dest}: ${made.stderr || made.error || `exit ${made.exitCode}`}`);
+    const tar = await this.runTool(c, ['tar', '-x', '-o', '--no-same-permissions', '-f', '-', '-C', dest], opts.user);
+    tar.proc.holdStdin();
+    await new Promise<void>((resolve, reject) => {
+      body.on('data', (d: Buffer) => tar.proc.writeStdin(d));
+      body.on('end', () => resolve());
+      body.on('error', reject);
+    }).finally(() => tar.proc.releaseStdin());
+    const res = await tar.finished;
+    if (res.exitCode !== 0) throw new TrellisError('ERR_TRELLIS_STREAM_IN', res.stderr || `tar: ${res.error ?? `exit ${res.exitCode}`}`);
+  }
+
+  /** Packs `source` inside the container, as `user`, into a tar stream (trailing '/' = its contents). */
+  async streamOut(handle: string, opts: { source: string; user: string }): Promise<NodeJS.ReadableStream> {
+    const c = this.get(handle);
+    const src = await this.toolPath(c, opts.user, opts.source);
+    const [dir, name] = src.endsWith('/') ? [src, '.'] : [posix.dirname(src), posix.basename(src)];
+    const { PassThrough } = await import('node:stream');
+    const out = new PassThrough();
+    // Hold the first bytes until tar has either exited or produced plenty: a tar that
+    // fails early (a missing path) then becomes a JSON error with nothing yet sent.
+    const HOLD = 64 * 1024;
+    const held: Buffer[] = [];
+    let heldBytes = 0;
+    let streaming = false;
+    let startStreaming: () => void = () => {};
+    const enoughData = new Promise<void>((r) => (startStreaming = r));
+    const tar = await this.runTool(c, ['tar', '-c', '-f', '-', '-C', dir, '--', name], opts.user, (d) => {
+      if (streaming) return void out.write(d);
+      held.push(d);
+      heldBytes += d.length;
+      if (heldBytes >= HOLD) startStreaming();
+    });
+    const res = await Promise.race([enoughData.then(() => undefined), tar.finished]);
+    if (res !== undefined && res.exitCode !== 0) {
+      throw new TrellisError('ERR_TRELLIS_STREAM_OUT', res.stderr || `tar: ${res.error ?? `exit ${res.exitCode}`}`);
+    }
+    streaming = true;
+    for (const d of held.splice(0)) out.write(d);
+    // Past this point a failure cannot be reported: the archive is cut short, as with Garden.
+    void tar.finished.then(() => out.end());
+    return out;
   }
 
   process(handle: string, id: string): ProcessHandle {
@@ -516,7 +606,7 @@ export class Gardener {
     const records = await this.cfg.depot.loadContainers();
     for (const record of records) {
       const log = this.log.child({ session: 'restore', handle: record.handle });
-      const c: Container = { record, properties: await this.cfg.depot.loadProperties(record.key), processes: new Map() };
+      const c: Container = { record, properties: propertyMap(await this.cfg.depot.loadProperties(record.key)), processes: new Map() };
       if (record.phase !== 'created') {
         // An interrupted create or destroy: finish it off.
         this.containers.set(record.handle, c);
@@ -552,6 +642,13 @@ export class Gardener {
   get count(): number {
     return this.containers.size;
   }
+}
+
+/** Property maps have no prototype: "__proto__" or "constructor" are keys like any other. */
+export function propertyMap(from: Record<string, string> = {}): Record<string, string> {
+  const out = Object.create(null) as Record<string, string>;
+  for (const [k, v] of Object.entries(from)) out[k] = v;
+  return out;
 }
 
 /** Handles become directory names and URL segments: refuse the ones that would escape. */

@@ -58,7 +58,7 @@ export function resolveUser(spec: string, passwdText: string | undefined, groupT
     }
     uid = entry.uid;
   }
-  let gid = entry?.gid ?? uid;
+  let gid = entry?.gid ?? 0;
   if (g !== undefined && g !== '') {
     if (/^\d+$/.test(g)) gid = Number(g);
     else {

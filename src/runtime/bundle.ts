@@ -63,6 +63,8 @@ export const READONLY_PATHS = ['/proc/asound', '/proc/bus', '/proc/fs', '/proc/i
 
 /** Where the init binary appears in every container: on /dev's tmpfs, so nothing lands in the rootfs. */
 export const INIT_PATH = '/dev/init';
+/** A static busybox for stream-in/out (tar, mkdir), so that works whatever the image holds. */
+export const TOOLS_PATH = '/dev/.trellis/busybox';
 
 export const DEFAULT_PATH_ROOT = 'PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
 export const DEFAULT_PATH_USER = 'PATH=/usr/local/bin:/usr/bin:/bin';
@@ -91,6 +93,9 @@ export interface BundleInput {
   gidMappings: IdMapping[];
   initBinary: string;
   initLockedFlags: string[];
+  /** Static busybox bound at TOOLS_PATH, with its mount's locked flags. */
+  toolsBinary?: string;
+  toolsLockedFlags?: string[];
   bindMounts: BindMountSpec[];
   /** cgroup path (absolute, e.g. /garden/1001/<handle>), or undefined to run without one. */
   cgroupsPath?: string;
@@ -101,8 +106,13 @@ function bindOptions(b: { readOnly: boolean; lockedFlags: string[] }): string[] 
   return ['bind', b.readOnly ? 'ro' : 'rw', ...b.lockedFlags.filter((f) => f !== 'ro' && f !== 'rw' && f !== 'bind')];
 }
 
+/** The last 49 bytes of the handle (Garden's rule), started on a whole UTF-8 character. */
 export function containerHostname(handle: string): string {
-  return handle.length > 49 ? handle.slice(handle.length - 49) : handle;
+  const b = Buffer.from(handle, 'utf8');
+  if (b.length <= 49) return handle;
+  let start = b.length - 49;
+  while (start < b.length && (b[start]! & 0xc0) === 0x80) start++;
+  return b.subarray(start).toString('utf8');
 }
 
 export function buildBundle(input: BundleInput): OciConfig {
@@ -116,6 +126,9 @@ export function buildBundle(input: BundleInput): OciConfig {
     { destination: '/dev/mqueue', type: 'mqueue', source: 'mqueue', options: ['nosuid', 'noexec', 'nodev'] },
     { destination: '/sys', type: 'sysfs', source: 'sysfs', options: ['nosuid', 'noexec', 'nodev', 'ro'] },
     { destination: INIT_PATH, type: 'bind', source: input.initBinary, options: bindOptions({ readOnly: true, lockedFlags: input.initLockedFlags }) },
+    ...(input.toolsBinary === undefined
+      ? []
+      : [{ destination: TOOLS_PATH, type: 'bind', source: input.toolsBinary, options: bindOptions({ readOnly: true, lockedFlags: input.toolsLockedFlags ?? [] }) }]),
     ...input.bindMounts.map((b) => ({ destination: b.destination, type: 'bind', source: b.source, options: bindOptions(b) })),
   ];
 

@@ -9,6 +9,21 @@ import type { Depot } from './depot.js';
 import { processFiles } from './process.js';
 import type { Runc } from './runc.js';
 
+/** Waits until `pid` has exited (gone, or a zombie its monitor has yet to reap). */
+async function waitGone(pid: number, timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (let delay = 1; Date.now() < deadline; delay = Math.min(delay * 2, 20)) {
+    try {
+      const stat = await readFile(`/proc/${pid}/stat`, 'utf8');
+      const state = stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
+      if (state === 'Z' || state === 'X') return;
+    } catch {
+      return;
+    }
+    await sleep(delay);
+  }
+}
+
 export class Containerizer {
   constructor(
     readonly depot: Depot,
@@ -113,7 +128,19 @@ export class Containerizer {
   async destroy(key: string): Promise<void> {
     const root = this.depot.runcRoot(key);
     const st = await this.runc.state(root, key);
-    if (st !== undefined) await this.runc.delete(root, key, true);
+    if (st !== undefined) {
+      // kill + wait + delete: `delete --force` on a running container polls in 100 ms steps.
+      // Killing the pid namespace's init takes every process in the container with it.
+      if (st.status === 'running' || st.status === 'created' || st.status === 'paused') {
+        await this.runc.kill(root, key, 'KILL').catch(() => {});
+        await waitGone(st.pid, 5000);
+      }
+      try {
+        await this.runc.delete(root, key, false);
+      } catch {
+        await this.runc.delete(root, key, true);
+      }
+    }
     await this.waitMonitorsGone(key);
   }
 

@@ -31,11 +31,15 @@ export interface ProcessRecord {
   tty: boolean;
 }
 
-const SAFE = /^[A-Za-z0-9_+-][A-Za-z0-9_.+-]{0,127}$/;
+// runc ids are [\w+-.]; a leading '-' would read as a flag, and a handle shaped like a
+// digest key must not claim another handle's entry.
+const SAFE = /^[A-Za-z0-9_][A-Za-z0-9_.+-]{0,127}$/;
+const DIGEST_SHAPED = /^[hp]-[0-9a-f]{40}$/;
+const isSafe = (s: string) => SAFE.test(s) && !DIGEST_SHAPED.test(s);
 
 /** The depot/runc/cgroup name for a handle: itself when safe, else a stable digest. */
 export function containerKey(handle: string): string {
-  if (SAFE.test(handle)) return handle;
+  if (isSafe(handle)) return handle;
   return `h-${createHash('sha256').update(handle).digest('hex').slice(0, 40)}`;
 }
 
@@ -133,5 +137,5 @@ export class Depot {
 
 /** Process ids are client-chosen strings; keep them off the path syntax. */
 export function processDirName(id: string): string {
-  return SAFE.test(id) ? id : `p-${createHash('sha256').update(id).digest('hex').slice(0, 40)}`;
+  return isSafe(id) ? id : `p-${createHash('sha256').update(id).digest('hex').slice(0, 40)}`;
 }

@@ -34,6 +34,10 @@ export class Runc {
     await this.run(root, ['start', id]);
   }
 
+  async kill(root: string, id: string, signal: string): Promise<void> {
+    await this.run(root, ['kill', id, signal]);
+  }
+
   async delete(root: string, id: string, force: boolean): Promise<void> {
     await this.run(root, ['delete', ...(force ? ['--force'] : []), id]);
   }
