@@ -1,0 +1,173 @@
+// Container lifecycle against the real daemon: ping, capacity, create, list and
+// its filters, info, bulk_info, properties, limits, stop, destroy, and what a
+// destroyed container leaves on the host (nothing).
+
+import { expect } from 'chai';
+import { join } from 'node:path';
+import { ContainerNotFound } from '../../src/errors.js';
+import { GardenError } from '../../src/client/errors.js';
+import {
+  cleanupServer, dumpLogsIfFailed, leftovers, leftoversNow, rawRequest, runAndWait, type Server, sh, spec, startServer,
+} from './harness.js';
+
+describe('lifecycle (integration)', function () {
+  let server: Server;
+
+  before(async function () {
+    server = await startServer({ maxContainers: 250 });
+  });
+
+  after(async function () {
+    await cleanupServer(server);
+  });
+
+  afterEach(function () {
+    dumpLogsIfFailed(this, server);
+  });
+
+  it('answers ping with {} on the unix socket', async function () {
+    await server.client.ping();
+    const r = await rawRequest(server.socketPath, 'GET', '/ping');
+    expect(r?.status).to.equal(200);
+    expect(r?.text).to.equal('{}\n');
+  });
+
+  it('reports capacity: memory, disk and the configured max_containers', async function () {
+    const cap = await server.client.capacity();
+    expect(Number(cap.memory_in_bytes), 'memory_in_bytes').to.be.greaterThan(0);
+    expect(Number(cap.disk_in_bytes), 'disk_in_bytes').to.be.greaterThan(0);
+    expect(Number(cap.max_containers), 'max_containers').to.equal(250);
+  });
+
+  it('creates a container with a generated, URL-safe handle and lists it', async function () {
+    const handle = await server.client.create(spec());
+    expect(handle).to.match(/^[A-Za-z0-9._~-]+$/);
+    expect(await server.client.list()).to.include(handle);
+    const r = await runAndWait(server.client, handle, { path: 'echo', args: ['alive'] });
+    expect(r).to.include({ code: 0, stdout: 'alive\n' });
+    await server.client.destroy(handle);
+  });
+
+  it('creates a container with a chosen handle; info shows State active, ContainerPath, Properties', async function () {
+    const handle = 'life-chosen';
+    expect(await server.client.create(spec({ handle, properties: { owner: 'tests', 'a b': 'c&d' } }))).to.equal(handle);
+    const info = await server.client.info(handle);
+    expect(info.State).to.equal('active');
+    expect(info.ContainerPath).to.equal(join(server.depot, handle));
+    expect(info.Properties).to.include({ owner: 'tests', 'a b': 'c&d' });
+    await server.client.destroy(handle);
+  });
+
+  it('answers info with every ContainerInfo key present, in Garden casing', async function () {
+    const handle = await server.client.create(spec({ handle: 'life-info-keys' }));
+    const r = await rawRequest(server.socketPath, 'GET', `/containers/${handle}/info`);
+    expect(r?.status).to.equal(200);
+    expect(r?.text.endsWith('\n'), 'body ends with \\n').to.equal(true);
+    const info = JSON.parse(r!.text) as Record<string, unknown>;
+    expect(Object.keys(info)).to.have.members([
+      'State', 'Events', 'HostIP', 'ContainerIP', 'ContainerIPv6', 'ExternalIP', 'ContainerPath', 'ProcessIDs',
+      'Properties', 'MappedPorts',
+    ]);
+    await server.client.destroy(handle);
+  });
+
+  it('filters list by properties with AND semantics, exact values, encoded keys', async function () {
+    const a = await server.client.create(spec({ handle: 'life-filter-a', properties: { env: 'test', tier: 'web', 'a b': 'c&d' } }));
+    const b = await server.client.create(spec({ handle: 'life-filter-b', properties: { env: 'test', tier: 'db' } }));
+    const c = await server.client.create(spec({ handle: 'life-filter-c' }));
+    try {
+      const all = await server.client.list();
+      expect(all).to.include.members([a, b, c]);
+      expect((await server.client.list({ env: 'test' })).sort()).to.deep.equal([a, b].sort());
+      expect(await server.client.list({ env: 'test', tier: 'web' })).to.deep.equal([a]);
+      expect(await server.client.list({ env: 'test', tier: 'nope' })).to.deep.equal([]);
+      expect(await server.client.list({ env: 'tes' }), 'values match exactly, not by prefix').to.deep.equal([]);
+      expect(await server.client.list({ 'a b': 'c&d' })).to.deep.equal([a]);
+      const r = await rawRequest(server.socketPath, 'GET', '/containers?tier=nope');
+      expect(r?.text, 'no match is [] not null').to.equal('{"Handles":[]}\n');
+    } finally {
+      for (const h of [a, b, c]) await server.client.destroy(h);
+    }
+  });
+
+  it('bulk_info returns an entry per handle, with a ContainerNotFound error for a missing one', async function () {
+    const h = await server.client.create(spec({ handle: 'life-bulk', properties: { k: 'v' } }));
+    const entries = await server.client.bulkInfo([h, 'life-missing']);
+    expect(Object.keys(entries).sort()).to.deep.equal([h, 'life-missing'].sort());
+    expect(entries[h]!.Err).to.equal(null);
+    expect(entries[h]!.Info.State).to.equal('active');
+    expect(entries[h]!.Info.Properties).to.include({ k: 'v' });
+    const missing = entries['life-missing']!;
+    expect(missing.Err, 'Err for the missing handle').to.be.instanceOf(Error);
+    expect(missing.Err!.message).to.equal('unknown handle: life-missing');
+    expect(missing.Info.State).to.equal('');
+    const empty = await rawRequest(server.socketPath, 'GET', '/containers/bulk_info?handles=');
+    expect(empty?.status).to.equal(200);
+    expect(empty?.text).to.equal('{}\n');
+    await server.client.destroy(h);
+  });
+
+  it('gets, sets, overwrites and removes properties; a missing key is "property does not exist: k"', async function () {
+    const h = await server.client.create(spec({ handle: 'life-props', properties: { initial: 'one' } }));
+    expect(await server.client.property(h, 'initial')).to.equal('one');
+    await server.client.setProperty(h, 'k', 'v1');
+    await server.client.setProperty(h, 'k', 'v2');
+    await server.client.setProperty(h, 'k/with slash', 'x y&z');
+    expect(await server.client.property(h, 'k')).to.equal('v2');
+    expect(await server.client.property(h, 'k/with slash')).to.equal('x y&z');
+    expect(await server.client.properties(h)).to.include({ initial: 'one', k: 'v2', 'k/with slash': 'x y&z' });
+    expect(await server.client.list({ k: 'v2' })).to.deep.equal([h]);
+
+    await server.client.removeProperty(h, 'k');
+    const err = await server.client.property(h, 'k').then(() => null, (e: unknown) => e);
+    expect(err).to.be.instanceOf(GardenError);
+    expect((err as Error).message).to.equal('property does not exist: k');
+    expect(await server.client.properties(h)).to.not.have.property('k');
+    expect(await server.client.list({ k: 'v2' })).to.deep.equal([]);
+    await server.client.destroy(h);
+  });
+
+  it('stores and reports limits (memory limit_in_bytes)', async function () {
+    const limit = 64 * 1024 * 1024;
+    const h = await server.client.create(spec({ handle: 'life-limits', limits: { memory_limits: { limit_in_bytes: limit } } }));
+    const mem = await server.client.currentMemoryLimits(h);
+    expect(Number(mem.limit_in_bytes)).to.equal(limit);
+    const none = await server.client.create(spec({ handle: 'life-nolimits' }));
+    expect(Number((await server.client.currentMemoryLimits(none)).limit_in_bytes)).to.equal(0);
+    await server.client.destroy(h);
+    await server.client.destroy(none);
+  });
+
+  it('stop ends the processes (SIGTERM → 143) and info then says State stopped', async function () {
+    const h = await server.client.create(spec({ handle: 'life-stop' }));
+    const proc = await server.client.run(h, { path: 'sleep', args: ['100'] }, {});
+    const t0 = Date.now();
+    await server.client.stop(h, false);
+    expect(Date.now() - t0, 'stop took (ms)').to.be.lessThan(9000);
+    expect(await proc.wait()).to.equal(143);
+    expect((await server.client.info(h)).State).to.equal('stopped');
+    expect(await server.client.list(), 'a stopped container still exists').to.include(h);
+    await server.client.destroy(h);
+  });
+
+  it('destroy removes the container and everything it had on the host; a second destroy is ContainerNotFound', async function () {
+    const h = await server.client.create(spec({ handle: 'life-destroy' }));
+    const proc = await server.client.run(h, sh('sleep 100'), {});
+    proc.detach();
+    // The checker must see a live container, or "nothing left" would prove nothing.
+    const live = await leftoversNow(h, { depot: server.depot });
+    expect(live.some((l) => l.startsWith('depot dir')), `depot dir seen in ${JSON.stringify(live)}`).to.equal(true);
+    expect(live.some((l) => l.startsWith('process')), `a conmon/runc process seen in ${JSON.stringify(live)}`).to.equal(true);
+    expect(live.some((l) => l.startsWith('mount')), `a mount seen in ${JSON.stringify(live)}`).to.equal(true);
+    await server.client.destroy(h);
+    expect(await server.client.list()).to.not.include(h);
+    const infoErr = await server.client.info(h).then(() => null, (e: unknown) => e);
+    expect(infoErr).to.be.instanceOf(ContainerNotFound);
+    expect(await leftovers(h, { depot: server.depot })).to.deep.equal([]);
+
+    const again = await server.client.destroy(h).then(() => null, (e: unknown) => e);
+    expect(again).to.be.instanceOf(ContainerNotFound);
+    expect((again as ContainerNotFound).handle).to.equal(h);
+    expect((again as Error).message).to.equal(`unknown handle: ${h}`);
+  });
+});

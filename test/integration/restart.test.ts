@@ -1,0 +1,109 @@
+// Containers and processes outlive the daemon: kill -9 the server while a
+// process is writing, start a new one on the same depot and socket, and
+// everything is still there: containers, properties, grace times, unread
+// output and real exit codes.
+
+import { expect } from 'chai';
+import { ContainerNotFound } from '../../src/errors.js';
+import {
+  cleanupServer, Collector, dumpLogsIfFailed, leftovers, monitorsMentioning, restartServer, runAndWait, SECOND,
+  type Server, sh, sleep, spec, startServer,
+} from './harness.js';
+
+describe('restart (integration)', function () {
+  let server: Server | undefined;
+  let first: Server | undefined;
+  // The newest server per dir: the one to clean up with (it restarts a dead one to destroy what is left).
+  const latest = new Map<string, Server>();
+  const track = (s: Server): Server => {
+    latest.set(s.dir, s);
+    return s;
+  };
+
+  after(async function () {
+    for (const s of latest.values()) await cleanupServer(s);
+  });
+
+  afterEach(function () {
+    dumpLogsIfFailed(this, first);
+    if (server !== first) dumpLogsIfFailed(this, server);
+  });
+
+  it('kill -9 mid-output, restart: containers, properties, grace time, unread output and exit codes survive', async function () {
+    this.timeout(120_000);
+    // A default grace time of 2 s makes a lost per-container grace time (1 h) visible: the container would be reaped.
+    first = track(await startServer({ defaultGraceTime: '2s' }));
+    server = first;
+    const c = first.client;
+    const h = await c.create(spec({ handle: 'rs-main', grace_time: 3600 * SECOND, properties: { owner: 'restart-test', 'a b': 'c&d' } }));
+    const idle = await c.create(spec({ handle: 'rs-idle', grace_time: 3600 * SECOND }));
+
+    const p1 = await c.run(h, { id: 'rs-p1', ...sh('for i in 1 2 3 4 5; do echo line$i; sleep 0.2; done; exit 7') }, {});
+    p1.detach();
+    const p2 = await c.run(h, { id: 'rs-p2', ...sh('echo a; echo a-err >&2; sleep 4; echo b; exit 8') }, {});
+    p2.detach();
+    await sleep(300);
+
+    await first.kill9();
+    expect(first.running()).to.equal(false);
+    const monitors = await monitorsMentioning(h);
+    expect(monitors.length, 'conmon/runc monitors for the container still alive with the server dead').to.be.greaterThan(0);
+
+    server = track(await restartServer(first));
+    const t0 = Date.now();
+    const c2 = server.client;
+    expect(await c2.list()).to.include.members([h, idle]);
+    expect(await c2.properties(h)).to.include({ owner: 'restart-test', 'a b': 'c&d' });
+    expect(await c2.list({ owner: 'restart-test' })).to.deep.equal([h]);
+    expect((await c2.info(h)).State).to.equal('active');
+
+    // p2 is still running: attach gets what it wrote while nobody read it, then the rest.
+    const out2 = new Collector();
+    const err2 = new Collector();
+    const a2 = await c2.attach(h, 'rs-p2', { stdout: out2, stderr: err2 });
+    expect(await a2.wait(), 'p2 exit code').to.equal(8);
+    expect(out2.text(), 'p2 stdout').to.equal('a\nb\n');
+    expect(err2.text(), 'p2 stderr').to.equal('a-err\n');
+
+    // p1 finished while the server was dead: all five lines (none read yet) and the real exit code.
+    const out1 = new Collector();
+    const a1 = await c2.attach(h, 'rs-p1', { stdout: out1, stderr: new Collector() });
+    expect(await a1.wait(), 'p1 exit code').to.equal(7);
+    expect(out1.text(), 'p1 stdout').to.equal('line1\nline2\nline3\nline4\nline5\n');
+
+    // More than the 2 s default has passed since the new server started: the 1 h grace time was kept.
+    const waited = Date.now() - t0;
+    if (waited < 3500) await sleep(3500 - waited);
+    expect(await c2.list(), 'rs-idle, grace time 1 h, still there after the restart').to.include(idle);
+
+    // New work in the adopted container.
+    expect(await runAndWait(c2, h, { path: 'echo', args: ['after restart'] })).to.include({ code: 0, stdout: 'after restart\n' });
+
+    for (const handle of [h, idle]) {
+      await c2.destroy(handle);
+      expect(await leftovers(handle, { depot: server.depot })).to.deep.equal([]);
+    }
+    const err = await c2.info(h).then(() => null, (e: unknown) => e);
+    expect(err).to.be.instanceOf(ContainerNotFound);
+  });
+
+  it('a graceful stop and restart keeps containers and properties too', async function () {
+    this.timeout(60_000);
+    const s1 = track(await startServer());
+    first = s1;
+    server = s1;
+    const h = await s1.client.create(spec({ handle: 'rs-graceful', properties: { kept: 'yes' } }));
+    const p = await s1.client.run(h, { id: 'rs-g1', ...sh('sleep 2; echo slow; exit 6') }, {});
+    p.detach();
+    await s1.stop();
+    server = track(await restartServer(s1));
+    expect(await server.client.list()).to.include(h);
+    expect(await server.client.property(h, 'kept')).to.equal('yes');
+    const out = new Collector();
+    const a = await server.client.attach(h, 'rs-g1', { stdout: out, stderr: new Collector() });
+    expect(await a.wait()).to.equal(6);
+    expect(out.text()).to.equal('slow\n');
+    await server.client.destroy(h);
+    expect(await leftovers(h, { depot: server.depot })).to.deep.equal([]);
+  });
+});
