@@ -1,0 +1,703 @@
+// scripts/bench's body: Trellis against bare rootless runc, same user, same
+// namespaces, id maps, overlay rootfs and cgroup parent, timed in one run with
+// the two sides interleaved so drift hits both. Prints a table; exits 0 unless
+// something failed to run. Timings are reported, never asserted.
+import { spawn } from 'node:child_process';
+import {
+  closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, readdirSync, readlinkSync, rmSync, rmdirSync,
+  writeFileSync,
+} from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
+import { Writable } from 'node:stream';
+import { fileURLToPath } from 'node:url';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { parseArgs } from 'node:util';
+
+const REPO = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
+const TARGET_CRD = 1.5;
+const TARGET_RUN = 1.5;
+
+const USAGE = `usage: scripts/bench [user] [-n N] [--warmup W] [--containers K] [--runc-only] [--gdn-flag=F]...
+  user            only as root: re-run as that user (runuser, XDG_RUNTIME_DIR=/run/user/<uid>)
+  -n N            measured iterations per case (default 30; the issue asks for >= 20)
+  --warmup W      unmeasured iterations per case first (default 3)
+  --containers K  idle containers for the memory numbers (default 10)
+  --runc-only     measure bare runc only (no gdn server)
+  --gdn-flag=F    extra argument for 'gdn server' (repeatable; use the = form for flags)`;
+
+let opt;
+try {
+  ({ values: opt } = parseArgs({
+  options: {
+    n: { type: 'string', short: 'n', default: '30' },
+    warmup: { type: 'string', default: '3' },
+    containers: { type: 'string', default: '10' },
+    'runc-only': { type: 'boolean', default: false },
+    'gdn-flag': { type: 'string', multiple: true, default: [] },
+    help: { type: 'boolean', short: 'h', default: false },
+  },
+}));
+} catch (err) {
+  console.error(`scripts/bench: ${err.message}\n${USAGE}`);
+  process.exit(2);
+}
+if (opt.help) {
+  console.log(USAGE);
+  process.exit(0);
+}
+const N = Number(opt.n);
+const WARMUP = Number(opt.warmup);
+const K = Number(opt.containers);
+if (![N, WARMUP, K].every((x) => Number.isInteger(x) && x >= 0) || N < 1) {
+  console.error(USAGE);
+  process.exit(2);
+}
+
+const uid = process.getuid();
+const gid = process.getgid();
+if (uid === 0) {
+  console.error('scripts/bench: run as the ordinary user (as root: scripts/bench <user>)');
+  process.exit(2);
+}
+const XDG = process.env.XDG_RUNTIME_DIR || `/run/user/${uid}`;
+const ENV = {
+  ...process.env,
+  XDG_RUNTIME_DIR: XDG,
+  PATH: `/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin${process.env.PATH ? `:${process.env.PATH}` : ''}`,
+};
+const TAG = `bench-${process.pid}`;
+
+// ---------------------------------------------------------------- host facts
+
+function userName(id) {
+  for (const line of readFileSync('/etc/passwd', 'utf8').split('\n')) {
+    const f = line.split(':');
+    if (f.length > 2 && Number(f[2]) === id) return f[0];
+  }
+  return undefined;
+}
+
+function subRange(file, name, id) {
+  for (const line of readFileSync(file, 'utf8').split('\n')) {
+    const [who, start, count] = line.trim().split(':');
+    if ((who === name || who === String(id)) && start !== undefined && count !== undefined) {
+      return { start: Number(start), count: Number(count) };
+    }
+  }
+  throw new Error(`no entry for ${name ?? id} in ${file} (run 'gdn setup' as root)`);
+}
+
+const USER = userName(uid);
+const SUBUID = subRange('/etc/subuid', USER, uid);
+const SUBGID = subRange('/etc/subgid', USER, uid);
+const ROOTFS = `/var/lib/trellis/${uid}/rootfs`;
+const CATATONIT = '/usr/bin/catatonit';
+
+function which(cmd) {
+  for (const d of ENV.PATH.split(':')) if (existsSync(join(d, cmd))) return join(d, cmd);
+  throw new Error(`${cmd} not found in PATH`);
+}
+const RUNC = which('runc');
+
+/** Flags of the mount holding `path` that a user namespace cannot drop (bind mounts must repeat them). */
+function lockedFlags(path) {
+  const lockable = new Set(['nosuid', 'nodev', 'noexec', 'noatime', 'nodiratime', 'relatime']);
+  let best;
+  for (const line of readFileSync('/proc/self/mountinfo', 'utf8').split('\n')) {
+    const f = line.split(' - ')[0]?.split(' ');
+    if (!f || f.length < 6) continue;
+    const mp = f[4].replace(/\\([0-7]{3})/g, (_, o) => String.fromCharCode(parseInt(o, 8)));
+    const under = mp === '/' || path === mp || path.startsWith(`${mp}/`);
+    if (under && (!best || mp.length >= best.mp.length)) best = { mp, options: f[5].split(',') };
+  }
+  return best ? best.options.filter((o) => lockable.has(o)) : [];
+}
+
+// ---------------------------------------------------------------- bare runc bundles
+
+const CAPS = [
+  'CAP_CHOWN', 'CAP_DAC_OVERRIDE', 'CAP_FSETID', 'CAP_FOWNER', 'CAP_MKNOD', 'CAP_NET_RAW', 'CAP_SETGID',
+  'CAP_SETUID', 'CAP_SETFCAP', 'CAP_SETPCAP', 'CAP_NET_BIND_SERVICE', 'CAP_SYS_CHROOT', 'CAP_KILL', 'CAP_AUDIT_WRITE',
+];
+const PATH_ROOT = 'PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
+
+let buildBundle; // Trellis's own config builder when it is built: then the baseline config is Trellis's byte for byte
+let configSource = 'scripts/bench.d (equivalent to src/runtime/bundle.ts)';
+try {
+  ({ buildBundle } = await import(join(REPO, 'dist/src/runtime/bundle.js')));
+  configSource = 'Trellis buildBundle (dist/src/runtime/bundle.js)';
+} catch {
+  buildBundle = undefined;
+}
+
+function localConfig(b, handle, cgroupsPath, uidMappings, gidMappings, initFlags) {
+  return {
+    ociVersion: '1.0.2',
+    process: {
+      user: { uid: 0, gid: 0 }, args: ['/dev/init', '-P'], env: [PATH_ROOT], cwd: '/',
+      capabilities: { bounding: CAPS, effective: CAPS, inheritable: CAPS, permitted: CAPS },
+      noNewPrivileges: false,
+    },
+    root: { path: join(b, 'rootfs') },
+    hostname: handle,
+    mounts: [
+      { destination: '/', type: 'overlay', source: 'overlay', options: [`lowerdir=${ROOTFS},upperdir=${b}/upper,workdir=${b}/work`] },
+      { destination: '/proc', type: 'proc', source: 'proc', options: ['nosuid', 'noexec', 'nodev'] },
+      { destination: '/dev', type: 'tmpfs', source: 'tmpfs', options: ['nosuid', 'strictatime', 'mode=755', 'size=65536k'] },
+      { destination: '/dev/pts', type: 'devpts', source: 'devpts', options: ['nosuid', 'noexec', 'newinstance', 'ptmxmode=0666', 'mode=0620'] },
+      { destination: '/dev/shm', type: 'tmpfs', source: 'shm', options: ['nosuid', 'noexec', 'nodev', 'mode=1777', 'size=65536k'] },
+      { destination: '/dev/mqueue', type: 'mqueue', source: 'mqueue', options: ['nosuid', 'noexec', 'nodev'] },
+      { destination: '/sys', type: 'sysfs', source: 'sysfs', options: ['nosuid', 'noexec', 'nodev', 'ro'] },
+      { destination: '/dev/init', type: 'bind', source: CATATONIT, options: ['bind', 'ro', ...initFlags] },
+    ],
+    linux: {
+      uidMappings, gidMappings,
+      namespaces: ['pid', 'network', 'ipc', 'uts', 'mount', 'user'].map((type) => ({ type })),
+      cgroupsPath,
+      maskedPaths: [
+        '/proc/kcore', '/proc/latency_stats', '/proc/sched_debug', '/proc/scsi', '/proc/timer_list', '/proc/timer_stats',
+        '/proc/keys', '/sys/firmware', '/proc/acpi',
+      ],
+      readonlyPaths: ['/proc/asound', '/proc/bus', '/proc/fs', '/proc/irq', '/proc/sys', '/proc/sysrq-trigger'],
+      rootfsPropagation: 'private',
+    },
+  };
+}
+
+const UID_MAPS = [{ containerID: 0, hostID: uid, size: 1 }, { containerID: 1, hostID: SUBUID.start, size: SUBUID.count }];
+const GID_MAPS = [{ containerID: 0, hostID: gid, size: 1 }, { containerID: 1, hostID: SUBGID.start, size: SUBGID.count }];
+const INIT_FLAGS = lockedFlags(CATATONIT);
+
+let TMP; // everything of ours lives here: bundles, runc root, the server's socket, depot and log
+let RUNC_ROOT;
+let bundleSeq = 0;
+
+/** A fresh bundle: overlay of the default rootfs with its own upper/work, `args` as the process. */
+function makeBundle(args) {
+  const id = `${TAG}-${bundleSeq++}`;
+  const b = join(TMP, 'bundles', id);
+  for (const d of ['upper', 'work', 'rootfs']) mkdirSync(join(b, d), { recursive: true });
+  const cgroupsPath = `/garden/${uid}/${id}`;
+  let config;
+  if (buildBundle) {
+    config = buildBundle({
+      handle: id, rootfsPath: join(b, 'rootfs'),
+      imageMounts: [{ destination: '/', type: 'overlay', source: 'overlay', options: [`lowerdir=${ROOTFS},upperdir=${b}/upper,workdir=${b}/work`] }],
+      env: [PATH_ROOT], uidMappings: UID_MAPS, gidMappings: GID_MAPS, initBinary: CATATONIT, initLockedFlags: INIT_FLAGS,
+      bindMounts: [], cgroupsPath, limits: {},
+    });
+  } else {
+    config = localConfig(b, id, cgroupsPath, UID_MAPS, GID_MAPS, INIT_FLAGS);
+  }
+  config.process.args = args;
+  writeFileSync(join(b, 'config.json'), JSON.stringify(config));
+  return { id, b };
+}
+
+// ---------------------------------------------------------------- processes
+
+/** Run to completion; stdout/stderr collected. Resolves on 'close' (all stdio ended). */
+function run(cmd, args, { env = ENV, stdio = ['ignore', 'pipe', 'pipe'] } = {}) {
+  return new Promise((res, rej) => {
+    const child = spawn(cmd, args, { env, stdio });
+    let out = '';
+    let err = '';
+    child.stdout?.on('data', (d) => (out += d));
+    child.stderr?.on('data', (d) => (err += d));
+    child.once('error', rej);
+    child.once('close', (code, signal) => res({ code: code ?? 128, signal, out, err }));
+  });
+}
+
+async function must(cmd, args, what) {
+  const r = await run(cmd, args);
+  if (r.code !== 0) throw new Error(`${what}: ${cmd} ${args.join(' ')} exited ${r.code}: ${(r.err || r.out).trim()}`);
+  return r;
+}
+
+/**
+ * `runc run --detach`: the container's init inherits runc's stdio, so pipes would stay
+ * open for its lifetime; stderr goes to a file and only runc's own exit is awaited.
+ */
+async function runcDetached(b, id, what) {
+  const errFile = join(TMP, `${id}.stderr`);
+  const fd = openSync(errFile, 'w');
+  const child = spawn(RUNC, ['--root', RUNC_ROOT, 'run', '--detach', '--bundle', b, id], { env: ENV, stdio: ['ignore', 'ignore', fd] });
+  closeSync(fd);
+  const code = await new Promise((res, rej) => child.once('error', rej).once('exit', (c) => res(c ?? 128)));
+  if (code !== 0) throw new Error(`${what}: runc run --detach exited ${code}: ${tail(errFile)}`);
+}
+
+const runc = (...args) => must(RUNC, ['--root', RUNC_ROOT, ...args], `runc ${args[0]}`);
+
+const now = () => Number(process.hrtime.bigint()) / 1e6;
+
+// ---------------------------------------------------------------- the cases
+
+/**
+ * The kernel closes a dying process's files before it becomes a zombie, and runc
+ * refuses to delete a container whose init is not yet a zombie: wait for that.
+ */
+async function dead(pid) {
+  for (let i = 0; ; i++) {
+    let state;
+    try {
+      state = readFileSync(`/proc/${pid}/stat`, 'utf8').replace(/^.*\) /s, '')[0];
+    } catch {
+      return; // reaped
+    }
+    if (state === 'Z' || state === 'X') return;
+    if (i > 10_000) throw new Error(`pid ${pid} still ${state} long after its stdout closed`);
+    await new Promise((r) => setImmediate(r));
+  }
+}
+
+/** runc create + start + wait for `true` to exit + delete: the issue's baseline. */
+async function runcCreateStartDelete() {
+  const { id, b } = makeBundle(['true']);
+  const t0 = now();
+  // The container's init inherits runc create's stdout: its EOF is `true` exiting.
+  const pidFile = join(b, 'pid');
+  const create = spawn(RUNC, ['--root', RUNC_ROOT, 'create', '--pid-file', pidFile, '--bundle', b, id], { env: ENV, stdio: ['ignore', 'pipe', 'pipe'] });
+  let err = '';
+  create.stderr.on('data', (d) => (err += d));
+  const eof = new Promise((res) => create.stdout.once('end', res).resume());
+  const code = await new Promise((res, rej) => create.once('error', rej).once('exit', (c) => res(c ?? 128)));
+  if (code !== 0) throw new Error(`runc create exited ${code}: ${err.trim()}`);
+  const pid = readFileSync(pidFile, 'utf8').trim();
+  await runc('start', id);
+  await eof;
+  await dead(pid);
+  await runc('delete', id);
+  return now() - t0;
+}
+
+/** runc run (create, start, wait, delete in one invocation): reference only. */
+async function runcRun() {
+  const { id, b } = makeBundle(['true']);
+  const t0 = now();
+  await must(RUNC, ['--root', RUNC_ROOT, 'run', '--bundle', b, id], 'runc run');
+  return now() - t0;
+}
+
+/** What Trellis does underneath, without Trellis: init container, exec `true`, force delete. Reference only. */
+async function runcTrellisSteps() {
+  const { id, b } = makeBundle(['/dev/init', '-P']);
+  const t0 = now();
+  await runcDetached(b, id, 'Trellis steps');
+  await runc('exec', id, 'true');
+  await runc('delete', '--force', id);
+  return now() - t0;
+}
+
+/** The same, but kill the init, wait for it to die and delete without --force (runc 1.1's --force polls every 100 ms). */
+async function runcTrellisStepsKill() {
+  const { id, b } = makeBundle(['/dev/init', '-P']);
+  const t0 = now();
+  // The init holds this pipe: its EOF is the init's death.
+  const pidFile = join(b, 'pid');
+  const child = spawn(RUNC, ['--root', RUNC_ROOT, 'run', '--detach', '--pid-file', pidFile, '--bundle', b, id], { env: ENV, stdio: ['ignore', 'pipe', 'ignore'] });
+  const eof = new Promise((res) => child.stdout.once('end', res).resume());
+  const code = await new Promise((res, rej) => child.once('error', rej).once('exit', (c) => res(c ?? 128)));
+  if (code !== 0) throw new Error(`runc run --detach exited ${code}`);
+  const pid = readFileSync(pidFile, 'utf8').trim();
+  await runc('exec', id, 'true');
+  await runc('kill', id, 'KILL');
+  await eof;
+  await dead(pid);
+  await runc('delete', id);
+  return now() - t0;
+}
+
+let execTarget; // a long-running bare container for `runc exec`
+async function runcExec() {
+  const t0 = now();
+  await runc('exec', execTarget, 'true');
+  return now() - t0;
+}
+
+// ---------------------------------------------------------------- Trellis
+
+let GardenClient;
+let server; // { child, pid, log, socket }
+let client;
+const trellisHandles = new Set();
+let handleSeq = 0;
+const sink = () => new Writable({ write: (_c, _e, cb) => cb() });
+const LIMITS = { bandwidth_limits: {}, cpu_limits: {}, disk_limits: {}, memory_limits: {}, pid_limits: {} };
+
+async function trellisCreate() {
+  const handle = `${TAG}-${handleSeq++}`;
+  trellisHandles.add(handle);
+  const h = await client.create({ handle, image: {}, limits: LIMITS });
+  if (h !== handle) trellisHandles.add(h);
+  return h;
+}
+
+async function trellisRunTrue(h) {
+  const p = await client.run(h, { path: 'true', args: [], user: 'root', rlimits: {}, image: {} }, { stdout: sink(), stderr: sink() });
+  const code = await p.wait();
+  if (code !== 0) throw new Error(`Trellis run of 'true' in ${h} exited ${code}`);
+}
+
+async function trellisDestroy(h) {
+  await client.destroy(h);
+  trellisHandles.delete(h);
+}
+
+const phases = { create: [], run: [], destroy: [] };
+async function trellisCreateRunDestroy() {
+  const t0 = now();
+  const h = await trellisCreate();
+  const t1 = now();
+  await trellisRunTrue(h);
+  const t2 = now();
+  await trellisDestroy(h);
+  const t3 = now();
+  phases.create.push(t1 - t0);
+  phases.run.push(t2 - t1);
+  phases.destroy.push(t3 - t2);
+  return t3 - t0;
+}
+
+let runTarget; // a long-running Trellis container for run-only
+async function trellisRun() {
+  const t0 = now();
+  await trellisRunTrue(runTarget);
+  return now() - t0;
+}
+
+function tail(path, lines = 20) {
+  try {
+    return readFileSync(path, 'utf8').trimEnd().split('\n').slice(-lines).join('\n');
+  } catch {
+    return '';
+  }
+}
+
+async function startServer() {
+  ({ GardenClient } = await import(join(REPO, 'dist/src/client/client.js')));
+  const gdn = join(REPO, 'dist/cmd/gdn.js');
+  if (!existsSync(gdn)) throw new Error(`${gdn} missing: run 'npm run build'`);
+  const socket = join(TMP, 'gdn.sock');
+  const log = join(TMP, 'gdn.log');
+  const args = [gdn, 'server', '--bind-socket', socket, '--depot', join(TMP, 'depot'), '--log-level', 'error', ...opt['gdn-flag']];
+  const fd = openSync(log, 'a');
+  const child = spawn(process.execPath, args, { env: ENV, stdio: ['ignore', fd, fd] });
+  closeSync(fd);
+  let exited;
+  child.once('exit', (code, sig) => (exited = `exited ${code ?? sig}`));
+  server = { child, pid: child.pid, log, socket };
+  const deadline = Date.now() + 60_000;
+  for (;;) {
+    if (exited) throw new Error(`gdn server ${exited} before it served:\n${tail(log)}`);
+    if (existsSync(socket)) {
+      try {
+        client = new GardenClient(socket);
+        await client.ping();
+        return `node ${args.map((a) => a.replace(REPO + '/', '')).join(' ')}`;
+      } catch {
+        // not ready yet
+      }
+    }
+    if (Date.now() > deadline) throw new Error(`gdn server did not answer ping within 60 s:\n${tail(log)}`);
+    await sleep(50);
+  }
+}
+
+// ---------------------------------------------------------------- memory
+
+function status(pid) {
+  const s = readFileSync(`/proc/${pid}/status`, 'utf8');
+  const kb = (k) => Number(new RegExp(`^${k}:\\s+(\\d+)`, 'm').exec(s)?.[1] ?? NaN);
+  let pss = NaN;
+  try {
+    pss = Number(/^Pss:\s+(\d+)/m.exec(readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8'))?.[1] ?? NaN);
+  } catch {
+    // not ours to read
+  }
+  return { rss: kb('VmRSS'), pss };
+}
+
+/** Every process whose cgroup or command line names one of `ids`, with its comm. */
+function processesOf(ids) {
+  const found = [];
+  for (const e of readdirSync('/proc')) {
+    if (!/^\d+$/.test(e) || Number(e) === process.pid) continue;
+    try {
+      const cg = readFileSync(`/proc/${e}/cgroup`, 'utf8');
+      const cmd = readFileSync(`/proc/${e}/cmdline`, 'utf8').split('\0').join(' ');
+      const id = ids.find((i) => cg.includes(`/${i}\n`) || cmd.split(/[\s/=]/).includes(i));
+      if (id === undefined) continue;
+      const comm = readFileSync(`/proc/${e}/comm`, 'utf8').trim();
+      found.push({ pid: Number(e), id, comm, ...status(e) });
+    } catch {
+      // gone, or not readable
+    }
+  }
+  return found;
+}
+
+/** Per comm: how many, median VmRSS and Pss in KiB. */
+function byComm(procs) {
+  const m = new Map();
+  for (const p of procs) {
+    const g = m.get(p.comm) ?? { comm: p.comm, n: 0, rss: [], pss: [] };
+    g.n++;
+    g.rss.push(p.rss);
+    g.pss.push(p.pss);
+    m.set(p.comm, g);
+  }
+  return [...m.values()].map((g) => ({ comm: g.comm, n: g.n, rss: median(g.rss), pss: median(g.pss) }));
+}
+
+// ---------------------------------------------------------------- stats and output
+
+function median(xs) {
+  const s = xs.filter((x) => !Number.isNaN(x)).sort((a, b) => a - b);
+  if (s.length === 0) return NaN;
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
+}
+function p90(xs) {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.ceil(0.9 * s.length) - 1)];
+}
+const ms = (x) => (Number.isNaN(x) ? '-' : `${x.toFixed(1)} ms`);
+const mib = (kb) => (Number.isNaN(kb) ? '-' : `${(kb / 1024).toFixed(1)} MiB`);
+const pad = (s, n) => String(s).padEnd(n);
+const lpad = (s, n) => String(s).padStart(n);
+
+// ---------------------------------------------------------------- cleanup
+
+let cleaning;
+async function cleanup() {
+  if (cleaning) return cleaning;
+  cleaning = (async () => {
+    const problems = [];
+    if (client) {
+      for (const h of [...trellisHandles]) {
+        try {
+          await Promise.race([client.destroy(h), sleep(30_000).then(() => Promise.reject(new Error('timed out')))]);
+          trellisHandles.delete(h);
+        } catch (err) {
+          problems.push(`Trellis destroy ${h}: ${err.message}`);
+        }
+      }
+    }
+    if (server && server.child.exitCode === null && server.child.signalCode === null) {
+      const gone = new Promise((res) => server.child.once('exit', res));
+      server.child.kill('SIGTERM');
+      if (await Promise.race([gone.then(() => true), sleep(10_000).then(() => false)]) === false) {
+        server.child.kill('SIGKILL');
+        await gone;
+      }
+    }
+    if (RUNC_ROOT && existsSync(RUNC_ROOT)) {
+      try {
+        const list = JSON.parse((await run(RUNC, ['--root', RUNC_ROOT, 'list', '--format', 'json'])).out || 'null') ?? [];
+        for (const c of list) {
+          const r = await run(RUNC, ['--root', RUNC_ROOT, 'delete', '--force', c.id]);
+          if (r.code !== 0) problems.push(`runc delete ${c.id}: ${r.err.trim()}`);
+        }
+      } catch (err) {
+        problems.push(`runc list: ${err.message}`);
+      }
+    }
+    // Cgroups runc left behind (only ours: named after this run's tag).
+    for (const base of cgroupBases()) {
+      try {
+        for (const d of readdirSync(base)) if (d.startsWith(TAG)) rmdirSync(join(base, d));
+      } catch {
+        // not there
+      }
+    }
+    if (TMP) {
+      try {
+        rmSync(TMP, { recursive: true, force: true });
+      } catch (err) {
+        problems.push(`rm ${TMP}: ${err.message}`);
+      }
+    }
+    if (trellisHandles.size > 0) problems.push(`left behind by Trellis: ${[...trellisHandles].join(', ')}`);
+    return problems;
+  })();
+  return cleaning;
+}
+
+function cgroupBases() {
+  const root = '/sys/fs/cgroup';
+  const out = [];
+  try {
+    for (const c of readdirSync(root)) out.push(join(root, c, 'garden', String(uid)));
+  } catch {
+    // no cgroupfs
+  }
+  out.push(join(root, 'garden', String(uid)));
+  return out;
+}
+
+for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP']) {
+  process.once(sig, () => {
+    console.error(`\nscripts/bench: ${sig}, cleaning up`);
+    void cleanup().finally(() => process.exit(130));
+  });
+}
+
+// ---------------------------------------------------------------- main
+
+async function main() {
+  if (!existsSync(ROOTFS)) throw new Error(`${ROOTFS} missing (run 'gdn setup' as root)`);
+  mkdirSync(XDG, { recursive: true });
+  TMP = mkdtempSync(join(XDG, 'trellis-bench-'));
+  RUNC_ROOT = join(TMP, 'runc');
+  mkdirSync(RUNC_ROOT);
+  const runcVersion = (await run(RUNC, ['--version'])).out.split('\n')[0];
+
+  let serverCmd;
+  let serverIdleFresh;
+  if (!opt['runc-only']) {
+    serverCmd = await startServer();
+    serverIdleFresh = status(server.pid);
+  }
+
+  // Long-running containers for the exec/run cases.
+  const ex = makeBundle(['/dev/init', '-P']);
+  execTarget = ex.id;
+  await runcDetached(ex.b, ex.id, 'exec target');
+  if (client) runTarget = await trellisCreate();
+
+  const cases = [
+    { key: 'csd', group: 'crd', label: 'runc create + start + wait + delete   [baseline]', fn: runcCreateStartDelete },
+    { key: 'run', group: 'crd', label: 'runc run (all four in one call)       [ref]', fn: runcRun },
+    { key: 'steps', group: 'crd', label: "runc run -d init, exec, delete -f     [ref: Trellis's steps]", fn: runcTrellisSteps },
+    { key: 'stepsk', group: 'crd', label: 'runc run -d init, exec, kill, delete  [ref]', fn: runcTrellisStepsKill },
+    ...(client ? [{ key: 'tcrd', group: 'crd', label: 'Trellis create, run true, destroy', fn: trellisCreateRunDestroy }] : []),
+    { key: 'exec', group: 'run', label: 'runc exec true                        [baseline]', fn: runcExec },
+    ...(client ? [{ key: 'trun', group: 'run', label: 'Trellis run true', fn: trellisRun }] : []),
+  ];
+  const times = Object.fromEntries(cases.map((c) => [c.key, []]));
+  const t0 = Date.now();
+  for (let i = 0; i < WARMUP + N; i++) {
+    // A,B,C,..., then ...,C,B,A: neither side always goes first.
+    const order = i % 2 === 0 ? cases : [...cases].reverse();
+    for (const c of order) {
+      const t = await c.fn();
+      if (i >= WARMUP) times[c.key].push(t);
+    }
+  }
+  const timedSecs = (Date.now() - t0) / 1000;
+
+  // Memory: K idle containers on each side, then the processes that carry them.
+  let serverIdleAfter;
+  let serverWithK;
+  let trellisProcs = [];
+  if (client) {
+    await sleep(500);
+    serverIdleAfter = status(server.pid);
+    const hs = [];
+    for (let i = 0; i < K; i++) hs.push(await trellisCreate());
+    await sleep(1000);
+    serverWithK = status(server.pid);
+    trellisProcs = processesOf(hs);
+    for (const h of hs) await trellisDestroy(h);
+  }
+  const bare = [];
+  for (let i = 0; i < K; i++) {
+    const { id, b } = makeBundle(['/dev/init', '-P']);
+    await runcDetached(b, id, 'memory');
+    bare.push(id);
+  }
+  await sleep(500);
+  const bareProcs = processesOf(bare);
+  for (const id of bare) await runc('delete', '--force', id);
+
+  // ---- report
+  const W = 66;
+  console.log(`Trellis bench: uid ${uid} (${USER}), ${runcVersion}, N=${N} per case after ${WARMUP} warm-up, interleaved (${timedSecs.toFixed(0)} s)`);
+  console.log(`  rootfs: overlay of ${ROOTFS} with a fresh upper; userns maps 0->${uid}, 1->${SUBUID.start}+${SUBUID.count}; pid net ipc uts mount user; cgroup /garden/${uid}/<id>`);
+  console.log(`  bare runc config: ${configSource}; bundle dirs are made before the clock starts`);
+  console.log("  baseline = the issue's: runc create + runc start + wait for `true` to exit + runc delete; [ref] rows are context only");
+  console.log('  (runc 1.1 delete --force of a running container polls in 100 ms steps, hence the delete -f row)');
+  if (serverCmd) console.log(`  server: ${serverCmd}`);
+  console.log('');
+  console.log(`${pad('', W)}${lpad('median', 10)}${lpad('p90', 10)}${lpad('ratio', 8)}  target`);
+  const verdicts = [];
+  for (const [group, title, baseKey, trellisKey, target] of [
+    ['crd', 'create + run `true` + destroy', 'csd', 'tcrd', TARGET_CRD],
+    ['run', 'run `true` in a running container', 'exec', 'trun', TARGET_RUN],
+  ]) {
+    console.log(title);
+    const base = median(times[baseKey]);
+    for (const c of cases.filter((x) => x.group === group)) {
+      const med = median(times[c.key]);
+      const ratio = med / base;
+      let verdict = '';
+      if (c.key === trellisKey) {
+        verdict = `<= ${target}x  ${ratio <= target ? 'PASS' : 'MISS'}`;
+        verdicts.push(`${title}: ${ratio.toFixed(2)}x ${ratio <= target ? 'PASS' : 'MISS'}`);
+      }
+      console.log(`  ${pad(c.label, W - 2)}${lpad(ms(med), 10)}${lpad(ms(p90(times[c.key])), 10)}${lpad(`${ratio.toFixed(2)}x`, 8)}  ${verdict}`);
+      if (c.key === 'tcrd') {
+        // Phases include warm-up; drop it so they describe the same samples.
+        for (const [name, xs] of Object.entries(phases)) {
+          const m = xs.slice(WARMUP);
+          console.log(`    ${pad(name, W - 4)}${lpad(ms(median(m)), 10)}${lpad(ms(p90(m)), 10)}`);
+        }
+      }
+    }
+  }
+  if (!client) console.log('  (Trellis not measured: --runc-only)');
+
+  console.log('');
+  console.log('memory (VmRSS from /proc/<pid>/status; Pss from smaps_rollup shares libraries fairly)');
+  if (client) {
+    const d = (serverWithK.rss - serverIdleAfter.rss) / K;
+    console.log(`  gdn server idle, fresh                  VmRSS ${mib(serverIdleFresh.rss)}  Pss ${mib(serverIdleFresh.pss)}`);
+    console.log(`  gdn server idle, after the timed runs   VmRSS ${mib(serverIdleAfter.rss)}  Pss ${mib(serverIdleAfter.pss)}`);
+    console.log(`  gdn server with ${K} containers          VmRSS ${mib(serverWithK.rss)}  Pss ${mib(serverWithK.pss)}  (${d >= 0 ? '+' : ''}${mib(d)} per container)`);
+  }
+  const perContainer = (label, procs, n) => {
+    const groups = byComm(procs);
+    if (groups.length === 0) {
+      console.log(`  ${label}: no processes found`);
+      return;
+    }
+    let rss = 0;
+    let pss = 0;
+    for (const g of groups) {
+      rss += (g.rss * g.n) / n;
+      pss += (g.pss * g.n) / n;
+    }
+    console.log(`  ${label}: ~VmRSS ${mib(rss)}  Pss ${mib(pss)} per container`);
+    for (const g of groups) {
+      console.log(`    ${pad(g.comm, 14)} ${lpad(`${g.n}/${n}`, 6)} processes, median VmRSS ${mib(g.rss)}  Pss ${mib(g.pss)}`);
+    }
+  };
+  if (client) perContainer(`Trellis, ${K} idle containers, processes outside gdn`, trellisProcs, K);
+  perContainer(`bare runc, ${K} detached catatonit -P containers (no monitor)`, bareProcs, K);
+  if (client) {
+    const mon = byComm(trellisProcs).find((g) => g.comm === 'conmon');
+    console.log(`  per-container monitor (conmon): ${mon ? `VmRSS ${mib(mon.rss)}, Pss ${mib(mon.pss)}` : 'none found'}; bare runc: none`);
+  }
+  if (verdicts.length) {
+    console.log('');
+    for (const v of verdicts) console.log(v);
+  }
+}
+
+let rc = 0;
+try {
+  await main();
+} catch (err) {
+  console.error(`scripts/bench: ${err instanceof Error ? err.message : err}`);
+  if (server) {
+    const t = tail(server.log);
+    if (t) console.error(`--- gdn server log (tail)\n${t}`);
+  }
+  rc = 1;
+}
+const problems = await cleanup();
+for (const p of problems) console.error(`scripts/bench: cleanup: ${p}`);
+if (problems.length) rc = rc || 1;
+process.exit(rc);
