@@ -118,6 +118,7 @@ export function decodeRun(body: Buffer): RunSpec {
     user: s.user,
     rlimits,
     tty: s.tty !== null,
+    windowSize: s.tty?.window_size ? { rows: s.tty.window_size.rows, columns: s.tty.window_size.columns } : undefined,
     image: s.image.uri,
     bindMounts: s.bind_mounts.length,
   };

@@ -162,7 +162,11 @@ export function serveControl(opts: {
         letGo();
         continue;
       }
-      if (msg.tty !== null) continue; // no TTY processes yet: a resize has nothing to resize
+      if (msg.tty !== null) {
+        const ws = msg.tty.window_size;
+        if (ws !== null) proc.resize(ws.rows, ws.columns);
+        continue;
+      }
       if (msg.source !== null) {
         if (msg.data !== null) proc.writeStdin(Buffer.from(msg.data, 'utf8'));
         else letGo();

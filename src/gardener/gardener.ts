@@ -53,6 +53,7 @@ export interface RunSpec {
   user: string;
   rlimits: Record<string, number>;
   tty: boolean;
+  windowSize?: { rows: number; columns: number };
   image: string;
   bindMounts: number;
 }
@@ -458,7 +459,6 @@ export class Gardener {
     const c = this.get(handle);
     if (spec.image !== '') throw new InvalidArgument('processes with their own image are not supported yet');
     if (spec.bindMounts > 0) throw new InvalidArgument('Running a process with bind mounts and no image provided is not allowed');
-    if (spec.tty) throw new InvalidArgument('TTY processes are not supported yet: run without a tty');
     if (spec.path === '') throw new ExecutableNotFound('no executable given: the process spec has an empty path');
     const id = spec.id === '' ? randomUUID() : spec.id;
     if (c.processes.has(id)) throw new AlreadyExists(`process ID '${id}' already in use`);
@@ -475,7 +475,7 @@ export class Gardener {
     return { root, user: resolveUser(user, await readIn('/etc/passwd'), await readIn('/etc/group')) };
   }
 
-  private async spawn(c: Container, id: string, spec: Omit<RunSpec, 'id' | 'image' | 'bindMounts' | 'tty'>): Promise<ProcessHandle> {
+  private async spawn(c: Container, id: string, spec: Omit<RunSpec, 'id' | 'image' | 'bindMounts' | 'tty'> & { tty?: boolean }): Promise<ProcessHandle> {
     const { key } = c.record;
     const { root, user } = await this.userIn(c, spec.user);
     let cwd = spec.dir;
@@ -490,7 +490,8 @@ export class Gardener {
       username: spec.user === '' ? 'root' : spec.user,
       cwd,
       rlimits: spec.rlimits,
-      terminal: false,
+      terminal: spec.tty === true,
+      windowSize: spec.windowSize,
     });
     const dir = this.cfg.depot.processDir(key, id);
     try {
@@ -513,7 +514,7 @@ export class Gardener {
     }
     const p = new ProcessHandle(id, files, started.pid);
     started.exited.then((code) => p.reportExit(code)).catch(() => {});
-    await this.cfg.depot.saveProcess(key, { id, createdAt: new Date().toISOString(), pid: started.pid, tty: false });
+    await this.cfg.depot.saveProcess(key, { id, createdAt: new Date().toISOString(), pid: started.pid, tty: spec.tty === true });
     return p;
   }
 

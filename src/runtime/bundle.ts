@@ -17,6 +17,7 @@ export interface OciRlimit {
 
 export interface OciProcess {
   terminal?: boolean;
+  consoleSize?: { height: number; width: number };
   user: { uid: number; gid: number; additionalGids?: number[]; username?: string };
   args: string[];
   env: string[];
@@ -184,6 +185,8 @@ export interface ProcessInput {
   cwd: string;
   rlimits: Record<string, number>;
   terminal: boolean;
+  /** Initial window (rows x columns); Garden's default is 80x24. */
+  windowSize?: { rows: number; columns: number };
 }
 
 /** The process JSON handed to `runc exec` (plugins.md §8.1). */
@@ -204,7 +207,10 @@ export function buildProcess(input: ProcessInput): OciProcess {
     cwd: input.cwd,
     capabilities: { bounding: caps, effective: input.uid === 0 ? caps : [], inheritable: caps, permitted: caps },
   };
-  if (input.terminal) proc.terminal = true;
+  if (input.terminal) {
+    proc.terminal = true;
+    proc.consoleSize = { height: input.windowSize?.rows || 24, width: input.windowSize?.columns || 80 };
+  }
   if (rlimits.length > 0) proc.rlimits = rlimits;
   return proc;
 }

@@ -46,6 +46,7 @@ export interface ConmonCommon {
   exitDir: string;
   logPath: string;
   stdin: boolean;
+  terminal?: boolean;
 }
 
 export interface ExecOptions extends ConmonCommon {
@@ -83,6 +84,7 @@ export class Conmon {
       '--runtime-arg', o.runtimeRoot,
       '--no-sync-log',
       ...(o.stdin ? ['-i'] : []),
+      ...(o.terminal ? ['-t'] : []),
     ];
   }
 

@@ -72,6 +72,7 @@ export class Containerizer {
       exitDir: dir,
       logPath: files.logPath,
       stdin: true,
+      terminal: spec.terminal === true,
       processSpecPath: specPath,
     });
   }

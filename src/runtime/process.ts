@@ -2,7 +2,7 @@
 // from where the last reader stopped, the exit code from conmon (sync pipe while we
 // started it, its exit file otherwise), stdin through conmon's attach socket.
 import { createRequire } from 'node:module';
-import { existsSync, openSync, closeSync, watch, type FSWatcher } from 'node:fs';
+import { constants, existsSync, openSync, closeSync, watch, writeSync, type FSWatcher } from 'node:fs';
 import { open, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { parseK8sLog } from './k8slog.js';
@@ -154,7 +154,8 @@ export class ProcessHandle {
 
   /** Resolves once the exit is known and every byte of output reached the current sinks. */
   waitFinished(): Promise<void> {
-    if (this.exited && this.pumping === undefined) return this.pump();
+    // Once the exit is known, a pump (joining any in flight) is all that is left to wait for.
+    if (this.exited) return this.pump();
     return new Promise((resolve) => this.exitWaiters.push(resolve));
   }
 
@@ -308,6 +309,20 @@ export class ProcessHandle {
     if (this.stdinClosed) {
       this.stdinSock.end();
       this.stdinSock = undefined;
+    }
+  }
+
+  /** Resizes the process's terminal: conmon reads "<event> <rows> <columns>" from its ctl FIFO (event 1 = resize). */
+  resize(rows: number, columns: number): void {
+    if (this.exited || rows <= 0 || columns <= 0) return;
+    let fd: number | undefined;
+    try {
+      fd = openSync(join(this.files.dir, 'ctl'), constants.O_WRONLY | constants.O_NONBLOCK);
+      writeSync(fd, `1 ${rows} ${columns}\n`);
+    } catch {
+      // no terminal, or its monitor is gone
+    } finally {
+      if (fd !== undefined) closeSync(fd);
     }
   }
 

@@ -122,13 +122,19 @@ describe('matchHijack', () => {
     expect(matchHijack('GET', '/containers/c1/processes/')).to.equal(undefined);
   });
 
-  it('round-trips any escaped handle and pid', () => {
+  it('round-trips any escaped non-empty handle and pid', () => {
     fc.assert(
-      fc.property(fc.fullUnicodeString(), fc.fullUnicodeString({ minLength: 1 }), (h, pid) => {
+      fc.property(fc.fullUnicodeString({ minLength: 1 }), fc.fullUnicodeString({ minLength: 1 }), (h, pid) => {
         const e = encodeURIComponent;
         expect(matchHijack('POST', `/containers/${e(h)}/processes`)).to.deep.equal({ kind: 'run', handle: h });
         expect(matchHijack('GET', `/containers/${e(h)}/processes/${e(pid)}`)).to.deep.equal({ kind: 'attach', handle: h, pid });
       }),
     );
+  });
+
+  it('routes nothing with an empty segment (routing is exact)', () => {
+    expect(matchHijack('POST', '/containers//processes')).to.equal(undefined);
+    expect(matchHijack('GET', '/containers/c1/processes/')).to.equal(undefined);
+    expect(matchHijack('GET', '/containers/c1/processes//attaches/1/stdout')).to.equal(undefined);
   });
 });
