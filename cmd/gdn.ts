@@ -2,7 +2,7 @@
 // gdn: `gdn server` (an ordinary user) and `gdn setup` (root, once). The composition
 // root: flags in, plain constructors wired together, nothing else.
 import { createServer as createHttpServer } from 'node:http';
-import { chmodSync, existsSync, mkdtempSync, rmSync, unlinkSync } from 'node:fs';
+import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, unlinkSync } from 'node:fs';
 import { userInfo, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pino from 'pino';
@@ -18,6 +18,7 @@ import { buildMappings, primaryRange, readSubIdFile } from '../src/idmap/subid.j
 import { ExecNetworkPlugin, LoopbackOnly, type NetworkPlugin } from '../src/network/plugin.js';
 import { userPaths } from '../src/paths.js';
 import { delegatedCgroup, probeOverlayInUserns, requireBinary, requireSetuid, requireWritableDir } from '../src/probe.js';
+import { CgroupReader } from '../src/runtime/cgroupstats.js';
 import { Conmon } from '../src/runtime/conmon.js';
 import { Containerizer } from '../src/runtime/containerizer.js';
 import { Depot } from '../src/runtime/depot.js';
@@ -161,6 +162,7 @@ async function server(args: ServerArgs): Promise<void> {
     defaultGraceTimeNs: parseGoDuration(args['default-grace-time']),
     maxContainers: args['max-containers'],
     cgroupParent,
+    cgroups: new CgroupReader(readFileSync('/proc/self/mountinfo', 'utf8')),
     propertiesPath: args['properties-path'],
   });
   await gardener.restore();

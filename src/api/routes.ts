@@ -314,6 +314,12 @@ async function metricsOf(gardener: Gardener, handle: string): Promise<string> {
   const m = zeroMetrics();
   const created = gardener.createdAt(handle);
   m.ageNs = BigInt(Date.now() - created.getTime()) * 1_000_000n;
+  const cg = await gardener.cgroupStats(handle);
+  if (cg !== undefined) {
+    m.memory = cg.memory;
+    m.cpu = cg.cpu;
+    m.pids = cg.pids;
+  }
   try {
     const s = await gardener.stats(handle);
     m.disk.TotalBytesUsed = BigInt(s.totalBytesUsed);

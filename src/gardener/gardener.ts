@@ -14,6 +14,7 @@ import type { IdMapping } from '../idmap/subid.js';
 import type { ImagePlugin } from '../image/plugin.js';
 import type { NetworkPlugin } from '../network/plugin.js';
 import { TOOLS_PATH, buildBundle, buildProcess, type BindMountSpec } from '../runtime/bundle.js';
+import type { CgroupReader } from '../runtime/cgroupstats.js';
 import type { Containerizer } from '../runtime/containerizer.js';
 import { containerKey, type ContainerRecord, type Depot } from '../runtime/depot.js';
 import { lockedFlags } from '../runtime/mountinfo.js';
@@ -94,6 +95,7 @@ export interface GardenerConfig {
   maxContainers: number;
   /** cgroup parent (e.g. /garden/1001), or undefined when cgroups are not delegated. */
   cgroupParent?: string;
+  cgroups?: CgroupReader;
   /** Where a snapshot of every container's properties is written (--properties-path). */
   propertiesPath?: string;
 }
@@ -388,6 +390,14 @@ export class Gardener {
   async stats(handle: string) {
     const c = this.get(handle);
     return this.cfg.image.stats(handle, c.record.key);
+  }
+
+  /** Memory, CPU and pid figures from the container's cgroup (zeros where there is none). */
+  async cgroupStats(handle: string) {
+    const c = this.get(handle);
+    const reader = this.cfg.cgroups;
+    if (reader === undefined || this.cfg.cgroupParent === undefined) return undefined;
+    return reader.stats(`${this.cfg.cgroupParent}/${c.record.key}`);
   }
 
   createdAt(handle: string): Date {

@@ -9,6 +9,8 @@ export interface MountEntry {
   options: string[];
   fsType: string;
   source: string;
+  /** Filesystem options after the separator (for cgroup v1: the controllers). */
+  superOptions: string[];
 }
 
 function unescape(s: string): string {
@@ -24,7 +26,13 @@ export function parseMountInfo(text: string): MountEntry[] {
     const f = left.split(' ');
     const r = right.split(' ');
     if (f.length < 6 || r.length < 2) continue;
-    out.push({ mountPoint: unescape(f[4]!), options: f[5]!.split(','), fsType: r[0]!, source: unescape(r[1]!) });
+    out.push({
+      mountPoint: unescape(f[4]!),
+      options: f[5]!.split(','),
+      fsType: r[0]!,
+      source: unescape(r[1]!),
+      superOptions: (r[2] ?? '').split(','),
+    });
   }
   return out;
 }

@@ -170,4 +170,26 @@ describe('lifecycle (integration)', function () {
     expect((again as ContainerNotFound).handle).to.equal(h);
     expect((again as Error).message).to.equal(`unknown handle: ${h}`);
   });
+
+  it('enforces the pid and memory limits through the delegated cgroup, and metrics report them', async function () {
+    const h = await server.client.create(spec({
+      handle: 'life-limits',
+      limits: { pid_limits: { max: 20 }, memory_limits: { limit_in_bytes: 32 * 1024 * 1024 } },
+    }));
+    // 30 background sleeps against a limit of 20 pids: some forks must fail.
+    const forks = await runAndWait(server.client, h, sh('n=0; for i in $(seq 30); do sleep 5 & n=$((n+1)); done 2>/dev/null; jobs -p | wc -l'));
+    expect(Number(forks.stdout.trim())).to.be.lessThan(20);
+    await runAndWait(server.client, h, sh('pkill sleep; true'));
+    // dd's 64 MiB block in a 32 MiB cgroup (no swap allowed): the kernel kills it.
+    const dd = (size: string) => ({ path: 'dd', args: ['if=/dev/zero', 'of=/dev/null', `bs=${size}`, 'count=1'] });
+    expect((await runAndWait(server.client, h, dd('64M'))).code).to.equal(137);
+    expect((await runAndWait(server.client, h, dd('8M'))).code).to.equal(0);
+    const m = await server.client.metrics(h);
+    expect(Number(m.PidStat.Max)).to.equal(20);
+    expect(Number(m.MemoryStat.hierarchical_memory_limit)).to.equal(32 * 1024 * 1024);
+    expect(Number(m.CPUStat.Usage)).to.be.greaterThan(0);
+    expect(Number(m.Age)).to.be.greaterThan(0);
+    expect(Number(m.DiskStat.TotalBytesUsed)).to.be.greaterThan(0);
+    await server.client.destroy(h);
+  });
 });
