@@ -17,7 +17,7 @@ import { ExecImagePlugin, InProcessImagePlugin, type ImagePlugin } from '../src/
 import { buildMappings, primaryRange, readSubIdFile } from '../src/idmap/subid.js';
 import { ExecNetworkPlugin, LoopbackOnly, type NetworkPlugin } from '../src/network/plugin.js';
 import { userPaths } from '../src/paths.js';
-import { delegatedCgroup, probeOverlayInUserns, requireBinary, requireSetuid, requireWritableDir } from '../src/probe.js';
+import { planCgroups, probeOverlayInUserns, requireBinary, requireSetuid, requireWritableDir } from '../src/probe.js';
 import { CgroupReader } from '../src/runtime/cgroupstats.js';
 import { Conmon } from '../src/runtime/conmon.js';
 import { Containerizer } from '../src/runtime/containerizer.js';
@@ -87,6 +87,7 @@ async function server(args: ServerArgs): Promise<void> {
   const gid = process.getgid!();
   if (uid === 0) throw new TrellisError('ERR_TRELLIS_ROOT', 'gdn server runs as an ordinary user, not root', { hint: 'run it as the user you gave gdn setup' });
   const paths = userPaths(uid);
+  let limitsUnavailable: string | undefined;
   const user = userInfo().username;
 
   // Id maps: flags, else the user's own /etc/subuid and /etc/subgid entries.
@@ -120,12 +121,15 @@ async function server(args: ServerArgs): Promise<void> {
   } finally {
     rmSync(scratch, { recursive: true, force: true });
   }
-  const cg = delegatedCgroup(paths.cgroupParent);
-  const cgroupParent = cg.ok ? `/${paths.cgroupParent}` : undefined;
-  if (!cg.ok) {
-    throw new TrellisError('ERR_TRELLIS_CGROUPS', `cgroups are not delegated to this user: ${cg.why}`, {
-      hint: `run 'sudo gdn setup --rootless-uid ${uid} --rootless-gid ${gid}'`,
-    });
+  const cg = planCgroups(paths.cgroupParent, readFileSync('/proc/self/mountinfo', 'utf8'), readFileSync('/proc/self/cgroup', 'utf8'), uid, gid);
+  let cgroupParent: string | undefined;
+  if (cg.mode === 'none') {
+    // Containers still run; limits are refused at create, naming this reason.
+    log.error({ why: cg.why, fix: cg.fix }, 'probe.cgroups-unavailable');
+    limitsUnavailable = `${cg.why}; to enable limits: ${cg.fix}`;
+  } else {
+    cgroupParent = cg.parent;
+    log.info({ mode: cg.mode, parent: cg.parent }, 'probe.cgroups');
   }
 
   let image: ImagePlugin;
@@ -162,6 +166,7 @@ async function server(args: ServerArgs): Promise<void> {
     defaultGraceTimeNs: parseGoDuration(args['default-grace-time']),
     maxContainers: args['max-containers'],
     cgroupParent,
+    limitsUnavailable,
     cgroups: new CgroupReader(readFileSync('/proc/self/mountinfo', 'utf8')),
     propertiesPath: args['properties-path'],
   });

@@ -66,6 +66,32 @@ export function delegatedCgroup(parent: string, mountinfo = readFileSync('/proc/
   return { ok: true };
 }
 
+export type CgroupPlan =
+  | { mode: 'v1'; parent: string }
+  | { mode: 'v2'; parent: string }
+  | { mode: 'none'; why: string; fix: string };
+
+/**
+ * Where container cgroups go. cgroup v1 (or hybrid): below the parent delegated in every
+ * hierarchy. Pure v2: moving a process needs write access to the common ancestor of its
+ * old and new cgroup, so only a gdn that itself lives below the delegated parent can.
+ */
+export function planCgroups(parent: string, mountinfo: string, selfCgroup: string, uid: number, gid: number): CgroupPlan {
+  const mounts = parseMountInfo(mountinfo);
+  const v1 = mounts.some((m) => m.fsType === 'cgroup');
+  const setup = `sudo gdn setup --rootless-uid ${uid} --rootless-gid ${gid}`;
+  const d = delegatedCgroup(parent, mountinfo);
+  if (!d.ok) return { mode: 'none', why: `cgroups are not delegated to this user: ${d.why}`, fix: setup };
+  if (v1) return { mode: 'v1', parent: `/${parent}` };
+  const own = /^0::(\/.*)$/m.exec(selfCgroup)?.[1] ?? '/';
+  if (own === `/${parent}` || own.startsWith(`/${parent}/`)) return { mode: 'v2', parent: `/${parent}` };
+  return {
+    mode: 'none',
+    why: `on cgroup v2 gdn must run inside /${parent} to place containers there (it runs in ${own})`,
+    fix: `start it from a shell moved there once by root: sudo sh -c 'mkdir -p /sys/fs/cgroup/${parent}/gdn && chown ${uid}:${gid} /sys/fs/cgroup/${parent}/gdn/cgroup.procs && echo <shell pid> > /sys/fs/cgroup/${parent}/gdn/cgroup.procs'`,
+  };
+}
+
 /** Rootless overlay needs a kernel that allows it in a user namespace (mainline ≥ 5.11). */
 export function probeOverlayInUserns(scratch: string): void {
   const dirs = ['l', 'u', 'w', 'm'].map((d) => join(scratch, d));

@@ -96,6 +96,8 @@ export interface GardenerConfig {
   /** cgroup parent (e.g. /garden/1001), or undefined when cgroups are not delegated. */
   cgroupParent?: string;
   cgroups?: CgroupReader;
+  /** Why cgroup limits cannot be applied on this host (when cgroupParent is undefined). */
+  limitsUnavailable?: string;
   /** Where a snapshot of every container's properties is written (--properties-path). */
   propertiesPath?: string;
 }
@@ -187,7 +189,7 @@ export class Gardener {
       const cpu = spec.limits.cpu_limits.weight || spec.limits.cpu_limits.limit_in_shares || 0n;
       const pids = spec.limits.pid_limits.max ?? 0n;
       if ((memory > 0n || cpu > 0n || pids > 0n) && this.cfg.cgroupParent === undefined) {
-        throw new InvalidArgument('limits need delegated cgroups: run gdn setup for this user');
+        throw new InvalidArgument(`cannot apply memory, cpu or pid limits: ${this.cfg.limitsUnavailable ?? 'cgroups are not delegated to this user'}`);
       }
       const config = buildBundle({
         handle,
