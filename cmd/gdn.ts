@@ -19,6 +19,8 @@ import { ExecNetworkPlugin, LoopbackOnly, type NetworkPlugin } from '../src/netw
 import { userPaths } from '../src/paths.js';
 import { planCgroups, probeOverlayInUserns, requireBinary, requireSetuid, requireWritableDir } from '../src/probe.js';
 import { CgroupReader } from '../src/runtime/cgroupstats.js';
+import { UNPRIVILEGED_CAPS } from '../src/runtime/bundle.js';
+import { DEFAULT_PROFILE, loadProfile, type OciSeccomp } from '../src/runtime/seccomp.js';
 import { Conmon } from '../src/runtime/conmon.js';
 import { Containerizer } from '../src/runtime/containerizer.js';
 import { Depot } from '../src/runtime/depot.js';
@@ -51,6 +53,7 @@ interface ServerArgs {
   'init-bin'?: string;
   'conmon-bin'?: string;
   'external-ip'?: string;
+  'seccomp-profile': string;
 }
 
 function serverFlags(y: Argv) {
@@ -78,7 +81,8 @@ function serverFlags(y: Argv) {
     .option('assets-dir', { type: 'string', describe: 'accepted for Garden compatibility; binaries come from PATH' })
     .option('init-bin', { type: 'string', describe: 'container pid 1 (default: catatonit from PATH)' })
     .option('conmon-bin', { type: 'string', describe: 'conmon binary (default: conmon from PATH)' })
-    .option('external-ip', { type: 'string', describe: 'host address reported for net-in' });
+    .option('external-ip', { type: 'string', describe: 'host address reported for net-in' })
+    .option('seccomp-profile', { type: 'string', default: DEFAULT_PROFILE, describe: "Docker-format seccomp profile for every container, or 'unconfined'" });
 }
 
 async function server(args: ServerArgs): Promise<void> {
@@ -113,6 +117,16 @@ async function server(args: ServerArgs): Promise<void> {
   const conmonBin = requireBinary(args['conmon-bin'] ?? 'conmon', 'conmon');
   const initBin = requireBinary(args['init-bin'] ?? 'catatonit', 'catatonit');
   const toolsBin = requireBinary('busybox', 'busybox-static');
+  let seccomp: OciSeccomp | undefined;
+  if (args['seccomp-profile'] !== 'unconfined') {
+    try {
+      seccomp = loadProfile(args['seccomp-profile'], UNPRIVILEGED_CAPS);
+    } catch (err) {
+      throw new TrellisError('ERR_TRELLIS_SECCOMP', `cannot read the seccomp profile ${args['seccomp-profile']}: ${errorMessage(err)}`, {
+        hint: "install it ('apt-get install golang-github-containers-common'), or pass --seccomp-profile",
+      });
+    }
+  }
   const depotDir = args.depot ?? paths.depot;
   requireWritableDir(depotDir, 'depot', uid, gid);
   const scratch = mkdtempSync(join(tmpdir(), 'gdn-probe-'));
@@ -162,6 +176,7 @@ async function server(args: ServerArgs): Promise<void> {
     gidMappings,
     initBinary: initBin,
     toolsBinary: toolsBin,
+    seccomp,
     defaultRootfs,
     defaultGraceTimeNs: parseGoDuration(args['default-grace-time']),
     maxContainers: args['max-containers'],

@@ -118,7 +118,7 @@ export function decodeRun(body: Buffer): RunSpec {
     user: s.user,
     rlimits,
     tty: s.tty !== null,
-    windowSize: s.tty?.window_size ? { rows: s.tty.window_size.rows, columns: s.tty.window_size.columns } : undefined,
+    ...(s.tty?.window_size ? { windowSize: { rows: s.tty.window_size.rows, columns: s.tty.window_size.columns } } : {}),
     image: s.image.uri,
     bindMounts: s.bind_mounts.length,
   };

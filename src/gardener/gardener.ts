@@ -15,6 +15,7 @@ import type { ImagePlugin } from '../image/plugin.js';
 import type { NetworkPlugin } from '../network/plugin.js';
 import { TOOLS_PATH, buildBundle, buildProcess, type BindMountSpec } from '../runtime/bundle.js';
 import type { CgroupReader } from '../runtime/cgroupstats.js';
+import type { OciSeccomp } from '../runtime/seccomp.js';
 import type { Containerizer } from '../runtime/containerizer.js';
 import { containerKey, type ContainerRecord, type Depot } from '../runtime/depot.js';
 import { lockedFlags } from '../runtime/mountinfo.js';
@@ -88,6 +89,7 @@ export interface GardenerConfig {
   uidMappings: IdMapping[];
   gidMappings: IdMapping[];
   initBinary: string;
+  seccomp?: OciSeccomp;
   /** Static busybox bound into every container for stream-in/out. */
   toolsBinary?: string;
   defaultRootfs: string;
@@ -204,6 +206,7 @@ export class Gardener {
         toolsLockedFlags: this.cfg.toolsBinary === undefined ? undefined : lockedFlags(this.cfg.toolsBinary),
         bindMounts,
         cgroupsPath: this.cfg.cgroupParent === undefined ? undefined : `${this.cfg.cgroupParent}/${key}`,
+        seccomp: this.cfg.seccomp,
         limits: { memoryBytes: Number(memory), cpuShares: Number(cpu), pidsMax: Number(pids) },
       });
       const initPid = await this.step('runtime', () => this.cfg.containerizer.create(key, config));

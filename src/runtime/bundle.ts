@@ -1,6 +1,7 @@
 // The OCI config.json for a rootless container, as Garden's unprivileged bundle is
 // built (spec/plugins.md §5), with catatonit as pid 1. Pure: no I/O.
 import type { IdMapping } from '../idmap/subid.js';
+import type { OciSeccomp } from './seccomp.js';
 
 export interface OciMount {
   destination: string;
@@ -46,6 +47,7 @@ export interface OciConfig {
     maskedPaths: string[];
     readonlyPaths: string[];
     rootfsPropagation: string;
+    seccomp?: OciSeccomp;
   };
 }
 
@@ -101,6 +103,8 @@ export interface BundleInput {
   /** cgroup path (absolute, e.g. /garden/1001/<handle>), or undefined to run without one. */
   cgroupsPath?: string;
   limits: ContainerLimits;
+  /** The filter every process in the container runs under; undefined = unconfined. */
+  seccomp?: OciSeccomp;
 }
 
 function bindOptions(b: { readOnly: boolean; lockedFlags: string[] }): string[] {
@@ -162,6 +166,7 @@ export function buildBundle(input: BundleInput): OciConfig {
     },
   };
   if (input.cgroupsPath !== undefined) config.linux.cgroupsPath = input.cgroupsPath;
+  if (input.seccomp !== undefined) config.linux.seccomp = input.seccomp;
   if (Object.keys(resources).length > 0) config.linux.resources = resources;
   return config;
 }

@@ -15,11 +15,11 @@ const MOUNTINFO = [
 ].join('\n');
 
 describe('parseMountInfo', () => {
-  it('reads mount point, per-mount options, type and source', () => {
+  it('reads mount point, per-mount options, type, source and super options', () => {
     const e = parseMountInfo(MOUNTINFO);
     expect(e).to.have.length(7);
-    expect(e[0]).to.deep.equal({ mountPoint: '/', options: ['rw', 'relatime'], fsType: 'ext4', source: '/dev/sda1' });
-    expect(e[3]).to.deep.equal({ mountPoint: '/home', options: ['rw', 'nosuid', 'nodev', 'noatime'], fsType: 'ext4', source: '/dev/sda2' });
+    expect(e[0]).to.deep.equal({ mountPoint: '/', options: ['rw', 'relatime'], fsType: 'ext4', source: '/dev/sda1', superOptions: ['rw', 'errors=remount-ro'] });
+    expect(e[3]).to.deep.equal({ mountPoint: '/home', options: ['rw', 'nosuid', 'nodev', 'noatime'], fsType: 'ext4', source: '/dev/sda2', superOptions: ['rw'] });
   });
 
   it('handles any number of optional fields before the separator', () => {

@@ -1,0 +1,81 @@
+// The container seccomp filter: a Docker-format profile (Debian's containers-common
+// ships the default one) turned into the OCI form for this machine's architecture
+// and the capabilities containers get. Pure apart from reading the file.
+import { readFileSync } from 'node:fs';
+import { release } from 'node:os';
+
+export const DEFAULT_PROFILE = '/usr/share/containers/seccomp.json';
+
+interface ProfileArg {
+  index: number;
+  value: number;
+  valueTwo?: number;
+  op: string;
+}
+
+interface ProfileRule {
+  names?: string[];
+  name?: string;
+  action: string;
+  errnoRet?: number;
+  args?: ProfileArg[] | null;
+  includes?: { arches?: string[]; caps?: string[]; minKernel?: string };
+  excludes?: { arches?: string[]; caps?: string[]; minKernel?: string };
+}
+
+export interface DockerProfile {
+  defaultAction: string;
+  defaultErrnoRet?: number;
+  archMap?: { architecture: string; subArchitectures?: string[] }[];
+  architectures?: string[];
+  syscalls: ProfileRule[];
+}
+
+export interface OciSeccomp {
+  defaultAction: string;
+  defaultErrnoRet?: number;
+  architectures: string[];
+  syscalls: { names: string[]; action: string; errnoRet?: number; args?: ProfileArg[] }[];
+}
+
+const ARCH: Record<string, { docker: string; scmp: string }> = {
+  x64: { docker: 'amd64', scmp: 'SCMP_ARCH_X86_64' },
+  arm64: { docker: 'arm64', scmp: 'SCMP_ARCH_AARCH64' },
+};
+
+function kernelAtLeast(min: string, running: string): boolean {
+  const parse = (v: string) => v.split(/[.-]/).slice(0, 2).map((n) => Number.parseInt(n, 10) || 0);
+  const [a1, a2] = parse(running);
+  const [b1, b2] = parse(min);
+  return a1! > b1! || (a1 === b1 && a2! >= b2!);
+}
+
+export function toOci(profile: DockerProfile, caps: string[], nodeArch = process.arch, kernel = release()): OciSeccomp {
+  const arch = ARCH[nodeArch] ?? { docker: nodeArch, scmp: '' };
+  const map = profile.archMap?.find((m) => m.architecture === arch.scmp);
+  const architectures = map ? [map.architecture, ...(map.subArchitectures ?? [])] : (profile.architectures ?? []);
+  const have = new Set(caps);
+  const syscalls: OciSeccomp['syscalls'] = [];
+  for (const r of profile.syscalls) {
+    const inc = r.includes ?? {};
+    const exc = r.excludes ?? {};
+    if (inc.arches?.length && !inc.arches.includes(arch.docker)) continue;
+    if (inc.caps?.length && !inc.caps.every((c) => have.has(c))) continue;
+    if (inc.minKernel && !kernelAtLeast(inc.minKernel, kernel)) continue;
+    if (exc.arches?.length && exc.arches.includes(arch.docker)) continue;
+    if (exc.caps?.length && exc.caps.some((c) => have.has(c))) continue;
+    const names = r.names ?? (r.name ? [r.name] : []);
+    if (names.length === 0) continue;
+    const rule: OciSeccomp['syscalls'][number] = { names, action: r.action };
+    if (r.errnoRet !== undefined) rule.errnoRet = r.errnoRet;
+    if (r.args && r.args.length > 0) rule.args = r.args;
+    syscalls.push(rule);
+  }
+  const out: OciSeccomp = { defaultAction: profile.defaultAction, architectures, syscalls };
+  if (profile.defaultErrnoRet !== undefined) out.defaultErrnoRet = profile.defaultErrnoRet;
+  return out;
+}
+
+export function loadProfile(path: string, caps: string[]): OciSeccomp {
+  return toOci(JSON.parse(readFileSync(path, 'utf8')) as DockerProfile, caps);
+}

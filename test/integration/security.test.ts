@@ -1,0 +1,94 @@
+// What a container cannot do: escape its rootfs, gain capabilities it was not given,
+// see masked /proc files, write /proc/sys, or run as anything but mapped ids.
+import { expect } from 'chai';
+import { createHash } from 'node:crypto';
+import { readdir, readFile, readlink, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import { readSubIdFile, primaryRange } from '../../src/idmap/subid.js';
+import { cleanupServer, dumpLogsIfFailed, PATHS, runAndWait, type Server, sh, spec, startServer } from './harness.js';
+
+/** A fingerprint of a tree: names, sizes, modes and link targets (no atime). */
+async function fingerprint(dir: string): Promise<string> {
+  const h = createHash('sha256');
+  const walk = async (d: string): Promise<void> => {
+    for (const name of (await readdir(d)).sort()) {
+      const p = join(d, name);
+      const st = await stat(p).catch(() => undefined);
+      const link = await readlink(p).catch(() => '');
+      h.update(`${p} ${st?.size} ${st?.mode} ${st?.mtimeMs} ${link}\n`);
+      if (st?.isDirectory() && link === '') await walk(p).catch(() => {});
+    }
+  };
+  await walk(dir);
+  return h.digest('hex');
+}
+
+describe('container security (integration)', function () {
+  let server: Server;
+  const h = 'sec';
+
+  before(async function () {
+    server = await startServer();
+    await server.client.create(spec({ handle: h }));
+  });
+
+  after(async function () {
+    await cleanupServer(server);
+  });
+
+  afterEach(function () {
+    dumpLogsIfFailed(this, server);
+  });
+
+  it('runs every process under a seccomp filter', async function () {
+    const r = await runAndWait(server.client, h, sh('grep "^Seccomp:" /proc/self/status'));
+    expect(r.stdout).to.equal('Seccomp:\t2\n');
+  });
+
+  it("gives root Garden's 14 capabilities and a non-root user none", async function () {
+    const root = await runAndWait(server.client, h, sh('grep "^CapEff:" /proc/self/status'));
+    // CHOWN DAC_OVERRIDE FOWNER FSETID KILL SETGID SETUID SETPCAP NET_BIND_SERVICE NET_RAW SYS_CHROOT MKNOD AUDIT_WRITE SETFCAP
+    expect(root.stdout).to.equal('CapEff:\t00000000a80425fb\n');
+    const alice = await runAndWait(server.client, h, sh('grep "^CapEff:" /proc/self/status', { user: 'alice' }));
+    expect(alice.stdout).to.equal('CapEff:\t0000000000000000\n');
+  });
+
+  it('masks sensitive /proc files and keeps /proc/sys read-only', async function () {
+    // /proc/keys is on the masked list and exists on every kernel (kcore does not).
+    const r = await runAndWait(server.client, h, sh('wc -c < /proc/keys; echo 1 > /proc/sys/kernel/ns_last_pid && echo wrote || echo refused'));
+    expect(r.stdout).to.equal('0\nrefused\n');
+  });
+
+  it('cannot mount, even as container root', async function () {
+    const r = await runAndWait(server.client, h, sh('mkdir -p /mnt/x && mount -t tmpfs tmpfs /mnt/x && echo mounted || echo refused'));
+    expect(r.stdout).to.include('refused');
+  });
+
+  it('writes and deletes in the container never touch the image directory', async function () {
+    const before = await fingerprint(PATHS.defaultRootfs);
+    const r = await runAndWait(server.client, h, sh('echo new > /etc/new-file && rm -f /bin/true /etc/passwd- && chmod 777 /bin && echo done'));
+    expect(r.stdout).to.equal('done\n');
+    expect(await fingerprint(PATHS.defaultRootfs)).to.equal(before);
+    expect((await runAndWait(server.client, h, sh('ls /bin/true 2>&1; cat /etc/new-file'))).stdout).to.equal('ls: /bin/true: No such file or directory\nnew\n');
+  });
+
+  it('runs container users as the mapped subordinate ids on the host', async function () {
+    const user = (await readFile('/proc/self/status', 'utf8')).match(/^Uid:\s+(\d+)/m)![1]!;
+    const range = primaryRange(readSubIdFile('/etc/subuid'), { name: process.env.USER, id: Number(user) })!;
+    const proc = await server.client.run(h, sh('sleep 30', { user: 'alice' }), {});
+    try {
+      let hostUid: string | undefined;
+      for (let i = 0; i < 50 && hostUid === undefined; i++) {
+        for (const pid of await readdir('/proc')) {
+          const cmd = await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '');
+          if (cmd === 'sleep\u000030\u0000') hostUid = (await readFile(`/proc/${pid}/status`, 'utf8')).match(/^Uid:\s+(\d+)/m)?.[1];
+        }
+        if (hostUid === undefined) await new Promise((r) => setTimeout(r, 50));
+      }
+      expect(Number(hostUid)).to.equal(range.start + 1000 - 1);
+    } finally {
+      proc.signal(1);
+      await proc.wait();
+    }
+  });
+});
