@@ -1,6 +1,7 @@
 // Resolving a Garden process user ("", a name, "uid" or "uid:gid") against the
 // container's own /etc/passwd and /etc/group, as runc's user lookup does.
 import { InvalidArgument } from '../errors.js';
+import { parseGroup, parsePasswd, type PasswdEntry } from '../idmap/passwd.js';
 
 export interface ResolvedUser {
   uid: number;
@@ -9,36 +10,7 @@ export interface ResolvedUser {
   home: string;
 }
 
-interface PasswdEntry {
-  name: string;
-  uid: number;
-  gid: number;
-  home: string;
-}
-
-export function parsePasswd(text: string): PasswdEntry[] {
-  const out: PasswdEntry[] = [];
-  for (const line of text.split('\n')) {
-    const f = line.split(':');
-    if (f.length < 7 || line.startsWith('#')) continue;
-    const uid = Number(f[2]);
-    const gid = Number(f[3]);
-    if (!Number.isInteger(uid) || !Number.isInteger(gid)) continue;
-    out.push({ name: f[0]!, uid, gid, home: f[5] || '/' });
-  }
-  return out;
-}
-
-export function parseGroup(text: string): { name: string; gid: number }[] {
-  const out: { name: string; gid: number }[] = [];
-  for (const line of text.split('\n')) {
-    const f = line.split(':');
-    if (f.length < 3 || line.startsWith('#')) continue;
-    const gid = Number(f[2]);
-    if (Number.isInteger(gid)) out.push({ name: f[0]!, gid });
-  }
-  return out;
-}
+export { parseGroup, parsePasswd };
 
 export function resolveUser(spec: string, passwdText: string | undefined, groupText: string | undefined): ResolvedUser {
   const passwd = passwdText === undefined ? [] : parsePasswd(passwdText);

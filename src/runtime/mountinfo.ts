@@ -5,6 +5,12 @@ import { readFileSync } from 'node:fs';
 const LOCKABLE = new Set(['nosuid', 'nodev', 'noexec', 'noatime', 'nodiratime', 'relatime']);
 
 export interface MountEntry {
+  mountId: number;
+  parentId: number;
+  /** "major:minor" of the filesystem; the same hierarchy mounted twice shares it. */
+  device: string;
+  /** The path inside the filesystem that is mounted. */
+  root: string;
   mountPoint: string;
   options: string[];
   fsType: string;
@@ -26,7 +32,12 @@ export function parseMountInfo(text: string): MountEntry[] {
     const f = left.split(' ');
     const r = right.split(' ');
     if (f.length < 6 || r.length < 2) continue;
+    if (!/^\d+$/.test(f[0]!) || !/^\d+$/.test(f[1]!)) continue;
     out.push({
+      mountId: Number(f[0]),
+      parentId: Number(f[1]),
+      device: f[2]!,
+      root: unescape(f[3]!),
       mountPoint: unescape(f[4]!),
       options: f[5]!.split(','),
       fsType: r[0]!,

@@ -4,47 +4,11 @@
 import { lchownSync, lstatSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { FailedPrecondition } from '../errors.js';
+import { parseMountInfo, type MountEntry } from '../runtime/mountinfo.js';
 import { ensureRootDir, lstatOrUndefined, type Owner } from './host-files.js';
 
-export interface MountInfo {
-  mountId: number;
-  parentId: number;
-  /** "major:minor" of the filesystem; the same hierarchy mounted twice shares it. */
-  device: string;
-  /** The path inside the filesystem that is mounted. */
-  root: string;
-  mountPoint: string;
-  fstype: string;
-  source: string;
-  superOptions: string[];
-}
-
-/** mountinfo escapes space, tab, newline and backslash as octal. */
-function unescape(field: string): string {
-  return field.replace(/\\([0-7]{3})/g, (_, oct: string) => String.fromCharCode(parseInt(oct, 8)));
-}
-
-/** Parses /proc/<pid>/mountinfo (proc(5)); malformed lines are skipped. */
-export function parseMountinfo(text: string): MountInfo[] {
-  const out: MountInfo[] = [];
-  for (const line of text.split('\n')) {
-    if (line.trim() === '') continue;
-    const f = line.split(' ');
-    const sep = f.indexOf('-', 6);
-    if (sep < 0 || f.length < sep + 4) continue;
-    out.push({
-      mountId: Number(f[0]),
-      parentId: Number(f[1]),
-      device: f[2]!,
-      root: unescape(f[3]!),
-      mountPoint: unescape(f[4]!),
-      fstype: f[sep + 1]!,
-      source: unescape(f[sep + 2]!),
-      superOptions: f[sep + 3]!.split(','),
-    });
-  }
-  return out;
-}
+export type MountInfo = MountEntry;
+export const parseMountinfo = parseMountInfo;
 
 export interface Hierarchy {
   mountPoint: string;
@@ -70,14 +34,14 @@ export function planCgroups(mounts: MountInfo[]): CgroupPlan {
   const ordered = [...mounts].sort((a, b) => Number(b.root === '/') - Number(a.root === '/'));
   const unique: MountInfo[] = [];
   for (const m of ordered) {
-    if (m.fstype !== 'cgroup' && m.fstype !== 'cgroup2') continue;
+    if (m.fsType !== 'cgroup' && m.fsType !== 'cgroup2') continue;
     if (seen.has(m.device)) continue;
     seen.add(m.device);
     unique.push(m);
   }
   const byMountOrder = unique.sort((a, b) => mounts.indexOf(a) - mounts.indexOf(b));
-  const v1 = byMountOrder.filter((m) => m.fstype === 'cgroup');
-  const v2 = byMountOrder.filter((m) => m.fstype === 'cgroup2');
+  const v1 = byMountOrder.filter((m) => m.fsType === 'cgroup');
+  const v2 = byMountOrder.filter((m) => m.fsType === 'cgroup2');
   if (v1.length > 0) {
     return { mode: 'v1', hierarchies: [...v1.map(v1Hierarchy), ...v2.map(v2Hierarchy)] };
   }

@@ -1,27 +1,13 @@
 // Setup's part of /etc/subuid and /etc/subgid: make sure the user owns a range
 // big enough for a container's ids, adding one that overlaps nobody's when not.
 import { readTextOrEmpty } from './host-files.js';
+import { parsePasswd, type PasswdEntry } from '../idmap/passwd.js';
 import { nextFreeStart, parseSubIds, primaryRange, type SubIdRange } from '../idmap/subid.js';
 
 /** A container needs ids 0..65535; 0 is the user itself, so 65536 subordinate ids cover 1..65536. */
 export const RANGE_SIZE = 65536;
 
-export interface PasswdEntry {
-  name: string;
-  uid: number;
-  gid: number;
-  home: string;
-}
-
-export function parsePasswd(text: string): PasswdEntry[] {
-  const out: PasswdEntry[] = [];
-  for (const line of text.split('\n')) {
-    const f = line.split(':');
-    if (f.length < 7 || f[0] === '' || !/^\d+$/.test(f[2]!) || !/^\d+$/.test(f[3]!)) continue;
-    out.push({ name: f[0]!, uid: Number(f[2]), gid: Number(f[3]), home: f[5]! });
-  }
-  return out;
-}
+export { parsePasswd, type PasswdEntry };
 
 /** The user's login name from /etc/passwd, or undefined for a uid without an entry. */
 export function userName(uid: number, passwdPath = '/etc/passwd'): string | undefined {

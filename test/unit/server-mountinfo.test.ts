@@ -18,8 +18,14 @@ describe('parseMountInfo', () => {
   it('reads mount point, per-mount options, type, source and super options', () => {
     const e = parseMountInfo(MOUNTINFO);
     expect(e).to.have.length(7);
-    expect(e[0]).to.deep.equal({ mountPoint: '/', options: ['rw', 'relatime'], fsType: 'ext4', source: '/dev/sda1', superOptions: ['rw', 'errors=remount-ro'] });
-    expect(e[3]).to.deep.equal({ mountPoint: '/home', options: ['rw', 'nosuid', 'nodev', 'noatime'], fsType: 'ext4', source: '/dev/sda2', superOptions: ['rw'] });
+    expect(e[0]).to.deep.equal({
+      mountId: 22, parentId: 1, device: '8:1', root: '/',
+      mountPoint: '/', options: ['rw', 'relatime'], fsType: 'ext4', source: '/dev/sda1', superOptions: ['rw', 'errors=remount-ro'],
+    });
+    expect(e[3]).to.deep.equal({
+      mountId: 25, parentId: 22, device: '8:2', root: '/',
+      mountPoint: '/home', options: ['rw', 'nosuid', 'nodev', 'noatime'], fsType: 'ext4', source: '/dev/sda2', superOptions: ['rw'],
+    });
   });
 
   it('handles any number of optional fields before the separator', () => {

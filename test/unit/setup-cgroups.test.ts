@@ -38,7 +38,8 @@ describe('setup: cgroups', () => {
         device: '0:24',
         root: '/',
         mountPoint: '/sys/fs/cgroup',
-        fstype: 'cgroup2',
+        options: ['rw', 'nosuid'],
+        fsType: 'cgroup2',
         source: 'cgroup2',
         superOptions: ['rw', 'nsdelegate'],
       });
