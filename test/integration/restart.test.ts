@@ -106,4 +106,32 @@ describe('restart (integration)', function () {
     await server.client.destroy(h);
     expect(await leftovers(h, { depot: server.depot })).to.deep.equal([]);
   });
+
+  it('finishes off a destroy (and a create) that a crash interrupted', async function () {
+    first = track(await startServer());
+    const c = first.client;
+    await c.create(spec({ handle: 'half-destroyed' }));
+    await c.run('half-destroyed', sh('sleep 100'), {}).then((p) => p.detach());
+    await c.create(spec({ handle: 'half-created' }));
+    await first.kill9();
+    // What a crash mid-destroy and mid-create leave in the depot: the record's phase.
+    const { readFile, writeFile } = await import('node:fs/promises');
+    const { join } = await import('node:path');
+    for (const [h, phase] of [['half-destroyed', 'destroying'], ['half-created', 'creating']] as const) {
+      const file = join(first.depot, h, 'container.json');
+      const rec = JSON.parse(await readFile(file, 'utf8')) as { phase: string };
+      rec.phase = phase;
+      await writeFile(file, JSON.stringify(rec));
+    }
+    server = track(await restartServer(first));
+    const list = await server.client.list();
+    expect(list).to.not.include('half-destroyed');
+    expect(list).to.not.include('half-created');
+    for (const h of ['half-destroyed', 'half-created']) {
+      expect(await leftovers(h, { depot: server.depot }), h).to.deep.equal([]);
+    }
+    // and the names are free again
+    await server.client.create(spec({ handle: 'half-destroyed' }));
+    await server.client.destroy('half-destroyed');
+  });
 });
