@@ -54,6 +54,7 @@ interface ServerArgs {
   'conmon-bin'?: string;
   'external-ip'?: string;
   'seccomp-profile': string;
+  'process-retention': string;
 }
 
 function serverFlags(y: Argv) {
@@ -82,6 +83,7 @@ function serverFlags(y: Argv) {
     .option('init-bin', { type: 'string', describe: 'container pid 1 (default: catatonit from PATH)' })
     .option('conmon-bin', { type: 'string', describe: 'conmon binary (default: conmon from PATH)' })
     .option('external-ip', { type: 'string', describe: 'host address reported for net-in' })
+    .option('process-retention', { type: 'string', default: '5m', describe: 'Go duration a finished process is kept once its exit status and all its output were read' })
     .option('seccomp-profile', { type: 'string', default: DEFAULT_PROFILE, describe: "Docker-format seccomp profile for every container, or 'unconfined'" });
 }
 
@@ -182,6 +184,7 @@ async function server(args: ServerArgs): Promise<void> {
     maxContainers: args['max-containers'],
     cgroupParent,
     limitsUnavailable,
+    processRetentionMs: Number(parseGoDuration(args['process-retention']) / 1_000_000n),
     cgroups: new CgroupReader(readFileSync('/proc/self/mountinfo', 'utf8')),
     propertiesPath: args['properties-path'],
   });

@@ -200,6 +200,7 @@ export function serveControl(opts: {
     if (finished || sock.destroyed) return done();
     const { exitCode, error } = proc.result;
     sock.end(exitCode !== undefined ? encodeExitMessage(proc.id, exitCode) : encodeErrorMessage(proc.id, error ?? 'unknown'));
+    proc.markDelivered();
     done();
   });
 }

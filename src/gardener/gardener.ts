@@ -98,6 +98,8 @@ export interface GardenerConfig {
   /** cgroup parent (e.g. /garden/1001), or undefined when cgroups are not delegated. */
   cgroupParent?: string;
   cgroups?: CgroupReader;
+  /** How long a finished, fully read and reported process is kept before it is removed (ms). */
+  processRetentionMs?: number;
   /** Why cgroup limits cannot be applied on this host (when cgroupParent is undefined). */
   limitsUnavailable?: string;
   /** Where a snapshot of every container's properties is written (--properties-path). */
@@ -112,8 +114,32 @@ export class Gardener {
   private readonly creating = new Set<string>();
   readonly reaper: Reaper;
 
+  private sweeper: NodeJS.Timeout | undefined;
+
   constructor(private readonly cfg: GardenerConfig) {
     this.reaper = new Reaper((handle) => void this.reap(handle));
+    const retention = cfg.processRetentionMs ?? 5 * 60_000;
+    // Without this a long-lived container that runs a health check every few seconds
+    // would fill the depot with finished processes' logs.
+    this.sweeper = setInterval(() => void this.sweepProcesses(retention), Math.max(250, Math.min(retention, 60_000)));
+    this.sweeper.unref();
+  }
+
+  /** Removes finished processes whose exit status reached a client and whose output was all read. */
+  async sweepProcesses(retentionMs: number): Promise<number> {
+    let removed = 0;
+    for (const c of this.containers.values()) {
+      if (c.record.phase !== 'created' || c.destroying !== undefined) continue;
+      for (const [id, p] of c.processes) {
+        if (!(await p.reclaimable(retentionMs))) continue;
+        c.processes.delete(id);
+        p.close();
+        await rm(p.files.dir, { recursive: true, force: true }).catch(() => {});
+        removed++;
+      }
+    }
+    if (removed > 0) this.log.debug({ removed }, 'processes.reclaimed');
+    return removed;
   }
 
   private get log() {
@@ -648,6 +674,7 @@ export class Gardener {
 
   shutdown(): void {
     this.reaper.stop();
+    if (this.sweeper !== undefined) clearInterval(this.sweeper);
     for (const c of this.containers.values()) for (const p of c.processes.values()) p.close();
   }
 

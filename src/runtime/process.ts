@@ -3,7 +3,7 @@
 // started it, its exit file otherwise), stdin through conmon's attach socket.
 import { createRequire } from 'node:module';
 import { constants, existsSync, openSync, closeSync, watch, writeSync, type FSWatcher } from 'node:fs';
-import { open, readFile, writeFile } from 'node:fs/promises';
+import { open, readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { parseK8sLog } from './k8slog.js';
 
@@ -64,6 +64,7 @@ export class ProcessHandle {
   private stdinSock: InstanceType<typeof SeqpacketSocket> | undefined;
   private stdinQueue: Buffer[] = [];
   private stdinConnecting = false;
+  private finishedAt: number | undefined;
 
   constructor(
     readonly id: string,
@@ -141,6 +142,7 @@ export class ProcessHandle {
   }
 
   private afterExit(): void {
+    this.finishedAt = Date.now();
     this.dirWatcher?.close();
     this.dirWatcher = undefined;
     this.stdinSock?.destroy();
@@ -253,6 +255,38 @@ export class ProcessHandle {
     if (!this.offsetDirty) return;
     this.offsetDirty = false;
     await writeFile(join(this.files.dir, 'read-offset'), String(this.offset)).catch(() => {});
+  }
+
+  // ---- retention ----
+
+  /** A client received the exit status: recorded on disk so a restarted server knows too. */
+  markDelivered(): void {
+    try {
+      closeSync(openSync(join(this.files.dir, 'delivered'), 'w'));
+    } catch {
+      // the directory is gone with its container
+    }
+  }
+
+  /** Exited at least `ageMs` ago, its exit status delivered and every byte of output read. */
+  async reclaimable(ageMs: number, now = Date.now()): Promise<boolean> {
+    if (!this.exited || this.sinks.size > 0) return false;
+    if (this.finishedAt === undefined || now - this.finishedAt < ageMs) return false;
+    if (!existsSync(join(this.files.dir, 'delivered'))) return false;
+    await this.flushOffset();
+    let offset = 0;
+    try {
+      offset = Number((await readFile(join(this.files.dir, 'read-offset'), 'utf8')).trim()) || 0;
+    } catch {
+      offset = 0;
+    }
+    let size = 0;
+    try {
+      size = (await stat(this.files.logPath)).size;
+    } catch {
+      size = 0;
+    }
+    return offset >= size;
   }
 
   // ---- stdin ----
