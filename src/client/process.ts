@@ -237,20 +237,23 @@ export class Process {
 function copyStream(socket: net.Socket, rest: Buffer, sink: Writable): Promise<void> {
   return new Promise((resolve) => {
     let done = false;
+    const onSinkError = (): void => {
+      socket.destroy();
+      finish();
+    };
     const finish = (): void => {
       if (done) return;
       done = true;
       socket.unpipe(sink);
+      // The sink outlives this process (a caller's stdout): leave no listener behind on it.
+      sink.off('error', onSinkError);
       if (sink.writableNeedDrain && !sink.destroyed) sink.once('drain', () => resolve());
       else resolve();
     };
     if (rest.length > 0) sink.write(rest);
     socket.once('end', finish);
     socket.once('close', finish);
-    sink.once('error', () => {
-      socket.destroy();
-      finish();
-    });
+    sink.once('error', onSinkError);
     socket.pipe(sink, { end: false });
   });
 }

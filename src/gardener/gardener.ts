@@ -274,8 +274,11 @@ export class Gardener {
   }
 
   private async step<T>(name: string, fn: () => Promise<T>): Promise<T> {
+    const t0 = performance.now();
     try {
-      return await fn();
+      const out = await fn();
+      this.log.debug({ step: name, ms: Math.round((performance.now() - t0) * 10) / 10 }, 'create.step');
+      return out;
     } catch (err) {
       if (err instanceof TrellisError && !(err instanceof ExternalFailure)) throw err;
       const wrapped = new ExternalFailure(name, `${name}: ${errorMessage(err)}`, err);
@@ -353,7 +356,7 @@ export class Gardener {
         log.error({ step: name, err: errorMessage(err) }, 'destroy.step-failed');
       }
     };
-    await attempt('runtime', () => this.cfg.containerizer.destroy(key));
+    await attempt('runtime', () => this.cfg.containerizer.destroy(key, c.record.initPid));
     await attempt('network', () => this.cfg.network.down(handle));
     await attempt('image', () => this.cfg.image.destroy(handle, key));
     for (const p of c.processes.values()) p.close();

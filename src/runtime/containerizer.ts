@@ -24,6 +24,16 @@ async function waitGone(pid: number, timeoutMs: number): Promise<void> {
   }
 }
 
+async function isAlive(pid: number): Promise<boolean> {
+  try {
+    const stat = await readFile(`/proc/${pid}/stat`, 'utf8');
+    const state = stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
+    return state !== 'Z' && state !== 'X';
+  } catch {
+    return false;
+  }
+}
+
 export class Containerizer {
   constructor(
     readonly depot: Depot,
@@ -126,8 +136,20 @@ export class Containerizer {
   }
 
   /** Kills and deletes the runc container (if any) and waits for its monitors to go. */
-  async destroy(key: string): Promise<void> {
+  async destroy(key: string, initPid?: number): Promise<void> {
     const root = this.depot.runcRoot(key);
+    if (initPid !== undefined && (await isAlive(initPid))) {
+      // The common case, without asking runc for a state it would only confirm.
+      try {
+        await this.runc.kill(root, key, 'KILL');
+        await waitGone(initPid, 5000);
+        await this.runc.delete(root, key, false);
+        await this.waitMonitorsGone(key);
+        return;
+      } catch {
+        // fall through to the careful path
+      }
+    }
     const st = await this.runc.state(root, key);
     if (st !== undefined) {
       // kill + wait + delete: `delete --force` on a running container polls in 100 ms steps.
