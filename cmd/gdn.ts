@@ -225,6 +225,15 @@ async function server(args: ServerArgs): Promise<void> {
   process.once('SIGINT', () => shutdown('SIGINT'));
 }
 
+const REPEATABLE = new Set(['image-plugin-extra-arg', 'network-plugin-extra-arg', 'runtime-plugin-extra-arg']);
+
+/** As go-flags: a single-value flag given twice takes its last value; only repeatable flags collect. */
+function lastValueWins(argv: Record<string, unknown>, repeatable: Set<string>): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(argv)) out[k] = Array.isArray(v) && !repeatable.has(k) ? v[v.length - 1] : v;
+  return out;
+}
+
 function report(err: unknown): never {
   const hint = err instanceof TrellisError && err.hint ? ` (${err.hint})` : '';
   process.stderr.write(`error: ${errorMessage(err)}${hint}\n`);
@@ -233,13 +242,15 @@ function report(err: unknown): never {
 
 await yargs(hideBin(process.argv))
   .scriptName('gdn')
+  // Flags are named only as written (no camelCase twins, no --no- negation), as go-flags does.
+  .parserConfiguration({ 'camel-case-expansion': false, 'boolean-negation': false })
   .command(
     'server',
     'run the Garden API server as this (ordinary) user',
     (y) => serverFlags(y),
     async (argv) => {
       try {
-        await server(argv as unknown as ServerArgs);
+        await server(lastValueWins(argv, REPEATABLE) as unknown as ServerArgs);
       } catch (err) {
         report(err);
       }

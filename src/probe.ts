@@ -1,6 +1,7 @@
 // What `gdn server` checks before it listens: each missing piece is named with its fix.
 import { accessSync, constants, existsSync, mkdirSync, statSync, readFileSync } from 'node:fs';
 import { delimiter, join } from 'node:path';
+import { ensureDir } from './mkdirp.js';
 import { execaSync } from 'execa';
 import { FailedPrecondition } from './errors.js';
 import { parseMountInfo } from './runtime/mountinfo.js';
@@ -40,7 +41,7 @@ export function requireSetuid(name: string): void {
 
 export function requireWritableDir(dir: string, what: string, uid: number, gid: number): void {
   try {
-    mkdirSync(dir, { recursive: true, mode: 0o700 });
+    ensureDir(dir);
     accessSync(dir, constants.W_OK | constants.X_OK);
   } catch (err) {
     throw new FailedPrecondition(

@@ -10,6 +10,7 @@ import { makeOverlayDirs, openWorkDir, overlayDirs, overlayMount } from './overl
 import { removeTrees, type CommandRunner, type StoreMappings } from './remove.js';
 import { OVERLAY_UNSAFE, resolveImageSource } from './sources.js';
 import { treeBytes } from './usage.js';
+import { ensureDir } from '../../src/mkdirp.js';
 
 export interface OciMount {
   destination: string;
@@ -137,7 +138,7 @@ export class ImageStore {
     }
     log.info({ uidMappings: opts.uidMappings.map(formatMapping), gidMappings: opts.gidMappings.map(formatMapping) }, 'init-store.start');
     const wanted = { uidMappings: opts.uidMappings, gidMappings: opts.gidMappings };
-    await mkdir(join(this.storePath, 'meta'), { recursive: true, mode: 0o700 });
+    ensureDir(join(this.storePath, 'meta'));
     const nsPath = join(this.storePath, NAMESPACE_FILE);
     let existing: string | undefined;
     try {
@@ -168,7 +169,7 @@ export class ImageStore {
     await chmod(this.storePath, 0o700);
     for (const d of STORE_DIRS) {
       const p = join(this.storePath, d);
-      await mkdir(p, { recursive: true });
+      ensureDir(p);
       await chown(p, uid, gid);
       await chmod(p, 0o755);
     }
