@@ -106,6 +106,7 @@ export function createFront(http: HttpServer, hijack: HijackHandler, log: Logger
       sock.setKeepAlive(true, 30_000);
       const rest = buf.subarray(end + 4);
       if (route.kind !== 'run') {
+        sock.pause();
         hijack(route, head, sock, Buffer.alloc(0), rest);
         return;
       }
@@ -131,6 +132,8 @@ function readBody(sock: net.Socket, head: RequestHead, initial: Buffer, cb: (err
     if (buf.length < length) return false;
     sock.removeListener('data', onData);
     sock.removeListener('end', onEnd);
+    // Control messages may follow at once: hold them in the socket until serveControl reads.
+    sock.pause();
     cb(null, buf.subarray(0, length), buf.subarray(length));
     return true;
   };

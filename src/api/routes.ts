@@ -127,8 +127,8 @@ export function buildApp(deps: ApiDeps): express.Express {
   }));
 
   app.get('/containers', plain((req, res) => {
-    const filter: Record<string, string> = {};
-    for (const [k, v] of new URLSearchParams(queryOf(req))) if (!(k in filter)) filter[k] = v;
+    const filter = Object.create(null) as Record<string, string>;
+    for (const [k, v] of new URLSearchParams(queryOf(req))) if (!Object.hasOwn(filter, k)) filter[k] = v;
     send(res, 200, encodeHandles(gardener.list(filter)));
   }));
 
@@ -336,6 +336,7 @@ export function buildHijack(deps: ApiDeps): HijackHandler {
   const { gardener, log } = deps;
   return (route, _head, sock: net.Socket, body, leftover) => {
     if (route.kind === 'stream') {
+      sock.resume();
       sock.write(streamHead());
       const s = hub.get(route.streamId);
       if (s === undefined) {
@@ -358,6 +359,9 @@ export function buildHijack(deps: ApiDeps): HijackHandler {
           proc = gardener.process(route.handle, route.pid);
         }
         if (sock.destroyed) {
+          // The client left while the process started: as a detach, it lets go of stdin.
+          proc.holdStdin();
+          proc.releaseStdin();
           end();
           return;
         }

@@ -136,9 +136,11 @@ export function serveControl(opts: {
     }
   };
   let finished = false;
+  let unsubscribe = () => {};
   const done = () => {
     if (finished) return;
     finished = true;
+    unsubscribe();
     letGo();
     void stream.stop();
     opts.onDone();
@@ -188,6 +190,7 @@ export function serveControl(opts: {
     onData(first);
   }
   sock.on('error', () => {});
+  sock.resume();
   // The client closing the connection before the exit is a detach: the process runs on.
   sock.on('close', done);
   // The front allows half-open sockets, so a client that closes shows up as 'end' first.
@@ -196,7 +199,7 @@ export function serveControl(opts: {
     done();
   });
 
-  void proc.waitFinished().then(() => {
+  unsubscribe = proc.onFinished(() => {
     if (finished || sock.destroyed) return done();
     const { exitCode, error } = proc.result;
     sock.end(exitCode !== undefined ? encodeExitMessage(proc.id, exitCode) : encodeErrorMessage(proc.id, error ?? 'unknown'));

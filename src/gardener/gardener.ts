@@ -3,7 +3,7 @@
 // destroy gathers every step's failure and removes the record only when all succeeded.
 import { randomUUID } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { mkdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { isAbsolute, join, posix } from 'node:path';
 import type { Logger } from 'pino';
 import {
@@ -115,6 +115,25 @@ export class Gardener {
   readonly reaper: Reaper;
 
   private sweeper: NodeJS.Timeout | undefined;
+  /** Per container, the chain its record and properties are written in: the last state lands last. */
+  private readonly writes = new Map<string, Promise<void>>();
+  private snapshotChain: Promise<void> = Promise.resolve();
+
+  private persist(c: Container, what: { record?: boolean; properties?: boolean }): Promise<void> {
+    const key = c.record.key;
+    const next = (this.writes.get(key) ?? Promise.resolve())
+      .then(async () => {
+        if (what.record) await this.cfg.depot.saveContainer(c.record);
+        if (what.properties) await this.cfg.depot.saveProperties(key, c.properties);
+      });
+    const settled = next.catch(() => {});
+    this.writes.set(key, settled);
+    void settled.then(() => {
+      if (this.writes.get(key) === settled) this.writes.delete(key);
+    });
+    this.snapshotProperties();
+    return next;
+  }
 
   constructor(private readonly cfg: GardenerConfig) {
     this.reaper = new Reaper((handle) => void this.reap(handle));
@@ -384,7 +403,7 @@ export class Gardener {
   // ---- queries ----
 
   list(filter: Record<string, string>): string[] {
-    const f = { ...filter };
+    const f = propertyMap(filter);
     if (f['garden.state'] === undefined) f['garden.state'] = 'created';
     if (f['garden.state'] === 'all') delete f['garden.state'];
     const out: string[] = [];
@@ -399,7 +418,11 @@ export class Gardener {
     const c = this.get(handle);
     let mapped: { HostPort: number; ContainerPort: number }[] = [];
     try {
-      mapped = JSON.parse(c.properties['garden.network.mapped-ports'] ?? '[]') as typeof mapped;
+      const parsed = JSON.parse(Object.hasOwn(c.properties, 'garden.network.mapped-ports') ? c.properties['garden.network.mapped-ports']! : '[]') as unknown;
+      // a client may have set the property to anything
+      mapped = Array.isArray(parsed)
+        ? parsed.filter((m): m is { HostPort: number; ContainerPort: number } => typeof m?.HostPort === 'number' && typeof m?.ContainerPort === 'number')
+        : [];
     } catch {
       mapped = [];
     }
@@ -454,15 +477,13 @@ export class Gardener {
   async setProperty(handle: string, key: string, value: string): Promise<void> {
     const c = this.get(handle);
     c.properties[key] = value;
-    await this.cfg.depot.saveProperties(c.record.key, c.properties);
-    this.snapshotProperties();
+    await this.persist(c, { properties: true });
   }
 
   async removeProperty(handle: string, key: string): Promise<void> {
     const c = this.get(handle);
     delete c.properties[key];
-    await this.cfg.depot.saveProperties(c.record.key, c.properties);
-    this.snapshotProperties();
+    await this.persist(c, { properties: true });
   }
 
   async setGraceTime(handle: string, ns: bigint): Promise<void> {
@@ -470,31 +491,36 @@ export class Gardener {
     c.record.graceTimeNs = ns.toString();
     if (ns === 0n) delete c.properties['garden.grace-time'];
     else c.properties['garden.grace-time'] = ns.toString();
-    await this.cfg.depot.saveContainer(c.record);
-    await this.cfg.depot.saveProperties(c.record.key, c.properties);
+    await this.persist(c, { record: true, properties: true });
     this.reaper.track(handle, ns);
-    this.snapshotProperties();
   }
 
   private snapshotProperties(): void {
     const path = this.cfg.propertiesPath;
     if (path === undefined || path === '') return;
-    const all: Record<string, Record<string, string>> = {};
-    for (const c of this.containers.values()) if (c.record.phase === 'created') all[c.record.handle] = c.properties;
-    const tmp = `${path}.tmp-${process.pid}`;
-    void writeFile(tmp, JSON.stringify(all))
-      .then(() => import('node:fs/promises').then((fs) => fs.rename(tmp, path)))
-      .catch((err: unknown) => this.log.error({ err: errorMessage(err) }, 'properties.snapshot-failed'));
+    // One write at a time, each of the state when it runs, so the file ends as the last state.
+    this.snapshotChain = this.snapshotChain.then(async () => {
+      const all: Record<string, Record<string, string>> = {};
+      for (const c of this.containers.values()) if (c.record.phase === 'created') all[c.record.handle] = c.properties;
+      const tmp = `${path}.tmp-${process.pid}`;
+      try {
+        await writeFile(tmp, JSON.stringify(all));
+        await rename(tmp, path);
+      } catch (err) {
+        this.log.error({ err: errorMessage(err) }, 'properties.snapshot-failed');
+      }
+    });
   }
 
   // ---- stop ----
 
   async stop(handle: string, kill: boolean): Promise<void> {
     const c = this.get(handle);
-    const initPid = c.record.initPid ?? (await this.cfg.containerizer.initPid(c.record.key));
+    // runc checks the init's start time: a stored pid may by now belong to another process.
+    const initPid = await this.cfg.containerizer.initPid(c.record.key);
     if (initPid !== undefined) await this.cfg.containerizer.stopProcesses(initPid, kill);
     c.record.stopped = true;
-    await this.cfg.depot.saveContainer(c.record);
+    await this.persist(c, { record: true });
   }
 
   // ---- processes ----

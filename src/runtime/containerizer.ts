@@ -52,6 +52,7 @@ export class Containerizer {
     const initDir = this.initDir(key);
     await mkdir(initDir, { mode: 0o700 });
     const files = processFiles(initDir, key);
+    await mkdir(files.exitDir, { mode: 0o700 });
     // conmon wants the bundle (-b) to hold config.json; the init's own files go beside it.
     const started = await this.conmon.create({
       containerId: key,
@@ -60,16 +61,22 @@ export class Containerizer {
       runtimeRoot: this.depot.runcRoot(key),
       pidFile: join(dir, 'pidfile'),
       conmonPidFile: files.conmonPidFile,
-      exitDir: initDir,
+      exitDir: files.exitDir,
       logPath: files.logPath,
       stdin: false,
     });
-    await this.runc.start(this.depot.runcRoot(key), key);
+    try {
+      await this.runc.start(this.depot.runcRoot(key), key);
+    } catch (err) {
+      await this.destroy(key).catch(() => {});
+      throw err;
+    }
     return started.pid;
   }
 
   async exec(key: string, processId: string, dir: string, spec: OciProcess): Promise<StartedMonitor> {
     const files = processFiles(dir, key);
+    await mkdir(files.exitDir, { mode: 0o700 });
     const specPath = join(dir, 'spec.json');
     await writeFile(specPath, JSON.stringify(spec), { mode: 0o600 });
     return this.conmon.exec({
@@ -79,7 +86,7 @@ export class Containerizer {
       runtimeRoot: this.depot.runcRoot(key),
       pidFile: files.pidFile,
       conmonPidFile: files.conmonPidFile,
-      exitDir: dir,
+      exitDir: files.exitDir,
       logPath: files.logPath,
       stdin: true,
       terminal: spec.terminal === true,

@@ -101,8 +101,12 @@ export class Depot {
       try {
         out.push(JSON.parse(await readFile(join(this.root, name, 'container.json'), 'utf8')) as ContainerRecord);
       } catch {
-        // An entry without a record is a reservation that never got further; nothing runs there.
-        await rm(join(this.root, name), { recursive: true, force: true }).catch(() => {});
+        // An entry without a record is a reservation that never got further (nothing runs
+        // there), but only remove it if it is one of ours: the depot flag may be mistyped.
+        const entries = await readdir(join(this.root, name)).catch(() => undefined);
+        if (entries !== undefined && entries.every((e) => e === 'runc' || e === 'processes' || e.startsWith('container.json.tmp-'))) {
+          await rm(join(this.root, name), { recursive: true, force: true }).catch(() => {});
+        }
       }
     }
     return out;

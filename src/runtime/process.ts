@@ -28,6 +28,8 @@ export interface OutputSink {
 export interface ProcessFiles {
   dir: string;
   logPath: string;
+  /** conmon names it after the container id, so it gets a directory of its own. */
+  exitDir: string;
   exitFile: string;
   conmonPidFile: string;
   pidFile: string;
@@ -37,7 +39,8 @@ export function processFiles(dir: string, containerKey: string): ProcessFiles {
   return {
     dir,
     logPath: join(dir, 'output.log'),
-    exitFile: join(dir, containerKey),
+    exitDir: join(dir, 'exit'),
+    exitFile: join(dir, 'exit', containerKey),
     conmonPidFile: join(dir, 'conmon.pid'),
     pidFile: join(dir, 'pidfile'),
   };
@@ -89,7 +92,7 @@ export class ProcessHandle {
   watchForExit(): void {
     if (this.exited) return;
     try {
-      this.dirWatcher = watch(this.files.dir, () => void this.checkExitFile());
+      this.dirWatcher = watch(this.files.exitDir, () => void this.checkExitFile());
       this.dirWatcher.on('error', () => {});
     } catch {
       // the directory is gone: the container was destroyed under us
@@ -155,6 +158,21 @@ export class ProcessHandle {
   }
 
   /** Resolves once the exit is known and every byte of output reached the current sinks. */
+  /** Calls `cb` once finished (see waitFinished); the returned function cancels that. */
+  onFinished(cb: () => void): () => void {
+    let live = true;
+    const fire = () => {
+      if (live) cb();
+    };
+    if (this.exited) void this.pump().then(fire);
+    else this.exitWaiters.push(fire);
+    return () => {
+      live = false;
+      const i = this.exitWaiters.indexOf(fire);
+      if (i >= 0) this.exitWaiters.splice(i, 1);
+    };
+  }
+
   waitFinished(): Promise<void> {
     // Once the exit is known, a pump (joining any in flight) is all that is left to wait for.
     if (this.exited) return this.pump();

@@ -1,0 +1,74 @@
+// Regressions from the review of issue #2's server (each named for what it broke).
+import { expect } from 'chai';
+import { existsSync } from 'node:fs';
+import { mkdir, writeFile } from 'node:fs/promises';
+import net from 'node:net';
+import { join } from 'node:path';
+import { cleanupServer, dumpLogsIfFailed, restartServer, runAndWait, type Server, sh, spec, startServer } from './harness.js';
+
+describe('regressions (integration)', function () {
+  let server: Server;
+
+  before(async function () {
+    server = await startServer();
+  });
+
+  after(async function () {
+    await cleanupServer(server);
+  });
+
+  afterEach(function () {
+    dumpLogsIfFailed(this, server);
+  });
+
+  for (const handle of ['output.log', 'process.json', 'read-offset', 'delivered']) {
+    it(`a container named ${handle} keeps its processes' output and exit codes (conmon's exit file is named after it)`, async function () {
+      await server.client.create(spec({ handle }));
+      const r = await runAndWait(server.client, handle, sh('echo hi; exit 4'));
+      expect(r).to.include({ code: 4, stdout: 'hi\n' });
+      await server.client.destroy(handle);
+    });
+  }
+
+  it('list filters named like Object.prototype members filter (and match nothing here)', async function () {
+    await server.client.create(spec({ handle: 'proto-filter' }));
+    expect(await server.client.list({ constructor: 'x' })).to.deep.equal([]);
+    expect(await server.client.list({ toString: 'y' })).to.deep.equal([]);
+    await server.client.setProperty('proto-filter', 'constructor', 'x');
+    expect(await server.client.list({ constructor: 'x' })).to.deep.equal(['proto-filter']);
+    await server.client.destroy('proto-filter');
+  });
+
+  it('a mapped-ports property set to something not a list does not break info', async function () {
+    await server.client.create(spec({ handle: 'ports-prop' }));
+    await server.client.setProperty('ports-prop', 'garden.network.mapped-ports', 'null');
+    expect((await server.client.info('ports-prop')).MappedPorts).to.deep.equal([]);
+    await server.client.destroy('ports-prop');
+  });
+
+  it('control messages sent in the same write as the Run request are not lost', async function () {
+    await server.client.create(spec({ handle: 'pipelined' }));
+    const body = '{"path":"cat","user":"root","rlimits":{},"image":{}}\n';
+    const sock = net.connect(server.socketPath);
+    let got = '';
+    sock.on('data', (d) => (got += d.toString('latin1')));
+    const closed = new Promise<void>((r) => sock.on('close', () => r()));
+    // stdin data and stdin EOF right behind the body, before the server has answered
+    sock.write(
+      `POST /containers/pipelined/processes HTTP/1.1\r\nHost: api\r\nContent-Length: ${body.length}\r\n\r\n${body}` +
+        '{"source":0,"data":"hello\\n"}\n{"source":0}\n',
+    );
+    await Promise.race([closed, new Promise((r) => setTimeout(r, 15_000))]);
+    expect(got).to.match(/"exit_status":0\}\n$/);
+    await server.client.destroy('pipelined');
+  });
+
+  it('restore leaves alone a depot entry that is not a container', async function () {
+    const foreign = join(server.depot, 'not-a-container');
+    await mkdir(foreign);
+    await writeFile(join(foreign, 'precious.txt'), 'keep me');
+    server = await restartServer(server);
+    expect(existsSync(join(foreign, 'precious.txt'))).to.equal(true);
+    expect(await server.client.list()).to.not.include('not-a-container');
+  });
+});
