@@ -9,7 +9,8 @@ import pino from 'pino';
 import yargs, { type Argv } from 'yargs';
 import { hideBin } from 'yargs/helpers';
 import { buildApp, buildHijack } from '../src/api/routes.js';
-import { createFront } from '../src/api/front.js';
+import { createFront, sameUserPeerCheck } from '../src/api/front.js';
+import { isLoopback } from '../src/api/peer.js';
 import { parseGoDuration } from '../src/client/duration.js';
 import { TrellisError, errorMessage } from '../src/errors.js';
 import { Gardener } from '../src/gardener/gardener.js';
@@ -192,7 +193,9 @@ async function server(args: ServerArgs): Promise<void> {
 
   const deps = { gardener, network, log, storePath: paths.store, externalIp: args['external-ip'] ?? '127.0.0.1' };
   const http = createHttpServer({ requestTimeout: 0, headersTimeout: 60_000, keepAliveTimeout: 5_000 }, buildApp(deps));
-  const front = createFront(http, buildHijack(deps), log);
+  // Container root is this user: whoever can drive the API can act as this user (a bind
+  // mount of its home is enough), so only this user (and root) is served on loopback.
+  const front = createFront(http, buildHijack(deps), log, sameUserPeerCheck(uid));
 
   await new Promise<void>((resolve, reject) => {
     front.once('error', reject);
@@ -200,12 +203,16 @@ async function server(args: ServerArgs): Promise<void> {
       const sock = args['bind-socket'];
       if (existsSync(sock)) unlinkSync(sock);
       front.listen(sock, () => {
-        chmodSync(sock, 0o777);
+        // Owner only (Garden made it 0777): on a shared host nobody else may act as this user.
+        chmodSync(sock, 0o600);
         log.info({ network: 'unix', addr: sock }, 'started');
         resolve();
       });
     } else {
       const ip = args['bind-ip'] ?? '127.0.0.1';
+      if (!isLoopback(ip)) {
+        log.error({ addr: ip }, 'started.reachable-from-other-hosts: anyone who can connect can act as this user through its containers');
+      }
       front.listen(args['bind-port'], ip, () => {
         log.info({ network: 'tcp', addr: `${ip}:${args['bind-port']}` }, 'started');
         resolve();

@@ -77,6 +77,13 @@ export class FailedPrecondition extends TrellisError {
   }
 }
 
+/** The caller may not do this: another user on a loopback connection, for one. */
+export class PermissionDenied extends TrellisError {
+  constructor(message: string) {
+    super('ERR_TRELLIS_PERMISSION_DENIED', message);
+  }
+}
+
 export class NotImplemented extends TrellisError {
   constructor(message: string) {
     super('ERR_TRELLIS_NOT_IMPLEMENTED', message);

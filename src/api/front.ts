@@ -6,7 +6,8 @@ import net from 'node:net';
 import type { Server as HttpServer } from 'node:http';
 import type { Logger } from 'pino';
 import { toHttpError, STATUS_TEXT } from './errors.js';
-import { InvalidArgument } from '../errors.js';
+import { InvalidArgument, PermissionDenied } from '../errors.js';
+import { isLoopback, loopbackPeerUid } from './peer.js';
 
 const MAX_HEAD = 64 * 1024;
 export const MAX_JSON_BODY = 1024 * 1024;
@@ -70,8 +71,41 @@ export function writeFramedError(sock: net.Socket, err: unknown): void {
   );
 }
 
-export function createFront(http: HttpServer, hijack: HijackHandler, log: Logger): net.Server {
-  return net.createServer({ allowHalfOpen: true, pauseOnConnect: false }, (sock) => {
+/** Says who may talk to the server: undefined to serve the connection, else why not. */
+export type PeerCheck = (sock: net.Socket) => Promise<string | undefined>;
+
+/** Loopback TCP peers must be the server's own user (or root); remote peers are the operator's choice. */
+export function sameUserPeerCheck(ownUid: number): PeerCheck {
+  return async (sock) => {
+    const { remoteAddress, remotePort, localAddress, localPort } = sock;
+    if (remoteAddress === undefined || remotePort === undefined || localAddress === undefined || localPort === undefined) return undefined;
+    if (!isLoopback(remoteAddress)) return undefined;
+    const uid = await loopbackPeerUid({ address: remoteAddress, port: remotePort }, { address: localAddress, port: localPort });
+    if (uid === ownUid || uid === 0) return undefined;
+    return uid === undefined
+      ? `permission denied: cannot tell which user connected; this gdn server serves only uid ${ownUid}`
+      : `permission denied: this gdn server serves only uid ${ownUid}, not uid ${uid}`;
+  };
+}
+
+export function createFront(http: HttpServer, hijack: HijackHandler, log: Logger, peerCheck?: PeerCheck): net.Server {
+  return net.createServer({ allowHalfOpen: true, pauseOnConnect: peerCheck !== undefined }, (sock) => {
+    if (peerCheck === undefined) return serve(sock);
+    peerCheck(sock).then(
+      (denied) => {
+        if (denied === undefined) {
+          serve(sock);
+          sock.resume();
+          return;
+        }
+        log.info({ peer: `${sock.remoteAddress}:${sock.remotePort}`, why: denied }, 'front.peer-refused');
+        writeFramedError(sock, new PermissionDenied(denied));
+      },
+      () => sock.destroy(),
+    );
+  });
+
+  function serve(sock: net.Socket): void {
     sock.setNoDelay(true);
     let buf: Buffer = Buffer.alloc(0);
     const onData = (chunk: Buffer) => {
@@ -119,7 +153,7 @@ export function createFront(http: HttpServer, hijack: HijackHandler, log: Logger
     sock.on('data', onData);
     sock.on('end', onEnd);
     sock.on('error', (err) => log.debug({ err: err.message }, 'front.socket-error'));
-  });
+  }
 }
 
 /** Reads exactly Content-Length bytes of body; what follows is the control stream. */

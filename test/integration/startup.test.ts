@@ -42,4 +42,38 @@ describe('gdn server start-up refusals (integration)', function () {
       expect(existsSync(join(dir, 'gdn.sock'))).to.equal(false);
     });
   }
+
+  it('serves its own user on loopback TCP, and its unix socket is owner-only', async function () {
+    const { createServer } = await import('node:net');
+    const { stat } = await import('node:fs/promises');
+    const port = await new Promise<number>((resolve) => {
+      const probe = createServer().listen(0, '127.0.0.1', () => {
+        const p = (probe.address() as { port: number }).port;
+        probe.close(() => resolve(p));
+      });
+    });
+    const { GardenClient } = await import('../../src/client/client.js');
+    const tcp = execa('node', [GDN, 'server', '--bind-ip', '127.0.0.1', '--bind-port', String(port), '--depot', join(dir, 'depot-tcp')], { reject: false });
+    const unix = execa('node', [GDN, 'server', '--bind-socket', join(dir, 'gdn.sock'), '--depot', join(dir, 'depot-unix')], { reject: false });
+    try {
+      const ping = async (target: string) => {
+        for (let i = 0; i < 100; i++) {
+          try {
+            await new GardenClient(target).ping();
+            return true;
+          } catch {
+            await new Promise((r) => setTimeout(r, 100));
+          }
+        }
+        return false;
+      };
+      expect(await ping(`127.0.0.1:${port}`)).to.equal(true);
+      expect(await ping(join(dir, 'gdn.sock'))).to.equal(true);
+      expect((await stat(join(dir, 'gdn.sock'))).mode & 0o777).to.equal(0o600);
+    } finally {
+      tcp.kill('SIGTERM');
+      unix.kill('SIGTERM');
+      await Promise.all([tcp, unix]);
+    }
+  });
 });
