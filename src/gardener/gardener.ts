@@ -21,6 +21,7 @@ import { containerKey, type ContainerRecord, type Depot } from '../runtime/depot
 import { lockedFlags } from '../runtime/mountinfo.js';
 import { ProcessHandle, processFiles } from '../runtime/process.js';
 import { Reaper } from './reaper.js';
+import { readContainerFile } from './containerfs.js';
 import { resolveUser } from './users.js';
 
 export interface CreateSpec {
@@ -541,41 +542,55 @@ export class Gardener {
     const initPid = c.record.initPid;
     if (initPid === undefined) throw new TrellisError('ERR_TRELLIS_NO_INIT', `container ${c.record.handle} has no init process`);
     const root = `/proc/${initPid}/root`;
-    const readIn = async (p: string) => readFile(join(root, p), 'utf8').catch(() => undefined);
+    const readIn = (p: string) => readContainerFile(root, p);
     return { root, user: resolveUser(user, await readIn('/etc/passwd'), await readIn('/etc/group')) };
   }
 
   private async spawn(c: Container, id: string, spec: Omit<RunSpec, 'id' | 'image' | 'bindMounts' | 'tty'> & { tty?: boolean }): Promise<ProcessHandle> {
     const { key } = c.record;
-    const { root, user } = await this.userIn(c, spec.user);
+    const { user } = await this.userIn(c, spec.user);
+    // The home directory is checked by runc, inside the container: a missing one falls back to /.
     let cwd = spec.dir;
-    if (cwd === '') cwd = existsSync(join(root, user.home)) ? user.home : '/';
+    const homeAsDefault = cwd === '';
+    if (homeAsDefault) cwd = user.home;
     else if (!posix.isAbsolute(cwd)) cwd = posix.join(user.home, cwd);
-    const proc = buildProcess({
+    const build = (dir: string) => buildProcess({
       args: [spec.path, ...spec.args],
       containerEnv: c.record.env,
       env: spec.env,
       uid: user.uid,
       gid: user.gid,
       username: spec.user === '' ? 'root' : spec.user,
-      cwd,
+      cwd: dir,
       rlimits: spec.rlimits,
       terminal: spec.tty === true,
       windowSize: spec.windowSize,
     });
     const dir = this.cfg.depot.processDir(key, id);
-    try {
-      await mkdir(dir, { mode: 0o700 });
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'EEXIST') throw new AlreadyExists(`process ID '${id}' already in use`);
-      throw err;
-    }
     const files = processFiles(dir, key);
+    const attempt = async (cwdNow: string) => {
+      try {
+        await mkdir(dir, { mode: 0o700 });
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code === 'EEXIST') throw new AlreadyExists(`process ID '${id}' already in use`);
+        throw err;
+      }
+      try {
+        return await this.cfg.containerizer.exec(key, id, dir, build(cwdNow));
+      } catch (err) {
+        await rm(dir, { recursive: true, force: true }).catch(() => {});
+        throw err;
+      }
+    };
     let started;
     try {
-      started = await this.cfg.containerizer.exec(key, id, dir, proc);
+      try {
+        started = await attempt(cwd);
+      } catch (err) {
+        if (!(homeAsDefault && cwd !== '/' && /chdir|cwd/i.test(errorMessage(err)))) throw err;
+        started = await attempt('/');
+      }
     } catch (err) {
-      await rm(dir, { recursive: true, force: true }).catch(() => {});
       const msg = errorMessage(err);
       if (/executable file not found|no such file or directory/i.test(msg) && !/chdir|cwd/i.test(msg)) {
         throw new ExecutableNotFound(msg);

@@ -4,6 +4,7 @@
 // It double-forks, so its monitor lives on without us; the exit file and the
 // k8s-file log stay on disk for whoever reads them next.
 import { spawn } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import type { Readable } from 'node:stream';
 import { ExternalFailure } from '../errors.js';
 
@@ -64,6 +65,8 @@ export class Conmon {
     readonly binary: string,
     readonly runtimeBinary: string,
     private readonly env: NodeJS.ProcessEnv = {},
+    /** How long runc may take to start a process before its monitor is killed. */
+    private readonly startTimeoutMs = 30_000,
   ) {}
 
   argv(o: ConmonCommon): string[] {
@@ -90,15 +93,15 @@ export class Conmon {
 
   /** `runc create` under a monitor; resolves once the init process exists (not yet started). */
   async create(o: ConmonCommon): Promise<StartedMonitor> {
-    return this.launch(this.argv(o), false);
+    return this.launch(this.argv(o), false, o.conmonPidFile);
   }
 
   /** `runc exec` under a monitor; resolves once the process is running. */
   async exec(o: ExecOptions): Promise<StartedMonitor> {
-    return this.launch([...this.argv(o), '--exec', '--exec-process-spec', o.processSpecPath], true);
+    return this.launch([...this.argv(o), '--exec', '--exec-process-spec', o.processSpecPath], true, o.conmonPidFile);
   }
 
-  private launch(argv: string[], exec: boolean): Promise<StartedMonitor> {
+  private launch(argv: string[], exec: boolean, conmonPidFile: string): Promise<StartedMonitor> {
     return new Promise((resolve, reject) => {
       const child = spawn(this.binary, argv, {
         stdio: ['ignore', 'ignore', 'pipe', 'pipe'],
@@ -111,6 +114,21 @@ export class Conmon {
         if (stderr.length < 4096) stderr += d;
       });
       let settled = false;
+      // The container can make runc hang (its /etc/passwd a FIFO, say): give up, and take
+      // the monitor's whole process group (conmon and the runc it started) with us.
+      const timer = setTimeout(() => {
+        if (settled) return;
+        settled = true;
+        try {
+          const pid = Number(readFileSync(conmonPidFile, 'utf8').trim());
+          if (pid > 0) process.kill(-pid, 'SIGKILL');
+        } catch {
+          // no monitor to kill
+        }
+        sync.destroy();
+        reject(new ExternalFailure('runc', `the runtime did not start the process within ${this.startTimeoutMs / 1000}s (something in the container blocks it, e.g. a FIFO as /etc/passwd)`));
+      }, this.startTimeoutMs);
+      timer.unref();
       let resolveExit: (code: number | undefined) => void = () => {};
       const exited = new Promise<number | undefined>((r) => (resolveExit = r));
       const sync = child.stdio[3] as Readable;
@@ -118,6 +136,7 @@ export class Conmon {
       const reader = new SyncReader((m) => {
         if (!settled) {
           settled = true;
+          clearTimeout(timer);
           if (m.data > 0) resolve({ pid: m.data, exited });
           else reject(new ExternalFailure('runc', cleanRuntimeMessage(m.message ?? `conmon reported ${m.data}`)));
           if (!exec) sync.destroy();
@@ -132,6 +151,7 @@ export class Conmon {
         resolveExit(undefined);
         if (!settled) {
           settled = true;
+          clearTimeout(timer);
           reject(new ExternalFailure('conmon', `conmon exited before reporting a pid${stderr ? `: ${stderr.trim()}` : ''}`));
         }
       });

@@ -91,4 +91,50 @@ describe('container security (integration)', function () {
       await proc.wait();
     }
   });
+
+  it('a FIFO as /etc/passwd does not stall the server, only that container, and only for a while', async function () {
+    const { startServer: start } = await import('./harness.js');
+    const quick = await start({ extraArgs: ['--process-start-timeout', '2s'] });
+    try {
+      await quick.client.create(spec({ handle: 'sec-fifo' }));
+      await quick.client.create(spec({ handle: 'sec-fine' }));
+      expect((await runAndWait(quick.client, 'sec-fifo', sh('rm /etc/passwd && mkfifo /etc/passwd && echo made'))).stdout).to.equal('made\n');
+      // Five at once: more than the daemon's I/O threads, which a blocking open in the daemon would all take.
+      const stuck = Array.from({ length: 5 }, () => runAndWait(quick.client, 'sec-fifo', sh('id -u')).then(() => null, (e: unknown) => e as Error));
+      const fine = await runAndWait(quick.client, 'sec-fine', sh('id -u'));
+      expect(fine).to.include({ code: 0, stdout: '0\n' });
+      for (const err of await Promise.all(stuck)) expect(err?.message).to.match(/did not start the process within 2s/);
+      const { monitorsMentioning } = await import('./harness.js');
+      const { eventually } = await import('./harness.js');
+      expect(await eventually(async () => (await monitorsMentioning('sec-fifo')).length <= 1, 5000), 'only the init monitor is left').to.equal(true);
+    } finally {
+      const { cleanupServer: clean } = await import('./harness.js');
+      await clean(quick);
+    }
+  });
+
+  it('an /etc/passwd symlink to a host path is not followed on the host', async function () {
+    const { mkdtemp, writeFile, rm } = await import('node:fs/promises');
+    const { join } = await import('node:path');
+    const { runtimeDir } = await import('./harness.js');
+    const hostDir = await mkdtemp(join(runtimeDir(), 'hostpasswd-'));
+    const hostFile = join(hostDir, 'passwd');
+    await writeFile(hostFile, 'mallory:x:4242:4242::/:/bin/sh\n');
+    try {
+      await server.client.create(spec({ handle: 'sec-link' }));
+      expect((await runAndWait(server.client, 'sec-link', sh(`ln -sf ${hostFile} /etc/passwd && echo linked`))).stdout).to.equal('linked\n');
+      const err = await runAndWait(server.client, 'sec-link', sh('id -u', { user: 'mallory' })).then(() => null, (e: unknown) => e as Error);
+      expect(err?.message).to.match(/unable to find user mallory/);
+      await server.client.destroy('sec-link');
+    } finally {
+      await rm(hostDir, { recursive: true, force: true });
+    }
+  });
+
+  it('a user whose home directory is missing starts in /', async function () {
+    await server.client.create(spec({ handle: 'sec-home' }));
+    await runAndWait(server.client, 'sec-home', sh('rm -rf /home/alice'));
+    expect((await runAndWait(server.client, 'sec-home', { path: 'pwd', user: 'alice' })).stdout).to.equal('/\n');
+    await server.client.destroy('sec-home');
+  });
 });
