@@ -252,13 +252,26 @@ export function buildApp(deps: ApiDeps): express.Express {
 
   app.put('/containers/:handle/files', pausing(async (req, res, h) => {
     const q = new URLSearchParams(queryOf(req));
-    await gardener.streamIn(h, { destination: q.get('destination') ?? '', user: q.get('user') ?? '' }, req);
+    // A client that goes away mid-upload must not leave tar waiting for the rest.
+    const gone = new AbortController();
+    req.once('close', () => {
+      if (!req.complete) gone.abort();
+    });
+    res.once('close', () => {
+      if (!res.writableFinished) gone.abort();
+    });
+    await gardener.streamIn(h, { destination: q.get('destination') ?? '', user: q.get('user') ?? '' }, req, gone.signal);
     send(res, 200, EMPTY);
   }));
 
   app.get('/containers/:handle/files', pausing(async (req, res, h) => {
     const q = new URLSearchParams(queryOf(req));
-    const tar = await gardener.streamOut(h, { source: q.get('source') ?? '', user: q.get('user') ?? '' });
+    const gone = new AbortController();
+    res.once('close', () => {
+      if (!res.writableFinished) gone.abort();
+    });
+    const tar = await gardener.streamOut(h, { source: q.get('source') ?? '', user: q.get('user') ?? '' }, gone.signal);
+    if (gone.signal.aborted) return void (tar as unknown as { destroy(): void }).destroy();
     res.statusCode = 200;
     res.setHeader('Content-Type', 'application/octet-stream');
     await new Promise<void>((resolve) => {

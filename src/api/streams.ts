@@ -42,6 +42,9 @@ class Pipe {
   close(): void {
     this.sock?.end();
   }
+  congested(): boolean {
+    return this.sock !== undefined && !this.sock.destroyed && this.sock.writableNeedDrain;
+  }
 }
 
 export class Stream implements OutputSink {
@@ -62,6 +65,20 @@ export class Stream implements OutputSink {
   }
   stderr(data: Buffer): void {
     this.err.write(data);
+  }
+  congested(): boolean {
+    return this.out.congested() || this.err.congested();
+  }
+  onDrain(cb: () => void): void {
+    const sock = (this.out.congested() ? this.out : this.err).sock;
+    if (sock === undefined) return cb();
+    const once = () => {
+      sock.off('drain', once);
+      sock.off('close', once);
+      cb();
+    };
+    sock.on('drain', once);
+    sock.on('close', once);
   }
 
   /** A stdout or stderr connection arrived (its head is already written). */
@@ -85,7 +102,8 @@ export class Stream implements OutputSink {
   }
 
   private async drainAndClose(): Promise<void> {
-    if (this.sinkAdded && this.proc.exited) await this.proc.pump();
+    const open = () => [this.out.sock, this.err.sock].some((s) => s !== undefined && !s.destroyed);
+    if (this.sinkAdded && this.proc.exited) await this.proc.drainTo(this, open);
     if (this.out.sock) this.out.close();
     if (this.err.sock) this.err.close();
     if (this.sinkAdded && this.out.sock && this.err.sock) {

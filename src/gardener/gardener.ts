@@ -603,17 +603,27 @@ export class Gardener {
     return p;
   }
 
-  /** A helper process of our own (tar for streaming): not listed, removed when done. */
-  private async runTool(c: Container, args: string[], user: string, onStdout?: (d: Buffer) => void) {
+  /**
+   * A helper process of our own (tar, mkdir for streaming): not listed, removed when done,
+   * killed if `signal` aborts. Its stdout reaches `onStdout` as conmon logs it.
+   */
+  private async runTool(c: Container, args: string[], user: string, signal: AbortSignal, stdout?: { write(d: Buffer): void; congested(): boolean; onDrain(cb: () => void): void }) {
     if (this.cfg.toolsBinary === undefined) throw new TrellisError('ERR_TRELLIS_NO_TOOLS', 'streaming needs busybox-static on the server host');
-    const p = await this.spawn(c, `trellis-tool-${randomUUID()}`, {
-      path: TOOLS_PATH, args, env: [], dir: '/', user, rlimits: {},
-    });
+    if (signal.aborted) throw new TrellisError('ERR_TRELLIS_ABORTED', 'the client went away');
+    const p = await this.spawn(c, `trellis-tool-${randomUUID()}`, { path: TOOLS_PATH, args, env: [], dir: '/', user, rlimits: {} });
     const stderr: Buffer[] = [];
-    const sink = { stdout: (d: Buffer) => onStdout?.(d), stderr: (d: Buffer) => void (stderr.length < 64 && stderr.push(d)) };
+    const sink = {
+      stdout: (d: Buffer) => stdout?.write(d),
+      stderr: (d: Buffer) => void (stderr.length < 64 && stderr.push(d)),
+      congested: () => stdout?.congested() === true,
+      onDrain: (cb: () => void) => stdout?.onDrain(cb),
+    };
     p.addSink(sink);
+    const kill = () => p.signal('SIGKILL');
+    signal.addEventListener('abort', kill, { once: true });
     const finished = p.waitFinished().then(async () => {
-      await p.pump();
+      signal.removeEventListener('abort', kill);
+      await p.drainTo(sink, () => !signal.aborted);
       p.removeSink(sink);
       p.close();
       await rm(p.files.dir, { recursive: true, force: true }).catch(() => {});
@@ -630,43 +640,62 @@ export class Gardener {
   }
 
   /** Unpacks a tar stream into `destination` inside the container, as `user`. */
-  async streamIn(handle: string, opts: { destination: string; user: string }, body: NodeJS.ReadableStream): Promise<void> {
+  async streamIn(handle: string, opts: { destination: string; user: string }, body: NodeJS.ReadableStream, signal: AbortSignal): Promise<void> {
     const c = this.get(handle);
+    body.pause();
     const dest = await this.toolPath(c, opts.user, opts.destination);
-    const mk = await this.runTool(c, ['mkdir', '-p', '--', dest], opts.user);
+    const mk = await this.runTool(c, ['mkdir', '-p', '--', dest], opts.user, signal);
     const made = await mk.finished;
     if (made.exitCode !== 0) throw new TrellisError('ERR_TRELLIS_STREAM_IN', `creating ${dest}: ${made.stderr || made.error || `exit ${made.exitCode}`}`);
-    const tar = await this.runTool(c, ['tar', '-x', '-o', '--no-same-permissions', '-f', '-', '-C', dest], opts.user);
+    const tar = await this.runTool(c, ['tar', '-x', '-o', '--no-same-permissions', '-f', '-', '-C', dest], opts.user, signal);
     tar.proc.holdStdin();
-    await new Promise<void>((resolve, reject) => {
-      body.on('data', (d: Buffer) => tar.proc.writeStdin(d));
-      body.on('end', () => resolve());
-      body.on('error', reject);
-    }).finally(() => tar.proc.releaseStdin());
+    try {
+      await new Promise<void>((resolve, reject) => {
+        if (signal.aborted) return reject(new TrellisError('ERR_TRELLIS_ABORTED', 'the client went away'));
+        signal.addEventListener('abort', () => reject(new TrellisError('ERR_TRELLIS_ABORTED', 'the client went away')), { once: true });
+        body.on('data', (d: Buffer) => {
+          // Back-pressure: hold the upload while the helper's stdin is behind.
+          if (!tar.proc.writeStdin(d)) {
+            body.pause();
+            tar.proc.onStdinDrain(() => body.resume());
+          }
+        });
+        body.on('end', () => resolve());
+        body.on('error', reject);
+        body.resume();
+      });
+    } finally {
+      tar.proc.releaseStdin();
+    }
     const res = await tar.finished;
     if (res.exitCode !== 0) throw new TrellisError('ERR_TRELLIS_STREAM_IN', res.stderr || `tar: ${res.error ?? `exit ${res.exitCode}`}`);
   }
 
   /** Packs `source` inside the container, as `user`, into a tar stream (trailing '/' = its contents). */
-  async streamOut(handle: string, opts: { source: string; user: string }): Promise<NodeJS.ReadableStream> {
+  async streamOut(handle: string, opts: { source: string; user: string }, signal: AbortSignal): Promise<NodeJS.ReadableStream> {
     const c = this.get(handle);
     const src = await this.toolPath(c, opts.user, opts.source);
     const [dir, name] = src.endsWith('/') ? [src, '.'] : [posix.dirname(src), posix.basename(src)];
-    const { PassThrough } = await import('node:stream');
-    const out = new PassThrough();
     // Hold the first bytes until tar has either exited or produced plenty: a tar that
     // fails early (a missing path) then becomes a JSON error with nothing yet sent.
+    const { PassThrough } = await import('node:stream');
+    const out = new PassThrough();
     const HOLD = 64 * 1024;
     const held: Buffer[] = [];
     let heldBytes = 0;
     let streaming = false;
-    let startStreaming: () => void = () => {};
-    const enoughData = new Promise<void>((r) => (startStreaming = r));
-    const tar = await this.runTool(c, ['tar', '-c', '-f', '-', '-C', dir, '--', name], opts.user, (d) => {
-      if (streaming) return void out.write(d);
-      held.push(d);
-      heldBytes += d.length;
-      if (heldBytes >= HOLD) startStreaming();
+    let enough: () => void = () => {};
+    const enoughData = new Promise<void>((r) => (enough = r));
+    const tar = await this.runTool(c, ['tar', '-c', '-f', '-', '-C', dir, '--', name], opts.user, signal, {
+      write: (d) => {
+        if (streaming) return void out.write(d);
+        held.push(d);
+        heldBytes += d.length;
+        if (heldBytes >= HOLD) enough();
+      },
+      // a slow client holds the archive on disk rather than in the server's memory
+      congested: () => streaming && out.writableNeedDrain,
+      onDrain: (cb) => out.once('drain', cb),
     });
     const res = await Promise.race([enoughData.then(() => undefined), tar.finished]);
     if (res !== undefined && res.exitCode !== 0) {

@@ -12,7 +12,7 @@ const require = createRequire(import.meta.url);
 const { SeqpacketSocket } = require('node-unix-socket') as {
   SeqpacketSocket: new () => {
     connect(path: string, cb?: () => void): void;
-    write(buf: Buffer): void;
+    write(buf: Buffer, offset?: number, length?: number, cb?: () => void): void;
     end(cb?: () => void): void;
     destroy(): void;
     on(ev: string, cb: (...args: unknown[]) => void): void;
@@ -22,6 +22,9 @@ const { SeqpacketSocket } = require('node-unix-socket') as {
 export interface OutputSink {
   stdout(data: Buffer): void;
   stderr(data: Buffer): void;
+  /** True while the sink's reader is behind: the log is not read further until onDrain. */
+  congested?(): boolean;
+  onDrain?(cb: () => void): void;
 }
 
 /** Files conmon writes for one monitored process. */
@@ -48,6 +51,7 @@ export function processFiles(dir: string, containerKey: string): ProcessFiles {
 
 const READ_CHUNK = 256 * 1024;
 const STDIN_MESSAGE = 8192;
+const STDIN_HIGH_WATER = 1024 * 1024;
 
 export class ProcessHandle {
   private offset = 0;
@@ -66,8 +70,12 @@ export class ProcessHandle {
   private stdinClosed = false;
   private stdinSock: InstanceType<typeof SeqpacketSocket> | undefined;
   private stdinQueue: Buffer[] = [];
+  /** Bytes handed to writeStdin that the kernel has not taken yet. */
+  private stdinPending = 0;
+  private stdinDrainWaiters: Array<() => void> = [];
   private stdinConnecting = false;
   private finishedAt: number | undefined;
+  private waitingForDrain = false;
 
   constructor(
     readonly id: string,
@@ -151,6 +159,7 @@ export class ProcessHandle {
     this.stdinSock?.destroy();
     this.stdinSock = undefined;
     this.stdinClosed = true;
+    for (const w of this.stdinDrainWaiters.splice(0)) w();
     // conmon drains the pipes into the log before it reports the exit.
     void this.pump().then(() => {
       for (const w of this.exitWaiters.splice(0)) w();
@@ -243,8 +252,22 @@ export class ProcessHandle {
     }
     try {
       let carry = Buffer.alloc(0);
+      // Records are copied out of it, so one read buffer serves the whole pump.
+      const chunk = Buffer.allocUnsafe(READ_CHUNK);
       for (;;) {
-        const chunk = Buffer.alloc(READ_CHUNK);
+        // Back-pressure: the output waits on disk, not in memory, while a reader is slow.
+        const slow = [...this.sinks].find((s) => s.congested?.() === true);
+        if (slow !== undefined) {
+          // one wait at a time, however many log events arrive meanwhile
+          if (!this.waitingForDrain) {
+            this.waitingForDrain = true;
+            slow.onDrain?.(() => {
+              this.waitingForDrain = false;
+              void this.pump();
+            });
+          }
+          break;
+        }
         const { bytesRead } = await fh.read(chunk, 0, READ_CHUNK, this.offset + carry.length);
         if (bytesRead === 0) break;
         const buf = carry.length ? Buffer.concat([carry, chunk.subarray(0, bytesRead)]) : chunk.subarray(0, bytesRead);
@@ -257,6 +280,25 @@ export class ProcessHandle {
       }
     } finally {
       await fh.close();
+    }
+  }
+
+  /** Every record conmon has logged so far has been handed to the sinks. */
+  async fullyRead(): Promise<boolean> {
+    try {
+      return this.offset >= (await stat(this.files.logPath)).size;
+    } catch {
+      return true;
+    }
+  }
+
+  /** Pumps until the whole log has reached `sink`, waiting on it whenever it is behind. */
+  async drainTo(sink: OutputSink, alive: () => boolean = () => true): Promise<void> {
+    for (;;) {
+      await this.pump();
+      if (!alive() || (await this.fullyRead())) return;
+      // the pump's own drain wait re-pumps; here only look again a little later
+      await new Promise((r) => setTimeout(r, sink.congested?.() === true ? 20 : 10));
     }
   }
 
@@ -319,10 +361,23 @@ export class ProcessHandle {
     if (this.stdinHolders === 0) this.closeStdin();
   }
 
-  writeStdin(data: Buffer): void {
-    if (this.stdinClosed || this.exited) return;
+  /** Queues stdin; false once 1 MiB waits, and onStdinDrain says when to go on. */
+  writeStdin(data: Buffer): boolean {
+    if (this.stdinClosed || this.exited) return true;
     for (let i = 0; i < data.length; i += STDIN_MESSAGE) this.stdinQueue.push(data.subarray(i, i + STDIN_MESSAGE));
+    this.stdinPending += data.length;
     this.flushStdin();
+    return this.stdinPending < STDIN_HIGH_WATER;
+  }
+
+  onStdinDrain(cb: () => void): void {
+    if (this.stdinPending < STDIN_HIGH_WATER || this.stdinClosed || this.exited) return cb();
+    this.stdinDrainWaiters.push(cb);
+  }
+
+  private stdinWritten(n: number): void {
+    this.stdinPending = Math.max(0, this.stdinPending - n);
+    if (this.stdinPending < STDIN_HIGH_WATER / 2) for (const w of this.stdinDrainWaiters.splice(0)) w();
   }
 
   private closeStdin(): void {
@@ -357,7 +412,10 @@ export class ProcessHandle {
       }
       return;
     }
-    for (const b of this.stdinQueue.splice(0)) this.stdinSock.write(Buffer.from(b));
+    for (const b of this.stdinQueue.splice(0)) {
+      const copy = Buffer.from(b);
+      this.stdinSock.write(copy, 0, copy.length, () => this.stdinWritten(copy.length));
+    }
     if (this.stdinClosed) {
       this.stdinSock.end();
       this.stdinSock = undefined;

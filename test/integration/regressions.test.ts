@@ -71,4 +71,32 @@ describe('regressions (integration)', function () {
     expect(existsSync(join(foreign, 'precious.txt'))).to.equal(true);
     expect(await server.client.list()).to.not.include('not-a-container');
   });
+
+  it('a slow reader of a large output gets every byte, and the server holds it on disk, not in memory', async function () {
+    const { readFile } = await import('node:fs/promises');
+    const { Writable } = await import('node:stream');
+    const rss = async () => Number(/VmRSS:\s+(\d+)/.exec(await readFile(`/proc/${server.proc.pid}/status`, 'utf8'))![1]) * 1024;
+    await server.client.create(spec({ handle: 'slow-reader' }));
+    const before = await rss();
+    let got = 0;
+    let peak = before;
+    const slow = new Writable({
+      highWaterMark: 64 * 1024,
+      write(chunk: Buffer, _enc, cb) {
+        got += chunk.length;
+        // about 25 MB/s, far slower than the process writes: a server that buffered would grow by ~150 MB
+        setTimeout(cb, Math.ceil(chunk.length / 25_000));
+      },
+    });
+    const sampler = setInterval(() => void rss().then((r) => (peak = Math.max(peak, r))), 100);
+    try {
+      const p = await server.client.run('slow-reader', sh('head -c 150000000 /dev/zero'), { stdout: slow, stderr: new Writable({ write: (_c, _e, cb) => cb() }) });
+      expect(await p.wait()).to.equal(0);
+    } finally {
+      clearInterval(sampler);
+    }
+    expect(got).to.equal(150_000_000);
+    expect(peak - before, `server grew by ${Math.round((peak - before) / 1e6)} MB`).to.be.lessThan(75_000_000);
+    await server.client.destroy('slow-reader');
+  });
 });
