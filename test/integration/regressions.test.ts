@@ -99,4 +99,31 @@ describe('regressions (integration)', function () {
     expect(peak - before, `server grew by ${Math.round((peak - before) / 1e6)} MB`).to.be.lessThan(75_000_000);
     await server.client.destroy('slow-reader');
   });
+
+  it('a client that aborts a stream-in mid-upload leaves no helper behind and does not hold the grace timer', async function () {
+    await server.client.create(spec({ handle: 'aborted-upload', grace_time: 2_000_000_000 }));
+    const sock = net.connect(server.socketPath);
+    sock.on('error', () => {});
+    await new Promise<void>((r) => sock.once('connect', () => r()));
+    // a chunked upload that starts and never finishes
+    sock.write('PUT /containers/aborted-upload/files?destination=%2Ftmp&user= HTTP/1.1\r\nHost: api\r\nTransfer-Encoding: chunked\r\n\r\n');
+    // the first 20 KiB of a real archive of a 1 MiB file: tar waits for the rest
+    const { execa } = await import('execa');
+    const { mkdtemp, writeFile: write } = await import('node:fs/promises');
+    const { runtimeDir } = await import('./harness.js');
+    const tmp = await mkdtemp(join(runtimeDir(), 'upload-'));
+    await write(join(tmp, 'big'), Buffer.alloc(1 << 20, 1));
+    const archive = Buffer.from((await execa('tar', ['-C', tmp, '-cf', '-', 'big'], { encoding: 'buffer' })).stdout).subarray(0, 20480);
+    sock.write(`${archive.length.toString(16)}\r\n`);
+    sock.write(archive);
+    sock.write('\r\n');
+    const { monitorsMentioning, eventually } = await import('./harness.js');
+    expect(await eventually(async () => (await monitorsMentioning('trellis-tool')).length > 0, 10_000), 'a tar helper started').to.equal(true);
+    sock.destroy();
+    expect(await eventually(async () => (await monitorsMentioning('trellis-tool')).length === 0, 10_000), 'the helper is gone').to.equal(true);
+    // the grace timer runs again: the idle container is reaped
+    expect(await eventually(async () => !(await server.client.list()).includes('aborted-upload'), 10_000), 'reaped').to.equal(true);
+    const { rm: remove } = await import('node:fs/promises');
+    await remove(tmp, { recursive: true, force: true });
+  });
 });
