@@ -57,6 +57,7 @@ interface ServerArgs {
   'seccomp-profile': string;
   'process-retention': string;
   'process-start-timeout': string;
+  'process-log-max-bytes': number;
 }
 
 function serverFlags(y: Argv) {
@@ -85,6 +86,7 @@ function serverFlags(y: Argv) {
     .option('init-bin', { type: 'string', describe: 'container pid 1 (default: catatonit from PATH)' })
     .option('conmon-bin', { type: 'string', describe: 'conmon binary (default: conmon from PATH)' })
     .option('external-ip', { type: 'string', describe: 'host address reported for net-in' })
+    .option('process-log-max-bytes', { type: 'number', default: 256 * 1024 * 1024, describe: 'bytes a process may log before its log starts over; a reader behind at that moment loses what it had not read (0: no limit)' })
     .option('process-start-timeout', { type: 'string', default: '30s', describe: 'Go duration runc may take to start a process before it is given up' })
     .option('process-retention', { type: 'string', default: '5m', describe: 'Go duration a finished process is kept once its exit status and all its output were read' })
     .option('seccomp-profile', { type: 'string', default: DEFAULT_PROFILE, describe: "Docker-format seccomp profile for every container, or 'unconfined'" });
@@ -170,7 +172,7 @@ async function server(args: ServerArgs): Promise<void> {
   const defaultRootfs = args['default-rootfs'] ?? (existsSync(paths.defaultRootfs) ? paths.defaultRootfs : '');
   const depot = new Depot(depotDir);
   const runc = new Runc(runcBin, args['runtime-plugin-extra-arg']);
-  const conmon = new Conmon(conmonBin, runcBin, {}, Number(parseGoDuration(args['process-start-timeout']) / 1_000_000n));
+  const conmon = new Conmon(conmonBin, runcBin, {}, Number(parseGoDuration(args['process-start-timeout']) / 1_000_000n), args['process-log-max-bytes']);
   const gardener = new Gardener({
     depot,
     containerizer: new Containerizer(depot, runc, conmon),

@@ -276,6 +276,11 @@ export function buildApp(deps: ApiDeps): express.Express {
     res.setHeader('Content-Type', 'application/octet-stream');
     await new Promise<void>((resolve) => {
       tar.on('end', resolve);
+      tar.on('error', () => {
+        // past the head nothing can be reported: cut the response short, as Garden does
+        res.destroy();
+        resolve();
+      });
       res.on('close', resolve);
       tar.pipe(res);
     });

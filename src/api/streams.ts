@@ -81,6 +81,11 @@ export class Stream implements OutputSink {
     sock.on('close', once);
   }
 
+  /** Whether a client ever connected this stream's stdout or stderr. */
+  get wanted(): boolean {
+    return this.sinkAdded;
+  }
+
   /** A stdout or stderr connection arrived (its head is already written). */
   connect(kind: 'stdout' | 'stderr', sock: Socket): void {
     (kind === 'stdout' ? this.out : this.err).attach(sock);
@@ -221,7 +226,8 @@ export function serveControl(opts: {
     if (finished || sock.destroyed) return done();
     const { exitCode, error } = proc.result;
     sock.end(exitCode !== undefined ? encodeExitMessage(proc.id, exitCode) : encodeErrorMessage(proc.id, error ?? 'unknown'));
-    proc.markDelivered();
+    // Streams connect after the exit message as often as before: give them a moment.
+    setTimeout(() => proc.markDelivered(!stream.wanted), 1000).unref();
     done();
   });
 }

@@ -546,7 +546,12 @@ export class Gardener {
     return { root, user: resolveUser(user, await readIn('/etc/passwd'), await readIn('/etc/group')) };
   }
 
-  private async spawn(c: Container, id: string, spec: Omit<RunSpec, 'id' | 'image' | 'bindMounts' | 'tty'> & { tty?: boolean }): Promise<ProcessHandle> {
+  private async spawn(
+    c: Container,
+    id: string,
+    spec: Omit<RunSpec, 'id' | 'image' | 'bindMounts' | 'tty'> & { tty?: boolean },
+    opts: { unlimitedLog?: boolean } = {},
+  ): Promise<ProcessHandle> {
     const { key } = c.record;
     const { user } = await this.userIn(c, spec.user);
     // The home directory is checked by runc, inside the container: a missing one falls back to /.
@@ -576,7 +581,7 @@ export class Gardener {
         throw err;
       }
       try {
-        return await this.cfg.containerizer.exec(key, id, dir, build(cwdNow));
+        return await this.cfg.containerizer.exec(key, id, dir, build(cwdNow), opts);
       } catch (err) {
         await rm(dir, { recursive: true, force: true }).catch(() => {});
         throw err;
@@ -610,7 +615,7 @@ export class Gardener {
   private async runTool(c: Container, args: string[], user: string, signal: AbortSignal, stdout?: { write(d: Buffer): void; congested(): boolean; onDrain(cb: () => void): void }) {
     if (this.cfg.toolsBinary === undefined) throw new TrellisError('ERR_TRELLIS_NO_TOOLS', 'streaming needs busybox-static on the server host');
     if (signal.aborted) throw new TrellisError('ERR_TRELLIS_ABORTED', 'the client went away');
-    const p = await this.spawn(c, `trellis-tool-${randomUUID()}`, { path: TOOLS_PATH, args, env: [], dir: '/', user, rlimits: {} });
+    const p = await this.spawn(c, `trellis-tool-${randomUUID()}`, { path: TOOLS_PATH, args, env: [], dir: '/', user, rlimits: {} }, { unlimitedLog: true });
     const stderr: Buffer[] = [];
     const sink = {
       stdout: (d: Buffer) => stdout?.write(d),

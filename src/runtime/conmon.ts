@@ -48,6 +48,8 @@ export interface ConmonCommon {
   logPath: string;
   stdin: boolean;
   terminal?: boolean;
+  /** No size limit on this log (gdn's own helpers, whose output must arrive whole). */
+  unlimitedLog?: boolean;
 }
 
 export interface ExecOptions extends ConmonCommon {
@@ -67,6 +69,8 @@ export class Conmon {
     private readonly env: NodeJS.ProcessEnv = {},
     /** How long runc may take to start a process before its monitor is killed. */
     private readonly startTimeoutMs = 30_000,
+    /** Beyond this a process's log starts over (0: no limit); the depot is often a tmpfs. */
+    private readonly logSizeMax = 0,
   ) {}
 
   argv(o: ConmonCommon): string[] {
@@ -86,6 +90,7 @@ export class Conmon {
       '--runtime-arg', '--root',
       '--runtime-arg', o.runtimeRoot,
       '--no-sync-log',
+      ...(this.logSizeMax > 0 && !o.unlimitedLog ? ['--log-size-max', String(this.logSizeMax)] : []),
       ...(o.stdin ? ['-i'] : []),
       ...(o.terminal ? ['-t'] : []),
     ];

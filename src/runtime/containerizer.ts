@@ -74,7 +74,7 @@ export class Containerizer {
     return started.pid;
   }
 
-  async exec(key: string, processId: string, dir: string, spec: OciProcess): Promise<StartedMonitor> {
+  async exec(key: string, processId: string, dir: string, spec: OciProcess, opts: { unlimitedLog?: boolean } = {}): Promise<StartedMonitor> {
     const files = processFiles(dir, key);
     await mkdir(files.exitDir, { mode: 0o700 });
     const specPath = join(dir, 'spec.json');
@@ -90,6 +90,7 @@ export class Containerizer {
       logPath: files.logPath,
       stdin: true,
       terminal: spec.terminal === true,
+      unlimitedLog: opts.unlimitedLog,
       processSpecPath: specPath,
     });
   }

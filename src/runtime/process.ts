@@ -2,7 +2,7 @@
 // from where the last reader stopped, the exit code from conmon (sync pipe while we
 // started it, its exit file otherwise), stdin through conmon's attach socket.
 import { createRequire } from 'node:module';
-import { constants, existsSync, openSync, closeSync, watch, writeSync, type FSWatcher } from 'node:fs';
+import { constants, existsSync, openSync, closeSync, watch, writeFileSync, writeSync, type FSWatcher } from 'node:fs';
 import { open, readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { parseK8sLog } from './k8slog.js';
@@ -55,6 +55,8 @@ const STDIN_HIGH_WATER = 1024 * 1024;
 
 export class ProcessHandle {
   private offset = 0;
+  /** The log file the offset is into: conmon replaces the file when it hits its size limit. */
+  private logInode = 0;
   private offsetLoaded = false;
   private readonly sinks = new Set<OutputSink>();
   private pumping: Promise<void> | undefined;
@@ -239,7 +241,9 @@ export class ProcessHandle {
     if (!this.offsetLoaded) {
       this.offsetLoaded = true;
       try {
-        this.offset = Number((await readFile(join(this.files.dir, 'read-offset'), 'utf8')).trim()) || 0;
+        const [offset, inode] = (await readFile(join(this.files.dir, 'read-offset'), 'utf8')).trim().split(':');
+        this.offset = Number(offset) || 0;
+        this.logInode = Number(inode) || 0;
       } catch {
         this.offset = 0;
       }
@@ -251,6 +255,15 @@ export class ProcessHandle {
       return;
     }
     try {
+      const st = await fh.stat();
+      if (this.logInode !== 0 && st.ino !== this.logInode) {
+        // conmon started the log over at its size limit: what was not read is gone
+        this.offset = 0;
+        this.markOffset();
+      } else if (st.size < this.offset) {
+        this.offset = 0;
+      }
+      this.logInode = st.ino;
       let carry = Buffer.alloc(0);
       // Records are copied out of it, so one read buffer serves the whole pump.
       const chunk = Buffer.allocUnsafe(READ_CHUNK);
@@ -314,15 +327,18 @@ export class ProcessHandle {
     this.offsetTimer = undefined;
     if (!this.offsetDirty) return;
     this.offsetDirty = false;
-    await writeFile(join(this.files.dir, 'read-offset'), String(this.offset)).catch(() => {});
+    await writeFile(join(this.files.dir, 'read-offset'), `${this.offset}:${this.logInode}`).catch(() => {});
   }
 
   // ---- retention ----
 
-  /** A client received the exit status: recorded on disk so a restarted server knows too. */
-  markDelivered(): void {
+  /**
+   * A client received the exit status: recorded on disk so a restarted server knows too.
+   * `declined`: that client asked for no output at all (a Go client with no stdout or stderr).
+   */
+  markDelivered(declined = false): void {
     try {
-      closeSync(openSync(join(this.files.dir, 'delivered'), 'w'));
+      writeFileSync(join(this.files.dir, 'delivered'), declined ? 'declined' : 'read');
     } catch {
       // the directory is gone with its container
     }
@@ -332,11 +348,17 @@ export class ProcessHandle {
   async reclaimable(ageMs: number, now = Date.now()): Promise<boolean> {
     if (!this.exited || this.sinks.size > 0) return false;
     if (this.finishedAt === undefined || now - this.finishedAt < ageMs) return false;
-    if (!existsSync(join(this.files.dir, 'delivered'))) return false;
+    let delivered: string;
+    try {
+      delivered = (await readFile(join(this.files.dir, 'delivered'), 'utf8')).trim();
+    } catch {
+      return false;
+    }
+    if (delivered === 'declined') return true;
     await this.flushOffset();
     let offset = 0;
     try {
-      offset = Number((await readFile(join(this.files.dir, 'read-offset'), 'utf8')).trim()) || 0;
+      offset = Number((await readFile(join(this.files.dir, 'read-offset'), 'utf8')).trim().split(':')[0]) || 0;
     } catch {
       offset = 0;
     }
