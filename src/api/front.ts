@@ -107,6 +107,8 @@ export function createFront(http: HttpServer, hijack: HijackHandler, log: Logger
 
   function serve(sock: net.Socket): void {
     sock.setNoDelay(true);
+    // A connection that never sends its request head is dropped (hijacked ones clear this).
+    sock.setTimeout(60_000, () => sock.destroy());
     let buf: Buffer = Buffer.alloc(0);
     const onData = (chunk: Buffer) => {
       buf = buf.length ? Buffer.concat([buf, chunk]) : chunk;
@@ -132,6 +134,7 @@ export function createFront(http: HttpServer, hijack: HijackHandler, log: Logger
         // Not ours: give the bytes back and let Node's HTTP server have the socket.
         sock.pause();
         sock.unshift(buf);
+        sock.setTimeout(0); // Node's HTTP server applies its own header and keep-alive timeouts
         http.emit('connection', sock);
         sock.resume();
         return;

@@ -9,8 +9,10 @@ import type { OutputSink, ProcessHandle } from '../runtime/process.js';
 import { decodeControl, encodeErrorMessage, encodeExitMessage, encodeIdMessage } from './codec.js';
 
 const STREAM_LINGER_MS = 60_000;
-/** Per stream and pipe: what may wait in memory for a reader that is slow to connect. */
-const MAX_BUFFERED = 64 * 1024 * 1024;
+/** A control message is a 32 KiB stdin chunk in JSON: a line past this is not one. */
+const MAX_CONTROL_LINE = 1024 * 1024;
+/** Per stream and pipe: what may wait in memory for a pipe whose connection has not come yet. */
+const MAX_BUFFERED = 8 * 1024 * 1024;
 
 export function streamHead(): string {
   return `HTTP/1.1 200 OK\r\nDate: ${new Date().toUTCString()}\r\nTransfer-Encoding: chunked\r\n\r\n`;
@@ -89,6 +91,11 @@ export class Stream implements OutputSink {
   /** A stdout or stderr connection arrived (its head is already written). */
   connect(kind: 'stdout' | 'stderr', sock: Socket): void {
     (kind === 'stdout' ? this.out : this.err).attach(sock);
+    if (this.stopped && !this.proc.exited) {
+      // a detached stream of a running process: what is unread stays for the next attacher
+      sock.end();
+      return;
+    }
     if (!this.sinkAdded) {
       this.sinkAdded = true;
       this.proc.addSink(this);
@@ -111,10 +118,12 @@ export class Stream implements OutputSink {
     if (this.sinkAdded && this.proc.exited) await this.proc.drainTo(this, open);
     if (this.out.sock) this.out.close();
     if (this.err.sock) this.err.close();
-    if (this.sinkAdded && this.out.sock && this.err.sock) {
+    if (!this.sinkAdded) return;
+    if (!this.proc.exited || (this.out.sock && this.err.sock)) {
+      // Detached (or done): stop taking output, so the next attacher gets what is unread.
       this.proc.removeSink(this);
-    } else if (this.sinkAdded) {
-      // the other pipe may still connect within the linger time; keep receiving for it
+    } else {
+      // The process is done and one pipe has not connected yet: keep its output for it a while.
       const t = setTimeout(() => this.proc.removeSink(this), STREAM_LINGER_MS);
       t.unref();
     }
@@ -174,6 +183,12 @@ export function serveControl(opts: {
   let pending: Buffer = opts.leftover.length > 0 ? Buffer.from(opts.leftover) : Buffer.alloc(0);
   const onData = (chunk: Buffer) => {
     pending = pending.length ? Buffer.concat([pending, chunk]) : chunk;
+    if (pending.length > MAX_CONTROL_LINE && pending.indexOf(0x0a) < 0) {
+      // not Garden's protocol: a message never ends
+      log.info({ bytes: pending.length }, 'process.control-line-too-long');
+      sock.destroy();
+      return;
+    }
     let nl: number;
     while ((nl = pending.indexOf(0x0a)) >= 0) {
       const text = pending.subarray(0, nl).toString('utf8').trim();

@@ -123,6 +123,8 @@ describe('regressions (integration)', function () {
     expect(await eventually(async () => (await monitorsMentioning('trellis-tool')).length === 0, 10_000), 'the helper is gone').to.equal(true);
     // the grace timer runs again: the idle container is reaped
     expect(await eventually(async () => !(await server.client.list()).includes('aborted-upload'), 10_000), 'reaped').to.equal(true);
+    // and the destroy has finished (list hides a container as soon as its destroy starts)
+    expect(await eventually(() => !existsSync(join(server.depot, 'aborted-upload')), 10_000), 'destroyed').to.equal(true);
     const { rm: remove } = await import('node:fs/promises');
     await remove(tmp, { recursive: true, force: true });
   });
