@@ -213,7 +213,9 @@ export async function cleanupServer(server: Server | undefined): Promise<void> {
   }
   // A destroy the reaper started is not in the list: let it finish before the server goes,
   // or its image would outlive the depot that records it.
-  await eventually(async () => !existsSync(s.depot) || (await readdir(s.depot)).length === 0, 15_000);
+  const containersLeft = async () =>
+    existsSync(s.depot) && (await readdir(s.depot)).some((e) => existsSync(join(s.depot, e, 'container.json')));
+  await eventually(async () => !(await containersLeft()), 15_000);
   await s.stop();
   await rm(s.dir, { recursive: true, force: true }).catch(() => {});
 }
