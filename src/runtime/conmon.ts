@@ -187,5 +187,10 @@ export function cleanRuntimeMessage(message: string): string {
       }
     }
   }
-  return msgs.join('; ') || message;
+  const joined = msgs.join('; ') || message;
+  if (joined.length <= 1000) return joined;
+  // A Go runtime dump: what matters is runc's own last words, not the goroutines.
+  const last = [...msgs].reverse().find((m) => /failed|error|unable/i.test(m)) ?? msgs[msgs.length - 1] ?? '';
+  const tail = last.length > 1000 ? last.slice(last.length - 1000) : last;
+  return `${msgs[0]?.slice(0, 200) ?? ''} … ${tail}`.trim();
 }
