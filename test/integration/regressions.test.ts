@@ -67,6 +67,7 @@ describe('regressions (integration)', function () {
     const foreign = join(server.depot, 'not-a-container');
     await mkdir(foreign);
     await writeFile(join(foreign, 'precious.txt'), 'keep me');
+    await server.stop();
     server = await restartServer(server);
     expect(existsSync(join(foreign, 'precious.txt'))).to.equal(true);
     expect(await server.client.list()).to.not.include('not-a-container');
