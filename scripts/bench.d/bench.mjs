@@ -99,70 +99,18 @@ function which(cmd) {
 }
 const RUNC = which('runc');
 
-/** Flags of the mount holding `path` that a user namespace cannot drop (bind mounts must repeat them). */
-function lockedFlags(path) {
-  const lockable = new Set(['nosuid', 'nodev', 'noexec', 'noatime', 'nodiratime', 'relatime']);
-  let best;
-  for (const line of readFileSync('/proc/self/mountinfo', 'utf8').split('\n')) {
-    const f = line.split(' - ')[0]?.split(' ');
-    if (!f || f.length < 6) continue;
-    const mp = f[4].replace(/\\([0-7]{3})/g, (_, o) => String.fromCharCode(parseInt(o, 8)));
-    const under = mp === '/' || path === mp || path.startsWith(`${mp}/`);
-    if (under && (!best || mp.length >= best.mp.length)) best = { mp, options: f[5].split(',') };
-  }
-  return best ? best.options.filter((o) => lockable.has(o)) : [];
-}
 
 // ---------------------------------------------------------------- bare runc bundles
 
-const CAPS = [
-  'CAP_CHOWN', 'CAP_DAC_OVERRIDE', 'CAP_FSETID', 'CAP_FOWNER', 'CAP_MKNOD', 'CAP_NET_RAW', 'CAP_SETGID',
-  'CAP_SETUID', 'CAP_SETFCAP', 'CAP_SETPCAP', 'CAP_NET_BIND_SERVICE', 'CAP_SYS_CHROOT', 'CAP_KILL', 'CAP_AUDIT_WRITE',
-];
 const PATH_ROOT = 'PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
 
-let buildBundle; // Trellis's own config builder when it is built: then the baseline config is Trellis's byte for byte
-let configSource = 'scripts/bench.d (equivalent to src/runtime/bundle.ts)';
-try {
-  ({ buildBundle } = await import(join(REPO, 'dist/src/runtime/bundle.js')));
-  configSource = 'Trellis buildBundle (dist/src/runtime/bundle.js)';
-} catch {
-  buildBundle = undefined;
-}
-
-function localConfig(b, handle, cgroupsPath, uidMappings, gidMappings, initFlags) {
-  return {
-    ociVersion: '1.0.2',
-    process: {
-      user: { uid: 0, gid: 0 }, args: ['/dev/init', '-P'], env: [PATH_ROOT], cwd: '/',
-      capabilities: { bounding: CAPS, effective: CAPS, inheritable: CAPS, permitted: CAPS },
-      noNewPrivileges: false,
-    },
-    root: { path: join(b, 'rootfs') },
-    hostname: handle,
-    mounts: [
-      { destination: '/', type: 'overlay', source: 'overlay', options: [`lowerdir=${ROOTFS},upperdir=${b}/upper,workdir=${b}/work`] },
-      { destination: '/proc', type: 'proc', source: 'proc', options: ['nosuid', 'noexec', 'nodev'] },
-      { destination: '/dev', type: 'tmpfs', source: 'tmpfs', options: ['nosuid', 'strictatime', 'mode=755', 'size=65536k'] },
-      { destination: '/dev/pts', type: 'devpts', source: 'devpts', options: ['nosuid', 'noexec', 'newinstance', 'ptmxmode=0666', 'mode=0620'] },
-      { destination: '/dev/shm', type: 'tmpfs', source: 'shm', options: ['nosuid', 'noexec', 'nodev', 'mode=1777', 'size=65536k'] },
-      { destination: '/dev/mqueue', type: 'mqueue', source: 'mqueue', options: ['nosuid', 'noexec', 'nodev'] },
-      { destination: '/sys', type: 'sysfs', source: 'sysfs', options: ['nosuid', 'noexec', 'nodev', 'ro'] },
-      { destination: '/dev/init', type: 'bind', source: CATATONIT, options: ['bind', 'ro', ...initFlags] },
-    ],
-    linux: {
-      uidMappings, gidMappings,
-      namespaces: ['pid', 'network', 'ipc', 'uts', 'mount', 'user'].map((type) => ({ type })),
-      cgroupsPath,
-      maskedPaths: [
-        '/proc/kcore', '/proc/latency_stats', '/proc/sched_debug', '/proc/scsi', '/proc/timer_list', '/proc/timer_stats',
-        '/proc/keys', '/sys/firmware', '/proc/acpi',
-      ],
-      readonlyPaths: ['/proc/asound', '/proc/bus', '/proc/fs', '/proc/irq', '/proc/sys', '/proc/sysrq-trigger'],
-      rootfsPropagation: 'private',
-    },
-  };
-}
+// The baseline runs Trellis's own container config (same namespaces, id maps, mounts and
+// seccomp filter), from the build: bare runc then differs from Trellis only in the path to it.
+const { buildBundle, UNPRIVILEGED_CAPS } = await import(join(REPO, 'dist/src/runtime/bundle.js'));
+const { DEFAULT_PROFILE, loadProfile } = await import(join(REPO, 'dist/src/runtime/seccomp.js'));
+const { lockedFlags } = await import(join(REPO, 'dist/src/runtime/mountinfo.js'));
+const SECCOMP = loadProfile(DEFAULT_PROFILE, UNPRIVILEGED_CAPS);
+const configSource = 'Trellis buildBundle with its seccomp filter (dist/src/runtime)';
 
 const UID_MAPS = [{ containerID: 0, hostID: uid, size: 1 }, { containerID: 1, hostID: SUBUID.start, size: SUBUID.count }];
 const GID_MAPS = [{ containerID: 0, hostID: gid, size: 1 }, { containerID: 1, hostID: SUBGID.start, size: SUBGID.count }];
@@ -178,17 +126,12 @@ function makeBundle(args) {
   const b = join(TMP, 'bundles', id);
   for (const d of ['upper', 'work', 'rootfs']) mkdirSync(join(b, d), { recursive: true });
   const cgroupsPath = `/garden/${uid}/${id}`;
-  let config;
-  if (buildBundle) {
-    config = buildBundle({
-      handle: id, rootfsPath: join(b, 'rootfs'),
-      imageMounts: [{ destination: '/', type: 'overlay', source: 'overlay', options: [`lowerdir=${ROOTFS},upperdir=${b}/upper,workdir=${b}/work`] }],
-      env: [PATH_ROOT], uidMappings: UID_MAPS, gidMappings: GID_MAPS, initBinary: CATATONIT, initLockedFlags: INIT_FLAGS,
-      bindMounts: [], cgroupsPath, limits: {},
-    });
-  } else {
-    config = localConfig(b, id, cgroupsPath, UID_MAPS, GID_MAPS, INIT_FLAGS);
-  }
+  const config = buildBundle({
+    handle: id, rootfsPath: join(b, 'rootfs'),
+    imageMounts: [{ destination: '/', type: 'overlay', source: 'overlay', options: [`lowerdir=${ROOTFS},upperdir=${b}/upper,workdir=${b}/work`] }],
+    env: [PATH_ROOT], uidMappings: UID_MAPS, gidMappings: GID_MAPS, initBinary: CATATONIT, initLockedFlags: INIT_FLAGS,
+    bindMounts: [], cgroupsPath, limits: {}, seccomp: SECCOMP,
+  });
   config.process.args = args;
   writeFileSync(join(b, 'config.json'), JSON.stringify(config));
   return { id, b };
