@@ -88,7 +88,14 @@ export async function runCli(argv: string[], io: CliIo = defaultIo): Promise<num
       { store: userPaths(io.getuid()).store },
     );
     const log = makeLogger(settings, io);
-    context = { settings, config, log, store: new ImageStore({ storePath: settings.store, driver: settings.driver, logger: log }) };
+    const store = new ImageStore({
+      storePath: settings.store,
+      driver: settings.driver,
+      logger: log,
+      defaultRegistry: config.create.defaultRegistry,
+      insecureRegistries: config.create.insecureRegistries ?? [],
+    });
+    context = { settings, config, log, store };
     return context;
   };
   const print = (line: string): void => io.stdout(line.endsWith('\n') ? line : `${line}\n`);
@@ -98,7 +105,7 @@ export async function runCli(argv: string[], io: CliIo = defaultIo): Promise<num
     .parserConfiguration({ 'camel-case-expansion': false })
     .option('config', { type: 'string', describe: 'YAML config file' })
     .option('store', { type: 'string', describe: 'store directory (default /var/lib/trellis/UID/store)' })
-    .option('driver', { type: 'string', describe: 'overlay (overlay-xfs is an alias)' })
+    .option('driver', { type: 'string', describe: 'overlay (overlay-xfs is an alias) or btrfs; default: what init-store recorded' })
     .option('log-level', { type: 'string', describe: 'debug|info|error|fatal' })
     .option('log-file', { type: 'string', describe: 'append logs here instead of stderr' })
     // Accepted for compatibility with grootfs command lines; unused here.
@@ -173,6 +180,7 @@ export async function runCli(argv: string[], io: CliIo = defaultIo): Promise<num
           excludeImageFromQuota: s.excludeImageFromQuota,
           username: a.username,
           password: a.password,
+          insecureRegistries: s.insecureRegistries,
         });
         if (s.withClean) {
           const msg = await c.store.clean({ thresholdBytes: s.thresholdBytes }).catch((err: unknown) => errorMessage(err));

@@ -3,7 +3,7 @@
 import { readFileSync } from 'node:fs';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
-import { InvalidArgument, NotImplemented } from '../../src/errors.js';
+import { InvalidArgument } from '../../src/errors.js';
 
 const num = z.number().int();
 const configSchema = z
@@ -20,6 +20,8 @@ const configSchema = z
         without_mount: z.boolean().optional(),
         disk_limit_size_bytes: num.optional(),
         insecure_registries: z.array(z.string()).nullable().optional(),
+        // Trellis: the registry `docker:///repo` URLs use (grootfs always used Docker Hub).
+        default_registry: z.string().optional(),
       })
       .nullable()
       .optional(),
@@ -39,6 +41,7 @@ export interface GrootConfig {
     withoutMount?: boolean;
     diskLimitSizeBytes?: number;
     insecureRegistries?: string[];
+    defaultRegistry?: string;
   };
   clean: { thresholdBytes?: number };
   init: { storeSizeBytes?: number };
@@ -68,6 +71,7 @@ export function parseConfig(text: string): GrootConfig {
       withoutMount: c.create?.without_mount,
       diskLimitSizeBytes: c.create?.disk_limit_size_bytes,
       insecureRegistries: c.create?.insecure_registries ?? undefined,
+      defaultRegistry: c.create?.default_registry,
     },
     clean: { thresholdBytes: c.clean?.threshold_bytes },
     init: { storeSizeBytes: c.init?.store_size_bytes },
@@ -91,16 +95,17 @@ export type LogLevel = 'debug' | 'info' | 'error' | 'fatal';
 
 export interface GlobalSettings {
   store: string;
-  driver: 'overlay';
+  /** undefined: whatever init-store recorded in the store. */
+  driver?: 'overlay' | 'btrfs';
   logLevel: LogLevel;
   logFile?: string;
 }
 
-/** `overlay-xfs` is grootfs's name for the same driver. */
-export function normaliseDriver(name: string): 'overlay' {
+/** `overlay-xfs` is grootfs's name for the overlay driver. */
+export function normaliseDriver(name: string): 'overlay' | 'btrfs' {
   if (name === 'overlay' || name === 'overlay-xfs') return 'overlay';
-  if (name === 'btrfs') throw new NotImplemented('the btrfs driver is not supported yet (it arrives in a later version): use --driver overlay');
-  throw new InvalidArgument(`invalid driver \`${name}\`: want overlay (or overlay-xfs)`);
+  if (name === 'btrfs') return 'btrfs';
+  throw new InvalidArgument(`invalid driver \`${name}\`: want overlay (or overlay-xfs) or btrfs`);
 }
 
 /** grootfs: anything but debug/info/error is fatal; a log file with level fatal logs at info. */
@@ -120,7 +125,7 @@ export function resolveGlobals(flags: GlobalFlags, cfg: GrootConfig, defaults: {
   const logFile = flags.logFile ?? cfg.logFile;
   return {
     store: flags.store ?? cfg.store ?? defaults.store,
-    driver: normaliseDriver(flags.driver ?? cfg.driver ?? 'overlay'),
+    driver: flags.driver ?? cfg.driver ? normaliseDriver((flags.driver ?? cfg.driver) as string) : undefined,
     logLevel: normaliseLogLevel(flags.logLevel ?? cfg.logLevel, logFile),
     logFile: logFile === '' ? undefined : logFile,
   };

@@ -16,10 +16,14 @@ export function overlayDirs(imageDir: string): OverlayDirs {
   return { imageDir, upperDir: join(imageDir, 'diff'), workDir: join(imageDir, 'workdir'), rootfs: join(imageDir, 'rootfs') };
 }
 
-/** `lowerdir=<top>:...:<base>,upperdir=..,workdir=..` — lower dirs are given top first. */
+/**
+ * `lowerdir=<top>:...:<base>,upperdir=..,workdir=..,userxattr` — lower dirs top
+ * first. `userxattr`: inside a user namespace overlay reads `user.overlay.*`
+ * (opaque dirs from unpacked layers) since `trusted.*` is out of reach there.
+ */
 export function overlayMountOptions(lowerDirs: string[], upperDir: string, workDir: string): string {
   if (lowerDirs.length === 0) throw new Error('overlay needs at least one lower dir');
-  return `lowerdir=${lowerDirs.join(':')},upperdir=${upperDir},workdir=${workDir}`;
+  return `lowerdir=${lowerDirs.join(':')},upperdir=${upperDir},workdir=${workDir},userxattr`;
 }
 
 export function overlayMount(lowerDirs: string[], dirs: OverlayDirs): OciMount {

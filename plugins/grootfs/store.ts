@@ -1,16 +1,28 @@
-// A grootfs-compatible image store (cli.md §6.10 layout) with the overlay driver
-// and local directory images. The gdn server calls this in-process; the grootfs
+// A grootfs-compatible image store (cli.md §6.10 layout) with overlay and btrfs
+// drivers. Images come from directories, tarballs, OCI layouts and registries;
+// each layer is unpacked once into a volume named by its chain id and shared by
+// every image that uses it. The gdn server calls this in-process; the grootfs
 // command line is a thin layer over it.
-import { lstat, mkdir, readFile, readdir, rm, rmdir, stat, writeFile, chmod, chown } from 'node:fs/promises';
+import { createHash, randomBytes } from 'node:crypto';
+import { lstat, mkdir, readFile, readdir, rename, rm, rmdir, stat, writeFile, chmod, chown, symlink } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { pino, type Logger } from 'pino';
 import { AlreadyExists, FailedPrecondition, InvalidArgument, TrellisError, errorMessage } from '../../src/errors.js';
 import { formatMapping, parseMappingFlag, type IdMapping } from '../../src/idmap/subid.js';
-import { makeOverlayDirs, openWorkDir, overlayDirs, overlayMount } from './overlay.js';
-import { removeTrees, type CommandRunner, type StoreMappings } from './remove.js';
-import { OVERLAY_UNSAFE, resolveImageSource } from './sources.js';
-import { treeBytes } from './usage.js';
 import { ensureDir } from '../../src/mkdirp.js';
+import * as btrfs from './btrfs.js';
+import type { Platform, ResolvedImage } from './image.js';
+import { withLock } from './locks.js';
+import { chainIDs } from './oci.js';
+import { resolveOciLayout } from './oci.js';
+import { makeOverlayDirs, openWorkDir, overlayDirs, overlayMount } from './overlay.js';
+import { redactUrl, resolveRegistryImage } from './registry.js';
+import { removeTrees, type CommandRunner, type StoreMappings } from './remove.js';
+import { OVERLAY_UNSAFE, parseImageUrl, resolvePath, type ResolvedSource } from './sources.js';
+import { runAsNamespaceRoot, runUnpack } from './unpacker.js';
+import { treeBytes } from './usage.js';
+
+export type DriverName = 'overlay' | 'btrfs';
 
 export interface OciMount {
   destination: string;
@@ -21,13 +33,20 @@ export interface OciMount {
 
 export interface CreateResult {
   root: { path: string };
-  process: { env: string[] };
+  /** `user.username` and `cwd` carry the image's USER and WORKDIR when it sets them. */
+  process: { env: string[]; user?: { username: string }; cwd?: string };
   mounts: OciMount[];
 }
 
 export interface StoreOptions {
   storePath: string;
-  driver?: 'overlay';
+  /** The driver the caller asks for; by default the one init-store recorded in the store. */
+  driver?: DriverName;
+  /** Registry for `docker:///repo` URLs (no host). */
+  defaultRegistry?: string;
+  /** `host[:port]` entries reached without TLS verification, or over plain HTTP. */
+  insecureRegistries?: string[];
+  platform?: Platform;
   /** Defaults to a silent logger. */
   logger?: Logger;
   /** Runs `unshare` for removals the plain user is denied; tests hand a fake. */
@@ -41,6 +60,8 @@ export interface CreateOptions {
   excludeImageFromQuota?: boolean;
   username?: string;
   password?: string;
+  /** Per-call additions to the store's insecure registries (grootfs --insecure-registry). */
+  insecureRegistries?: string[];
 }
 
 export interface DiskStats {
@@ -50,7 +71,13 @@ export interface DiskStats {
 /** What `<image>/image.json` records. */
 export interface ImageRecord {
   source: string;
+  driver?: DriverName;
+  /** Overlay lower dirs, top first (absolute). */
   lowerDirs: string[];
+  /** The volumes the image is made of, base first; empty for an overlay directory image. */
+  chainIDs?: string[];
+  /** Bytes of the layers below the container's own writes. */
+  baseBytes?: number;
   created: string;
   diskLimitBytes: number;
   excludeImageFromQuota: boolean;
@@ -62,6 +89,10 @@ export const DEFAULT_ENV: string[] = [];
 
 /** Made by init-store (0755, owned by the store owner); all must exist for the store to count as initialised. */
 export const STORE_DIRS = ['images', 'volumes', 'meta', 'locks', 'tmp', 'meta/dependencies', 'l'];
+
+const DRIVER_FILE = 'meta/driver';
+const GLOBAL_LOCK = 'global-groot-lock';
+const INCOMPLETE = '-incomplete-';
 
 const NAMESPACE_FILE = 'meta/namespace.json';
 
@@ -111,24 +142,68 @@ function errno(err: unknown): string | undefined {
   return (err as NodeJS.ErrnoException | undefined)?.code;
 }
 
+/** `meta/dependencies/image:<id>.json`, with `/` escaped as grootfs does. */
+function dependencyFile(storePath: string, id: string): string {
+  return join(storePath, 'meta', 'dependencies', `image:${id.replace(/\//g, '__')}.json`);
+}
+
+function shortID(): string {
+  return randomBytes(8).toString('base64url').replace(/[-_]/g, 'x').slice(0, 10);
+}
+
 export class ImageStore {
   readonly storePath: string;
   readonly imagesDir: string;
+  private readonly volumesDir: string;
+  private readonly locksDir: string;
   private readonly log: Logger;
   private readonly run?: CommandRunner;
+  private readonly wantedDriver?: DriverName;
+  private driverName?: DriverName;
+  private readonly defaultRegistry: string;
+  private readonly insecureRegistries: string[];
+  private readonly platform?: Platform;
   private initialised = false;
   /** Lower dirs never change (they are read-only sources), so their size is computed once per mtime. */
   private readonly lowerBytes = new Map<string, number>();
 
   constructor(opts: StoreOptions) {
-    if (opts.driver !== undefined && opts.driver !== 'overlay') throw new InvalidArgument(`unsupported driver \`${String(opts.driver)}\``);
+    if (opts.driver !== undefined && opts.driver !== 'overlay' && opts.driver !== 'btrfs') {
+      throw new InvalidArgument(`unsupported driver \`${String(opts.driver)}\``);
+    }
     this.storePath = opts.storePath;
     this.imagesDir = join(opts.storePath, 'images');
+    this.volumesDir = join(opts.storePath, 'volumes');
+    this.locksDir = join(opts.storePath, 'locks');
     this.log = opts.logger ?? pino({ level: 'silent' });
     this.run = opts.run;
+    this.wantedDriver = opts.driver;
+    this.defaultRegistry = opts.defaultRegistry ?? 'registry-1.docker.io';
+    this.insecureRegistries = opts.insecureRegistries ?? [];
+    this.platform = opts.platform;
   }
 
-  async initStore(opts: { uidMappings: IdMapping[]; gidMappings: IdMapping[]; storeSizeBytes?: number }): Promise<void> {
+  /** The store's driver: recorded by init-store; stores made before that are overlay. */
+  async driver(): Promise<DriverName> {
+    if (this.driverName) return this.driverName;
+    let recorded: DriverName = 'overlay';
+    try {
+      const text = (await readFile(join(this.storePath, DRIVER_FILE), 'utf8')).trim();
+      if (text === 'btrfs' || text === 'overlay') recorded = text;
+    } catch (err) {
+      if (errno(err) !== 'ENOENT') throw err;
+    }
+    if (this.wantedDriver !== undefined && this.wantedDriver !== recorded) {
+      throw new FailedPrecondition(
+        'ERR_TRELLIS_STORE_DRIVER',
+        `store ${this.storePath} was initialised for the ${recorded} driver, not ${this.wantedDriver}`,
+      );
+    }
+    this.driverName = recorded;
+    return recorded;
+  }
+
+  async initStore(opts: { uidMappings: IdMapping[]; gidMappings: IdMapping[]; storeSizeBytes?: number; backingFile?: string }): Promise<void> {
     const log = this.log.child({ session: 'init-store', store: this.storePath });
     if (process.getuid?.() !== 0) {
       throw new FailedPrecondition('ERR_TRELLIS_NOT_ROOT', `store ${this.storePath} can only be initialized by Root user`);
@@ -136,7 +211,21 @@ export class ImageStore {
     if (opts.storeSizeBytes !== undefined && opts.storeSizeBytes < 0) {
       throw new InvalidArgument('invalid argument: store size cannot be negative');
     }
-    log.info({ uidMappings: opts.uidMappings.map(formatMapping), gidMappings: opts.gidMappings.map(formatMapping) }, 'init-store.start');
+    const driver = this.wantedDriver ?? 'overlay';
+    log.info({ driver, uidMappings: opts.uidMappings.map(formatMapping), gidMappings: opts.gidMappings.map(formatMapping) }, 'init-store.start');
+    const driverPath = join(this.storePath, DRIVER_FILE);
+    const readRecorded = (): Promise<string | undefined> => readFile(driverPath, 'utf8').then((t) => t.trim(), () => undefined);
+    let recorded = await readRecorded();
+    // Stores made before the driver was recorded are overlay stores.
+    if (recorded === undefined && (await this.exists(join(this.storePath, NAMESPACE_FILE)))) recorded = 'overlay';
+    const mismatch = (r: string): FailedPrecondition =>
+      new FailedPrecondition('ERR_TRELLIS_STORE_DRIVER', `store ${this.storePath} was initialised for the ${r} driver, not ${driver}`);
+    if (recorded !== undefined && recorded !== driver) throw mismatch(recorded);
+    if (driver === 'btrfs') {
+      await btrfs.prepareBtrfsStore(this.storePath, opts.storeSizeBytes ?? 0, opts.backingFile ?? `${this.storePath}.backing-store`, log);
+      recorded = await readRecorded();
+      if (recorded !== undefined && recorded !== driver) throw mismatch(recorded);
+    }
     const wanted = { uidMappings: opts.uidMappings, gidMappings: opts.gidMappings };
     ensureDir(join(this.storePath, 'meta'));
     const nsPath = join(this.storePath, NAMESPACE_FILE);
@@ -163,6 +252,7 @@ export class ImageStore {
         );
       }
     }
+    if (!(await this.exists(driverPath))) await writeFile(driverPath, `${driver}\n`, { mode: 0o644 });
     const uid = storeOwner(opts.uidMappings) ?? -1;
     const gid = storeOwner(opts.gidMappings) ?? -1;
     await chown(this.storePath, uid, gid);
@@ -174,7 +264,8 @@ export class ImageStore {
       await chmod(p, 0o755);
     }
     await chown(nsPath, uid, gid);
-    if (opts.storeSizeBytes) log.info({ storeSizeBytes: opts.storeSizeBytes }, 'init-store.size-not-applied');
+    await chown(driverPath, uid, gid);
+    if (opts.storeSizeBytes && driver === 'overlay') log.info({ storeSizeBytes: opts.storeSizeBytes }, 'init-store.size-only-reported');
     log.info('init-store.finished');
   }
 
@@ -186,47 +277,270 @@ export class ImageStore {
       throw new InvalidArgument('invalid argument: disk limit cannot be negative');
     }
     await this.ensureInitialised();
-    log.info({ image: opts.image, diskLimitBytes, hasCredentials: opts.username !== undefined && opts.username !== '' }, 'create.start');
+    const driver = await this.driver();
+    log.info({ image: redactUrl(opts.image), driver, diskLimitBytes, hasCredentials: Boolean(opts.username) }, 'create.start');
+    const imageDir = join(this.imagesDir, opts.id);
+    if (OVERLAY_UNSAFE.test(imageDir)) {
+      throw new InvalidArgument(`image dir \`${imageDir}\` contains \`,\`, \`:\` or \`\\\`, which an overlay mount cannot take`);
+    }
+    if (await lstat(imageDir).then(() => true, () => false)) throw new AlreadyExists(`image for id \`${opts.id}\` already exists`);
+    let claimed = false;
     try {
-      const source = await resolveImageSource(opts.image);
-      const dirs = overlayDirs(join(this.imagesDir, opts.id));
-      if (OVERLAY_UNSAFE.test(dirs.imageDir)) {
-        throw new InvalidArgument(`image dir \`${dirs.imageDir}\` contains \`,\`, \`:\` or \`\\\`, which an overlay mount cannot take`);
+      const source = await this.resolve(opts, log);
+      const chains = this.chainsOf(source);
+      // Claim the layers before making them, so a concurrent clean leaves them alone.
+      await withLock(this.locksDir, GLOBAL_LOCK, async () => {
+        await writeFile(dependencyFile(this.storePath, opts.id), JSON.stringify(chains), { mode: 0o644 });
+      });
+      claimed = true;
+      if (source.kind === 'layers') await this.ensureVolumes(source.image, chains, driver, log);
+      else if (driver === 'btrfs') await this.ensureDirectoryVolume(source.path, chains[0] as string, log);
+
+      const baseBytes = source.kind === 'layers' || driver === 'btrfs' ? await this.volumeBytes(chains) : await this.lowerDirBytes(source.path);
+      const exclude = opts.excludeImageFromQuota ?? false;
+      if (diskLimitBytes > 0 && !exclude && baseBytes > diskLimitBytes) {
+        throw new InvalidArgument(`layers exceed disk quota ${baseBytes}/${diskLimitBytes} bytes`);
       }
-      try {
-        await makeOverlayDirs(dirs);
-      } catch (err) {
-        // The image dir is made first, so EEXIST can only mean the id is taken: leave it alone.
-        if (errno(err) === 'EEXIST') throw new AlreadyExists(`image for id \`${opts.id}\` already exists`);
-        await removeTrees([dirs.imageDir], undefined).catch(() => undefined);
-        throw err;
-      }
-      const lowerDirs = [source.path];
+      const lowerDirs =
+        driver === 'btrfs' ? [] : source.kind === 'directory' ? [source.path] : await Promise.all([...chains].reverse().map((c) => this.shortLink(c)));
+      const result = driver === 'btrfs' ? await this.makeBtrfsImage(imageDir, chains) : await this.makeOverlayImage(imageDir, lowerDirs);
       const record: ImageRecord = {
-        source: source.path,
+        source: redactUrl(opts.image),
+        driver,
         lowerDirs,
+        chainIDs: chains,
+        baseBytes,
         created: new Date().toISOString(),
         diskLimitBytes,
-        excludeImageFromQuota: opts.excludeImageFromQuota ?? false,
+        excludeImageFromQuota: exclude,
       };
       try {
-        await writeFile(join(dirs.imageDir, 'image.json'), JSON.stringify(record), { mode: 0o600 });
+        await writeFile(join(imageDir, 'image.json'), JSON.stringify(record), { mode: 0o600 });
       } catch (err) {
-        await removeTrees([dirs.imageDir], undefined).catch(() => undefined);
+        await this.removeImageDir(imageDir, driver, log).catch(() => undefined);
         throw err;
       }
       if (diskLimitBytes > 0) {
         log.warn(
-          { diskLimitBytes, reason: 'the overlay driver records disk limits but cannot enforce them without a quota-capable filesystem' },
+          { diskLimitBytes, reason: `the ${driver} driver cannot enforce disk limits without root; the limit is recorded and reported only` },
           'create.disk-limit-not-enforced',
         );
       }
+      const config = source.kind === 'layers' ? source.image.config : { env: [], user: '', workingDir: '' };
+      const process: CreateResult['process'] = { env: [...config.env] };
+      if (config.user !== '') process.user = { username: config.user };
+      if (config.workingDir !== '') process.cwd = config.workingDir;
       log.info('create.finished');
-      return { root: { path: dirs.rootfs }, process: { env: [...DEFAULT_ENV] }, mounts: [overlayMount(lowerDirs, dirs)] };
+      return { root: { path: result.rootfs }, process, mounts: result.mounts };
     } catch (err) {
+      if (claimed && !(err instanceof AlreadyExists)) await rm(dependencyFile(this.storePath, opts.id), { force: true }).catch(() => undefined);
       log.error({ error: errorMessage(err) }, 'create.failed');
       throw err;
     }
+  }
+
+  private async resolve(opts: CreateOptions, log: Logger): Promise<ResolvedSource> {
+    const url = parseImageUrl(opts.image);
+    if (url.kind === 'path') return resolvePath(url.path);
+    if (url.kind === 'oci') return { kind: 'layers', image: await resolveOciLayout(url.url, { platform: this.platform }) };
+    const image = await resolveRegistryImage(url.url, {
+      defaultRegistry: this.defaultRegistry,
+      insecureRegistries: [...this.insecureRegistries, ...(opts.insecureRegistries ?? [])],
+      username: opts.username,
+      password: opts.password,
+      platform: this.platform,
+      log,
+    });
+    return { kind: 'layers', image };
+  }
+
+  /** Volume names, base first. */
+  private chainsOf(source: ResolvedSource): string[] {
+    if (source.kind === 'directory') return [`dir-${btrfsDirKey(source.path, source.mtimeNs)}`];
+    if (source.image.chainIDOverride !== undefined) return [source.image.chainIDOverride];
+    return chainIDs(source.image.config.diffIDs);
+  }
+
+  private volumePath(chain: string): string {
+    return join(this.volumesDir, chain);
+  }
+
+  private async exists(path: string): Promise<boolean> {
+    return lstat(path).then(() => true, () => false);
+  }
+
+  /** Makes every missing layer volume, each exactly once however many creates race for it. */
+  private async ensureVolumes(image: ResolvedImage, chains: string[], driver: DriverName, log: Logger): Promise<void> {
+    const missing: number[] = [];
+    for (let i = 0; i < chains.length; i++) if (!(await this.exists(this.volumePath(chains[i] as string)))) missing.push(i);
+    if (missing.length === 0) return;
+    // Locks are taken base first: two images sharing a layer share every layer below it, so the order agrees.
+    const lockAll = async (k: number): Promise<void> => {
+      if (k < missing.length) {
+        await withLock(this.locksDir, chains[missing[k] as number] as string, () => lockAll(k + 1));
+        return;
+      }
+      const still: number[] = [];
+      for (const i of missing) if (!(await this.exists(this.volumePath(chains[i] as string)))) still.push(i);
+      if (still.length === 0) return;
+      if (driver === 'btrfs') {
+        for (const i of still) await this.makeVolumes(image, chains, [i], driver, log);
+      } else {
+        await this.makeVolumes(image, chains, still, driver, log);
+      }
+    };
+    await lockAll(0);
+  }
+
+  private async makeVolumes(image: ResolvedImage, chains: string[], indices: number[], driver: DriverName, log: Logger): Promise<void> {
+    const tmpDir = join(this.storePath, 'tmp');
+    const maps = await this.mappings();
+    const work = indices.map((i) => ({
+      i,
+      chain: chains[i] as string,
+      layer: image.layers[i]!,
+      incomplete: join(this.volumesDir, `${chains[i] as string}${INCOMPLETE}${Date.now()}-${randomBytes(4).toString('hex')}`),
+    }));
+    const blobs: { release(): Promise<void> }[] = [];
+    try {
+      for (const w of work) {
+        if (driver === 'btrfs') {
+          if (w.i === 0) await btrfs.createSubvolume(w.incomplete);
+          else await btrfs.snapshot(this.volumePath(chains[w.i - 1] as string), w.incomplete);
+        } else {
+          await mkdirMode(w.incomplete, 0o755);
+        }
+      }
+      const fetched = await Promise.all(
+        work.map(async (w) => {
+          const t0 = Date.now();
+          const blob = await w.layer.fetch(tmpDir);
+          blobs.push(blob);
+          log.debug({ chain: w.chain, digest: w.layer.digest, ms: Date.now() - t0 }, 'create.layer-fetched');
+          return blob;
+        }),
+      );
+      const t0 = Date.now();
+      const results = await runUnpack(
+        work.map((w, k) => ({
+          blob: (fetched[k] as { path: string }).path,
+          target: w.incomplete,
+          baseDirectory: w.layer.baseDirectory,
+          mode: driver,
+          digest: w.layer.digest,
+          diffID: image.config.diffIDs[w.i],
+        })),
+        maps,
+      );
+      log.info({ layers: work.map((w) => w.chain), ms: Date.now() - t0 }, 'create.layers-unpacked');
+      for (const [k, w] of work.entries()) {
+        const r = results[k]!;
+        if (r.skipped.length > 0) log.info({ chain: w.chain, skipped: r.skipped.slice(0, 20), count: r.skipped.length }, 'create.entries-skipped');
+        await writeFile(join(this.storePath, 'meta', `volume-${w.chain}`), JSON.stringify({ Size: r.bytesWritten }), { mode: 0o644 });
+        await rename(w.incomplete, this.volumePath(w.chain));
+      }
+    } catch (err) {
+      for (const w of work) await this.removeVolumePath(w.incomplete, driver, log).catch(() => undefined);
+      throw err;
+    } finally {
+      for (const b of blobs) await b.release().catch(() => undefined);
+    }
+  }
+
+  /** btrfs: a directory image is copied once into a subvolume named after its path and mtime. */
+  private async ensureDirectoryVolume(path: string, chain: string, log: Logger): Promise<void> {
+    if (await this.exists(this.volumePath(chain))) return;
+    await withLock(this.locksDir, chain, async () => {
+      if (await this.exists(this.volumePath(chain))) return;
+      const incomplete = join(this.volumesDir, `${chain}${INCOMPLETE}${Date.now()}-${randomBytes(4).toString('hex')}`);
+      try {
+        await btrfs.createSubvolume(incomplete);
+        const r = await runAsNamespaceRoot(await this.mappings(), 'cp', ['-a', '--reflink=auto', `${path}/.`, `${incomplete}/`]);
+        if (r.exitCode !== 0) throw new TrellisError('ERR_TRELLIS_IMAGE_COPY', `copying ${path}: ${r.stderr.trim().split('\n').pop() ?? ''}`);
+        const bytes = await this.lowerDirBytes(path);
+        await writeFile(join(this.storePath, 'meta', `volume-${chain}`), JSON.stringify({ Size: bytes }), { mode: 0o644 });
+        await rename(incomplete, this.volumePath(chain));
+      } catch (err) {
+        await this.removeVolumePath(incomplete, 'btrfs', log).catch(() => undefined);
+        throw err;
+      }
+    });
+  }
+
+  /** `l/<short>` → the volume, so overlay's option string stays short. */
+  private async shortLink(chain: string): Promise<string> {
+    const idFile = join(this.storePath, 'l', chain);
+    try {
+      return join(this.storePath, 'l', (await readFile(idFile, 'utf8')).trim());
+    } catch (err) {
+      if (errno(err) !== 'ENOENT') throw err;
+    }
+    const short = shortID();
+    await symlink(join('..', 'volumes', chain), join(this.storePath, 'l', short));
+    const tmp = `${idFile}.${short}`;
+    await writeFile(tmp, short, { mode: 0o644 });
+    await rename(tmp, idFile);
+    // Two creates may race here: whichever rename landed last names the link both use.
+    const winner = (await readFile(idFile, 'utf8')).trim();
+    if (winner !== short) await rm(join(this.storePath, 'l', short), { force: true });
+    return join(this.storePath, 'l', winner);
+  }
+
+  private async makeOverlayImage(imageDir: string, lowerDirs: string[]): Promise<{ rootfs: string; mounts: OciMount[] }> {
+    const dirs = overlayDirs(imageDir);
+    try {
+      await makeOverlayDirs(dirs);
+    } catch (err) {
+      if (errno(err) === 'EEXIST') throw new AlreadyExists(`image for id \`${basename(imageDir)}\` already exists`);
+      await removeTrees([imageDir], undefined).catch(() => undefined);
+      throw err;
+    }
+    return { rootfs: dirs.rootfs, mounts: [overlayMount(lowerDirs, dirs)] };
+  }
+
+  private async makeBtrfsImage(imageDir: string, chains: string[]): Promise<{ rootfs: string; mounts: OciMount[] }> {
+    try {
+      await mkdirMode(imageDir, 0o700);
+    } catch (err) {
+      if (errno(err) === 'EEXIST') throw new AlreadyExists(`image for id \`${basename(imageDir)}\` already exists`);
+      throw err;
+    }
+    const rootfs = join(imageDir, 'rootfs');
+    try {
+      await btrfs.snapshot(this.volumePath(chains[chains.length - 1] as string), rootfs);
+    } catch (err) {
+      await rm(imageDir, { recursive: true, force: true }).catch(() => undefined);
+      throw err;
+    }
+    return { rootfs, mounts: [] };
+  }
+
+  private async removeVolumePath(path: string, driver: DriverName, log: Logger): Promise<void> {
+    if (driver === 'btrfs') await btrfs.deleteSubvolume(path, await this.mappings(), log);
+    else await removeTrees([path], await this.mappings(), { run: this.run, log });
+  }
+
+  private async removeImageDir(imageDir: string, driver: DriverName, log: Logger): Promise<void> {
+    if (driver === 'btrfs') await btrfs.deleteSubvolume(join(imageDir, 'rootfs'), await this.mappings(), log);
+    else await openWorkDir(overlayDirs(imageDir));
+    await removeTrees([imageDir], await this.mappings(), { run: this.run, log });
+  }
+
+  private async volumeBytes(chains: string[]): Promise<number> {
+    let total = 0;
+    for (const c of chains) {
+      try {
+        const meta = JSON.parse(await readFile(join(this.storePath, 'meta', `volume-${c}`), 'utf8')) as { Size?: number };
+        total += typeof meta.Size === 'number' ? meta.Size : 0;
+      } catch {
+        // a volume without metadata counts as empty
+      }
+    }
+    // btrfs volumes are whole trees, so the top one holds the image's size.
+    return (await this.driver()) === 'btrfs' && chains.length > 0
+      ? await readFile(join(this.storePath, 'meta', `volume-${chains[chains.length - 1] as string}`), 'utf8')
+          .then((t) => (JSON.parse(t) as { Size?: number }).Size ?? total, () => total)
+      : total;
   }
 
   async delete(idOrPath: string): Promise<'deleted' | 'not-found'> {
@@ -242,6 +556,7 @@ export class ImageStore {
       await lstat(imageDir);
     } catch (err) {
       if (errno(err) === 'ENOENT' || errno(err) === 'ENOTDIR') {
+        await rm(dependencyFile(this.storePath, id), { force: true }).catch(() => undefined);
         log.info('delete.not-found');
         return 'not-found';
       }
@@ -249,9 +564,8 @@ export class ImageStore {
     }
     log.info('delete.start');
     try {
-      await openWorkDir(overlayDirs(imageDir));
-      await removeTrees([imageDir], await this.mappings(), { run: this.run, log });
-      await rm(join(this.storePath, 'meta', 'dependencies', `image:${id}.json`), { force: true });
+      await this.removeImageDir(imageDir, await this.driver(), log);
+      await rm(dependencyFile(this.storePath, id), { force: true });
     } catch (err) {
       log.error({ error: errorMessage(err) }, 'delete.failed');
       throw err;
@@ -273,8 +587,15 @@ export class ImageStore {
       }
       throw err;
     }
-    let lower = 0;
-    for (const dir of record.lowerDirs ?? [record.source]) lower += await this.lowerDirBytes(dir);
+    if ((record.driver ?? 'overlay') === 'btrfs') {
+      const u = await btrfs.usage(join(imageDir, 'rootfs'), await this.mappings());
+      return { disk_usage: { total_bytes_used: u.total, exclusive_bytes_used: u.exclusive } };
+    }
+    let lower = record.baseBytes;
+    if (lower === undefined) {
+      lower = 0;
+      for (const dir of record.lowerDirs ?? [record.source]) lower += await this.lowerDirBytes(dir);
+    }
     const upper = await treeBytes(join(imageDir, 'diff'));
     return { disk_usage: { total_bytes_used: lower + upper, exclusive_bytes_used: upper } };
   }
@@ -293,7 +614,23 @@ export class ImageStore {
       .sort();
   }
 
-  /** Returns the line grootfs prints. Directory images have no layers, so there is nothing to collect yet. */
+  /** Volumes no image depends on, and what they hold. */
+  private async unusedVolumes(): Promise<string[]> {
+    const used = new Set<string>();
+    const depDir = join(this.storePath, 'meta', 'dependencies');
+    for (const f of await readdir(depDir).catch(() => [] as string[])) {
+      try {
+        const list = JSON.parse(await readFile(join(depDir, f), 'utf8')) as unknown;
+        if (Array.isArray(list)) for (const c of list) if (typeof c === 'string') used.add(c);
+      } catch {
+        // an unreadable dependency file protects nothing
+      }
+    }
+    const names = await readdir(this.volumesDir).catch(() => [] as string[]);
+    return names.filter((n) => !used.has(n) && !n.startsWith('gc.') && !n.includes(INCOMPLETE));
+  }
+
+  /** Returns the line grootfs prints. Removes exactly the volumes no image uses. */
   async clean(opts: { thresholdBytes?: number } = {}): Promise<string> {
     const threshold = opts.thresholdBytes ?? 0;
     if (!Number.isFinite(threshold) || threshold < 0) throw new InvalidArgument('invalid argument: clean threshold cannot be negative');
@@ -304,15 +641,47 @@ export class ImageStore {
       if (errno(err) === 'ENOENT') return `no store found at ${this.storePath}`;
       throw err;
     }
+    await this.ensureInitialised();
+    const driver = await this.driver();
     if (threshold > 0) {
-      const committed = (await this.committedQuota()) + (await treeBytes(join(this.storePath, 'volumes')));
+      const volumes = (await readdir(this.volumesDir).catch(() => [] as string[])).filter((n) => !n.includes(INCOMPLETE) && !n.startsWith('gc.'));
+      const committed = (await this.committedQuota()) + (await this.volumeBytesAll(volumes));
       if (committed < threshold) {
         log.info({ committed, threshold }, 'clean.threshold-not-reached');
         return 'threshold not reached: skipping clean';
       }
     }
-    log.info('clean.finished');
+    const marked = await withLock(
+      this.locksDir,
+      GLOBAL_LOCK,
+      async () => {
+        const unused = await this.unusedVolumes();
+        for (const v of unused) await rename(this.volumePath(v), this.volumePath(`gc.${v}`));
+        return unused;
+      },
+      10_000,
+    );
+    for (const v of marked) {
+      await this.removeVolumePath(this.volumePath(`gc.${v}`), driver, log);
+      await rm(join(this.storePath, 'meta', `volume-${v}`), { force: true });
+      const idFile = join(this.storePath, 'l', v);
+      const short = await readFile(idFile, 'utf8').then((t) => t.trim(), () => undefined);
+      if (short !== undefined && /^[A-Za-z0-9]+$/.test(short)) await rm(join(this.storePath, 'l', short), { force: true });
+      await rm(idFile, { force: true });
+    }
+    log.info({ removed: marked }, 'clean.finished');
     return 'clean completed';
+  }
+
+  private async volumeBytesAll(names: string[]): Promise<number> {
+    let total = 0;
+    for (const n of names) {
+      total += await readFile(join(this.storePath, 'meta', `volume-${n}`), 'utf8').then(
+        (t) => (JSON.parse(t) as { Size?: number }).Size ?? 0,
+        () => 0,
+      );
+    }
+    return total;
   }
 
   async deleteStore(): Promise<void> {
@@ -326,14 +695,22 @@ export class ImageStore {
     }
     log.info('delete-store.start');
     const maps = await this.mappings();
+    if ((await this.driver().catch(() => 'overlay')) === 'btrfs') {
+      for (const img of await readdir(this.imagesDir).catch(() => [] as string[])) {
+        await btrfs.deleteSubvolume(join(this.imagesDir, img, 'rootfs'), maps, log).catch(() => undefined);
+      }
+      for (const v of await readdir(this.volumesDir).catch(() => [] as string[])) {
+        await btrfs.deleteSubvolume(this.volumePath(v), maps, log).catch(() => undefined);
+      }
+    }
     // meta (holding the mappings) goes last, so a failed run can be retried.
     const order = names.filter((n) => n !== 'meta').concat(names.includes('meta') ? ['meta'] : []);
     await removeTrees(order.map((n) => join(this.storePath, n)), maps, { run: this.run, log });
     try {
       await rmdir(this.storePath);
     } catch (err) {
-      if (errno(err) !== 'EACCES' && errno(err) !== 'EPERM') throw err;
-      // The store's parent is often root's (made by setup): its contents are gone, the empty dir stays.
+      if (errno(err) !== 'EACCES' && errno(err) !== 'EPERM' && errno(err) !== 'EBUSY') throw err;
+      // The store's parent is often root's (made by setup), or the store is a mount point: its contents are gone, the dir stays.
       log.warn({ error: errorMessage(err) }, 'delete-store.store-dir-kept');
     }
     this.initialised = false;
@@ -393,4 +770,17 @@ export class ImageStore {
     }
     return total;
   }
+}
+
+function btrfsDirKey(path: string, mtimeNs: bigint): string {
+  return createHashHex(`${path}-${mtimeNs}`);
+}
+
+function createHashHex(text: string): string {
+  return createHash('sha256').update(text).digest('hex');
+}
+
+async function mkdirMode(path: string, mode: number): Promise<void> {
+  await mkdir(path, { mode });
+  await chmod(path, mode);
 }

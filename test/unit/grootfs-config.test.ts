@@ -89,7 +89,7 @@ describe('grootfs config', () => {
   it('knows its drivers', () => {
     expect(normaliseDriver('overlay')).to.equal('overlay');
     expect(normaliseDriver('overlay-xfs')).to.equal('overlay');
-    expect(() => normaliseDriver('btrfs')).to.throw(/btrfs driver is not supported yet/);
+    expect(normaliseDriver('btrfs')).to.equal('btrfs');
     expect(() => normaliseDriver('zfs')).to.throw(/invalid driver `zfs`/);
   });
 

@@ -3,7 +3,8 @@ import fc from 'fast-check';
 import type { IdMapping } from '../../src/idmap/subid.js';
 import { overlayDirs, overlayMount, overlayMountOptions } from '../../plugins/grootfs/overlay.js';
 import { unshareRemoveArgv } from '../../plugins/grootfs/remove.js';
-import { parseImageUrl } from '../../plugins/grootfs/sources.js';
+import { parseImageUrl, tarballChainID } from '../../plugins/grootfs/sources.js';
+import { createHash } from 'node:crypto';
 import {
   mappingsMismatch,
   namespaceFileFor,
@@ -20,13 +21,13 @@ const ROOTLESS: IdMapping[] = [
 describe('grootfs overlay mount', () => {
   it('builds the option string grootfs returns without mounting', () => {
     expect(overlayMountOptions(['/top', '/base'], '/s/images/x/diff', '/s/images/x/workdir')).to.equal(
-      'lowerdir=/top:/base,upperdir=/s/images/x/diff,workdir=/s/images/x/workdir',
+      'lowerdir=/top:/base,upperdir=/s/images/x/diff,workdir=/s/images/x/workdir,userxattr',
     );
     expect(overlayMount(['/var/lib/trellis/rootfs'], overlayDirs('/s/images/cake'))).to.deep.equal({
       destination: '/',
       type: 'overlay',
       source: 'overlay',
-      options: ['lowerdir=/var/lib/trellis/rootfs,upperdir=/s/images/cake/diff,workdir=/s/images/cake/workdir'],
+      options: ['lowerdir=/var/lib/trellis/rootfs,upperdir=/s/images/cake/diff,workdir=/s/images/cake/workdir,userxattr'],
     });
     expect(overlayDirs('/s/images/cake').rootfs).to.equal('/s/images/cake/rootfs');
     expect(() => overlayMountOptions([], '/u', '/w')).to.throw();
@@ -34,23 +35,33 @@ describe('grootfs overlay mount', () => {
 });
 
 describe('grootfs image sources', () => {
-  it('takes absolute directories and file:/// URLs, normalised', () => {
-    expect(parseImageUrl('/var/lib/trellis/rootfs')).to.deep.equal({ kind: 'directory', path: '/var/lib/trellis/rootfs' });
-    expect(parseImageUrl('/var/lib//trellis/./rootfs/')).to.deep.equal({ kind: 'directory', path: '/var/lib/trellis/rootfs' });
-    expect(parseImageUrl('file:///srv/my%20root')).to.deep.equal({ kind: 'directory', path: '/srv/my root' });
-    expect(parseImageUrl('/')).to.deep.equal({ kind: 'directory', path: '/' });
+  it('takes absolute paths and file:/// URLs, normalised', () => {
+    expect(parseImageUrl('/var/lib/trellis/rootfs')).to.deep.equal({ kind: 'path', path: '/var/lib/trellis/rootfs' });
+    expect(parseImageUrl('/var/lib//trellis/./rootfs/')).to.deep.equal({ kind: 'path', path: '/var/lib/trellis/rootfs' });
+    expect(parseImageUrl('file:///srv/my%20root')).to.deep.equal({ kind: 'path', path: '/srv/my root' });
+    expect(parseImageUrl('/srv/rootfs.tar.gz')).to.deep.equal({ kind: 'path', path: '/srv/rootfs.tar.gz' });
+    expect(parseImageUrl('/')).to.deep.equal({ kind: 'path', path: '/' });
+  });
+
+  it('hands docker:// and oci:// URLs to their sources', () => {
+    expect(parseImageUrl('docker:///busybox')).to.deep.equal({ kind: 'docker', url: 'docker:///busybox' });
+    expect(parseImageUrl('docker://127.0.0.1:5000/busybox:1.36').kind).to.equal('docker');
+    expect(parseImageUrl('oci:///srv/layout:v1')).to.deep.equal({ kind: 'oci', url: 'oci:///srv/layout:v1' });
   });
 
   it('says which sources it supports when given another', () => {
-    for (const url of ['docker:///busybox', 'docker://127.0.0.1:5000/busybox:1.36', 'oci:///srv/layout', 'raw:///x', 'http://x/y.tar']) {
-      expect(() => parseImageUrl(url), url).to.throw(/local directories only/);
+    for (const url of ['raw:///x', 'http://x/y.tar']) {
+      expect(() => parseImageUrl(url), url).to.throw(/unsupported image URL scheme .* use docker:\/\/, oci:\/\//);
     }
     expect(() => parseImageUrl('rootfs')).to.throw(/not an absolute path/);
     expect(() => parseImageUrl('')).to.throw(/image was not specified/);
   });
 
-  it('refuses paths an overlay option string cannot carry', () => {
-    for (const p of ['/a,b', '/a:b', '/a\\b']) expect(() => parseImageUrl(p), p).to.throw(/overlay mount cannot take/);
+  it('names a tarball volume by its path and mtime, as grootfs does', () => {
+    const a = tarballChainID('/srv/r.tar', 1700000000123456789n);
+    expect(a).to.match(/^[0-9a-f]{64}$/);
+    expect(a).to.equal(createHash('sha256').update('/srv/r.tar-1700000000123456789').digest('hex'));
+    expect(tarballChainID('/srv/r.tar', 1700000000123456790n)).to.not.equal(a);
   });
 });
 

@@ -1,0 +1,119 @@
+// The btrfs driver: every layer volume is a subvolume (the first created empty, the
+// next ones snapshots of the layer below with the diff applied), and an image is a
+// writable snapshot of its top layer, so no mount is needed at all. init-store (as
+// root) makes the filesystem on a loopback file when the store is not already on
+// btrfs, mounted with user_subvol_rm_allowed so the user can remove subvolumes.
+import { execa } from 'execa';
+import { closeSync, existsSync, openSync, readSync } from 'node:fs';
+import { mkdir, open, readdir, statfs } from 'node:fs/promises';
+import type { Logger } from 'pino';
+import { ExternalFailure, FailedPrecondition, InvalidArgument } from '../../src/errors.js';
+import { removeTrees, type StoreMappings } from './remove.js';
+import { runAsNamespaceRoot } from './unpacker.js';
+
+export const BTRFS_MAGIC = 0x9123683e;
+export const MIN_STORE_BYTES = 200 * 1024 * 1024;
+const ENV = { PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', LANG: 'C' };
+
+async function btrfs(args: string[]): Promise<string> {
+  const r = await execa('btrfs', args, { reject: false, stdin: 'ignore', extendEnv: false, env: ENV });
+  if (r.exitCode !== 0) {
+    const last = r.stderr.trim().split('\n').pop() ?? '';
+    throw new ExternalFailure('btrfs', `btrfs ${args.join(' ')}: ${last || `exit status ${r.exitCode ?? r.signal ?? '?'}`}`);
+  }
+  return r.stdout;
+}
+
+export async function isBtrfs(path: string): Promise<boolean> {
+  try {
+    return (await statfs(path)).type === BTRFS_MAGIC;
+  } catch {
+    return false;
+  }
+}
+
+export async function createSubvolume(path: string): Promise<void> {
+  await btrfs(['subvolume', 'create', path]);
+}
+
+export async function snapshot(source: string, dest: string): Promise<void> {
+  await btrfs(['subvolume', 'snapshot', source, dest]);
+}
+
+/**
+ * Deletes a subvolume as the user (user_subvol_rm_allowed). A subvolume that holds
+ * others (a container may create them) cannot go that way: it is emptied as the
+ * namespace root instead, the nested ones included (rmdir removes an empty one).
+ */
+export async function deleteSubvolume(path: string, maps: StoreMappings | undefined, log: Logger): Promise<void> {
+  if (!existsSync(path)) return;
+  try {
+    await btrfs(['subvolume', 'delete', path]);
+  } catch (err) {
+    log.debug({ path, error: (err as Error).message }, 'btrfs.delete-by-removal');
+    await removeTrees([path], maps, { log });
+  }
+}
+
+/** Disk usage as `btrfs filesystem du` sees it: total, and what no other subvolume shares. */
+export async function usage(path: string, maps: StoreMappings | undefined): Promise<{ total: number; exclusive: number }> {
+  const r = await runAsNamespaceRoot(maps, 'btrfs', ['filesystem', 'du', '-s', '--raw', path]);
+  const m = /^\s*(\d+)\s+(\d+)\s+(\d+)\s/m.exec(r.stdout.split('\n').slice(1).join('\n'));
+  if (r.exitCode !== 0 || !m) {
+    throw new ExternalFailure('btrfs', `btrfs filesystem du ${path}: ${r.stderr.trim().split('\n').pop() || 'no usage reported'}`);
+  }
+  return { total: Number(m[1]), exclusive: Number(m[2]) };
+}
+
+function hasBtrfsSignature(file: string): boolean {
+  // The superblock sits at 64 KiB; its magic "_BHRfS_M" at offset 0x40 in it.
+  const fd = openSync(file, 'r');
+  try {
+    const buf = Buffer.alloc(8);
+    const n = readSync(fd, buf, 0, 8, 0x10040);
+    return n === 8 && buf.toString('latin1') === '_BHRfS_M';
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/**
+ * As root: make sure `store` is a mounted btrfs filesystem, on a loopback file
+ * (grootfs: `<store>.backing-store`) when it is not already one.
+ */
+export async function prepareBtrfsStore(store: string, storeSizeBytes: number, backing: string, log: Logger): Promise<void> {
+  await mkdir(store, { recursive: true, mode: 0o700 });
+  if (await isBtrfs(store)) return;
+  if ((await readdir(store)).length > 0) {
+    throw new FailedPrecondition('ERR_TRELLIS_STORE_NOT_EMPTY', `store ${store} is not empty and not on btrfs: mounting a filesystem there would hide it`);
+  }
+  if (!existsSync(backing)) {
+    if (storeSizeBytes <= 0) {
+      throw new FailedPrecondition(
+        'ERR_TRELLIS_STORE_NOT_BTRFS',
+        `store ${store} is not on a btrfs filesystem`,
+        'pass --store-size-bytes to make one on a loopback file (gdn setup --store-driver btrfs does)',
+      );
+    }
+    if (storeSizeBytes < MIN_STORE_BYTES) throw new InvalidArgument('store size must be at least 200Mb');
+    const fh = await open(backing, 'wx', 0o600);
+    try {
+      await fh.truncate(storeSizeBytes);
+    } finally {
+      await fh.close();
+    }
+  }
+  if (!hasBtrfsSignature(backing)) {
+    log.info({ backing }, 'init-store.mkfs-btrfs');
+    const r = await execa('mkfs.btrfs', ['-f', '-q', backing], { reject: false, stdin: 'ignore', env: ENV, extendEnv: false });
+    if (r.exitCode !== 0) throw new ExternalFailure('mkfs.btrfs', `mkfs.btrfs ${backing}: ${r.stderr.trim().split('\n').pop() ?? ''}`);
+  }
+  log.info({ backing, store }, 'init-store.mount');
+  const r = await execa('mount', ['-o', 'loop,user_subvol_rm_allowed,noatime', '-t', 'btrfs', backing, store], {
+    reject: false,
+    stdin: 'ignore',
+    env: ENV,
+    extendEnv: false,
+  });
+  if (r.exitCode !== 0) throw new ExternalFailure('mount', `mounting ${backing} on ${store}: ${r.stderr.trim().split('\n').pop() ?? ''}`);
+}
