@@ -40,6 +40,8 @@ interface ServerArgs {
   'gid-map-length'?: number;
   'image-plugin'?: string;
   'image-plugin-extra-arg': string[];
+  'docker-registry': string;
+  'insecure-docker-registry': string[];
   'network-plugin'?: string;
   'network-plugin-extra-arg': string[];
   'runtime-plugin': string;
@@ -72,6 +74,8 @@ function serverFlags(y: Argv) {
     .option('gid-map-length', { type: 'number', describe: 'number of gids mapped from container gid 1' })
     .option('image-plugin', { type: 'string', describe: 'image plugin executable (default: the built-in grootfs store)' })
     .option('image-plugin-extra-arg', { type: 'string', array: true, default: [] as string[], describe: 'argument put before the plugin subcommand (repeatable)' })
+    .option('docker-registry', { type: 'string', default: 'registry-1.docker.io', describe: 'registry for docker:///repo images (built-in store)' })
+    .option('insecure-docker-registry', { type: 'string', array: true, default: [] as string[], describe: 'host[:port] reached without TLS verification or over plain HTTP (repeatable; built-in store)' })
     .option('network-plugin', { type: 'string', describe: 'network plugin executable (default: loopback only)' })
     .option('network-plugin-extra-arg', { type: 'string', array: true, default: [] as string[], describe: 'argument put before --action (repeatable)' })
     .option('runtime-plugin', { type: 'string', default: 'runc', describe: 'OCI runtime binary' })
@@ -162,7 +166,14 @@ async function server(args: ServerArgs): Promise<void> {
         hint: `run 'sudo gdn setup --rootless-uid ${uid} --rootless-gid ${gid}'`,
       });
     }
-    image = new InProcessImagePlugin(new ImageStore({ storePath: paths.store, driver: 'overlay', logger: log.child({ component: 'grootfs' }) }));
+    image = new InProcessImagePlugin(
+      new ImageStore({
+        storePath: paths.store,
+        logger: log.child({ component: 'grootfs' }),
+        defaultRegistry: args['docker-registry'],
+        insecureRegistries: args['insecure-docker-registry'],
+      }),
+    );
   }
   const network: NetworkPlugin =
     args['network-plugin'] !== undefined
@@ -236,7 +247,7 @@ async function server(args: ServerArgs): Promise<void> {
   process.once('SIGINT', () => shutdown('SIGINT'));
 }
 
-const REPEATABLE = new Set(['image-plugin-extra-arg', 'network-plugin-extra-arg', 'runtime-plugin-extra-arg']);
+const REPEATABLE = new Set(['image-plugin-extra-arg', 'network-plugin-extra-arg', 'runtime-plugin-extra-arg', 'insecure-docker-registry']);
 
 /** As go-flags: a single-value flag given twice takes its last value; only repeatable flags collect. */
 function lastValueWins(argv: Record<string, unknown>, repeatable: Set<string>): Record<string, unknown> {

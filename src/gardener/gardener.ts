@@ -233,6 +233,8 @@ export class Gardener {
       undo.push(['image', () => this.cfg.image.destroy(handle, key)]);
 
       record.env = [...image.env, ...spec.env];
+      if (image.user) record.imageUser = image.user;
+      if (image.workingDir) record.imageWorkdir = image.workingDir;
       const memory = spec.limits.memory_limits.limit_in_bytes ?? 0n;
       const cpu = spec.limits.cpu_limits.weight || spec.limits.cpu_limits.limit_in_shares || 0n;
       const pids = spec.limits.pid_limits.max ?? 0n;
@@ -553,9 +555,11 @@ export class Gardener {
     opts: { unlimitedLog?: boolean } = {},
   ): Promise<ProcessHandle> {
     const { key } = c.record;
-    const { user } = await this.userIn(c, spec.user);
+    // A process that names no user or dir gets the image's USER and WORKDIR, as docker would.
+    const userName = spec.user === '' ? (c.record.imageUser ?? '') : spec.user;
+    const { user } = await this.userIn(c, userName);
     // The home directory is checked by runc, inside the container: a missing one falls back to /.
-    let cwd = spec.dir;
+    let cwd = spec.dir === '' ? (c.record.imageWorkdir ?? '') : spec.dir;
     const homeAsDefault = cwd === '';
     if (homeAsDefault) cwd = user.home;
     else if (!posix.isAbsolute(cwd)) cwd = posix.join(user.home, cwd);
@@ -565,7 +569,7 @@ export class Gardener {
       env: spec.env,
       uid: user.uid,
       gid: user.gid,
-      username: spec.user === '' ? 'root' : spec.user,
+      username: userName === '' ? 'root' : userName,
       cwd: dir,
       rlimits: spec.rlimits,
       terminal: spec.tty === true,

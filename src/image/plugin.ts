@@ -22,6 +22,9 @@ export interface ImageResult {
   rootfsPath: string;
   env: string[];
   mounts: OciMount[];
+  /** The image config's USER and WORKDIR, when the plugin reports them (`process.user.username`, `process.cwd`). */
+  user?: string;
+  workingDir?: string;
 }
 
 export interface ImagePlugin {
@@ -44,7 +47,7 @@ export class InProcessImagePlugin implements ImagePlugin {
       username: req.username,
       password: req.password,
     });
-    return { rootfsPath: res.root.path, env: res.process.env, mounts: res.mounts };
+    return { rootfsPath: res.root.path, env: res.process.env, mounts: res.mounts, user: res.process.user?.username, workingDir: res.process.cwd };
   }
 
   async destroy(_handle: string, key: string): Promise<void> {
@@ -86,7 +89,15 @@ export function parseCreateOutput(stdout: string): ImageResult {
         };
       })
     : [];
-  return { rootfsPath, env, mounts };
+  const user = lower(proc.user).username;
+  const cwd = proc.cwd;
+  return {
+    rootfsPath,
+    env,
+    mounts,
+    ...(typeof user === 'string' && user !== '' ? { user } : {}),
+    ...(typeof cwd === 'string' && cwd !== '' ? { workingDir: cwd } : {}),
+  };
 }
 
 export class ExecImagePlugin implements ImagePlugin {

@@ -21,6 +21,9 @@ export interface ContainerRecord {
   initPid?: number;
   /** Which image plugin made the rootfs, so destroy asks the same one. */
   imagePlugin: string;
+  /** The image's USER and WORKDIR: defaults for processes that name none. */
+  imageUser?: string;
+  imageWorkdir?: string;
   network?: Record<string, string>;
 }
 

@@ -6,7 +6,9 @@ import { notRootError, runSetup, type LogLevel } from './setup.js';
 export interface SetupArgs {
   'rootless-uid'?: number;
   'rootless-gid'?: number;
-  'store-driver': 'overlay';
+  'store-driver': 'overlay' | 'btrfs';
+  store?: string;
+  'store-size-bytes'?: number;
   'log-level': LogLevel;
 }
 
@@ -46,7 +48,9 @@ export const setupCommand: CommandModule<object, SetupArgs> = {
     yargs
       .option('rootless-uid', { type: 'number', describe: 'uid of the user who will run gdn server (default: $SUDO_UID)' })
       .option('rootless-gid', { type: 'number', describe: 'gid of that user (default: $SUDO_GID)' })
-      .option('store-driver', { choices: ['overlay'] as const, default: 'overlay' as const, describe: 'image store driver' })
+      .option('store-driver', { choices: ['overlay', 'btrfs'] as const, default: 'overlay' as const, describe: 'image store driver' })
+      .option('store', { type: 'string', describe: 'image store to initialise (default /var/lib/trellis/UID/store)' })
+      .option('store-size-bytes', { type: 'number', describe: 'btrfs: size of the loopback filesystem (sparse; default 10 GiB)' })
       .option('log-level', { choices: ['debug', 'info', 'error', 'fatal'] as const, default: 'info' as const, describe: 'how much to print' }),
   handler: async (argv) => {
     try {
@@ -56,7 +60,7 @@ export const setupCommand: CommandModule<object, SetupArgs> = {
         process.geteuid?.() ?? 0,
         { uid: process.getuid?.() ?? 0, gid: process.getgid?.() ?? 0 },
       );
-      await runSetup({ ...ids, storeDriver: argv['store-driver'], logLevel: argv['log-level'] }, (line) => {
+      await runSetup({ ...ids, storeDriver: argv['store-driver'], store: argv.store, storeSizeBytes: argv['store-size-bytes'], logLevel: argv['log-level'] }, (line) => {
         process.stdout.write(`${line}\n`);
       });
     } catch (err) {

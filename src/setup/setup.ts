@@ -17,11 +17,17 @@ export type LogLevel = 'debug' | 'info' | 'error' | 'fatal';
 export interface SetupOptions {
   uid: number;
   gid: number;
-  storeDriver?: 'overlay';
+  storeDriver?: 'overlay' | 'btrfs';
+  /** The image store to initialise (default: the user's, /var/lib/trellis/UID/store). */
+  store?: string;
+  /** btrfs: size of the loopback filesystem made when the store is not on btrfs already. */
+  storeSizeBytes?: number;
   /** info: one line per step; debug: also details; error, fatal: nothing on success. */
   logLevel?: LogLevel;
 }
 
+/** Sparse: only what is written takes disk space. */
+const DEFAULT_BTRFS_BYTES = 10 * 1024 ** 3;
 const SUBUID = '/etc/subuid';
 const SUBGID = '/etc/subgid';
 const ROOT: Owner = { uid: 0, gid: 0 };
@@ -49,8 +55,11 @@ export async function runSetup(opts: SetupOptions, print: (line: string) => void
   if (opts.uid === 0) {
     throw new InvalidArgument('gdn setup prepares an ordinary user, not root: pass --rootless-uid <uid> of the user who will run gdn server');
   }
-  if (opts.storeDriver !== undefined && opts.storeDriver !== 'overlay') {
-    throw new InvalidArgument(`unsupported store driver '${String(opts.storeDriver)}': only 'overlay' is available`);
+  if (opts.storeDriver !== undefined && opts.storeDriver !== 'overlay' && opts.storeDriver !== 'btrfs') {
+    throw new InvalidArgument(`unsupported store driver '${String(opts.storeDriver)}': want overlay or btrfs`);
+  }
+  if (opts.store !== undefined && (!opts.store.startsWith('/') || opts.store.split('/').includes('..'))) {
+    throw new InvalidArgument(`--store must be an absolute path without '..', got '${opts.store}'`);
   }
   const owner: Owner = { uid: opts.uid, gid: opts.gid };
   const name = userName(opts.uid);
@@ -90,10 +99,19 @@ export async function runSetup(opts: SetupOptions, print: (line: string) => void
   }
 
   // d. image store
-  const storeExisted = lstatOrUndefined(join(paths.store, 'meta', 'namespace.json')) !== undefined;
-  await new ImageStore({ storePath: paths.store, driver: opts.storeDriver ?? 'overlay' }).initStore({ uidMappings, gidMappings });
+  const storePath = opts.store ?? paths.store;
+  const driver = opts.storeDriver ?? 'overlay';
+  const storeExisted = lstatOrUndefined(join(storePath, 'meta', 'namespace.json')) !== undefined;
+  // A btrfs backing file lives in a root-owned dir: root mounts it, so the user must not be able to swap it.
+  const backingFile = join(stateParent, `${opts.uid}-${storePath.split('/').filter(Boolean).join('_')}.btrfs`);
+  await new ImageStore({ storePath, driver }).initStore({
+    uidMappings,
+    gidMappings,
+    storeSizeBytes: driver === 'btrfs' ? (opts.storeSizeBytes ?? DEFAULT_BTRFS_BYTES) : opts.storeSizeBytes,
+    backingFile,
+  });
   info(
-    `image store ${paths.store} (overlay, owner ${opts.uid}, mappings ${uidMappings.map(formatMapping).join(' ')}) (${storeExisted ? 'already present' : 'created'})`,
+    `image store ${storePath} (${driver}${driver === 'btrfs' ? ` on ${backingFile}` : ''}, owner ${opts.uid}, mappings ${uidMappings.map(formatMapping).join(' ')}) (${storeExisted ? 'already present' : 'created'})`,
   );
 
   // e. default rootfs
