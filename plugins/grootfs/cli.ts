@@ -120,8 +120,8 @@ export async function runCli(argv: string[], io: CliIo = defaultIo): Promise<num
       'initialise a store (root)',
       (y) =>
         withArgs(y)
-          .option('uid-mapping', { type: 'string', array: true, describe: 'CONTAINER:HOST:SIZE (repeatable)' })
-          .option('gid-mapping', { type: 'string', array: true, describe: 'CONTAINER:HOST:SIZE (repeatable)' })
+          .option('uid-mapping', { type: 'string', array: true, nargs: 1, describe: 'CONTAINER:HOST:SIZE (repeatable)' })
+          .option('gid-mapping', { type: 'string', array: true, nargs: 1, describe: 'CONTAINER:HOST:SIZE (repeatable)' })
           .option('store-size-bytes', { type: 'number' })
           .option('with-direct-io', { type: 'boolean', hidden: true })
           .option('without-direct-io', { type: 'boolean', hidden: true }),
@@ -148,7 +148,7 @@ export async function runCli(argv: string[], io: CliIo = defaultIo): Promise<num
           .option('exclude-image-from-quota', { type: 'boolean' })
           .option('username', { type: 'string' })
           .option('password', { type: 'string' })
-          .option('insecure-registry', { type: 'string', array: true })
+          .option('insecure-registry', { type: 'string', array: true, nargs: 1 })
           .option('skip-layer-validation', { type: 'boolean' })
           .option('with-clean', { type: 'boolean' })
           .option('without-clean', { type: 'boolean' })

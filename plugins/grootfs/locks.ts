@@ -8,14 +8,21 @@ import { join } from 'node:path';
 const STALE_MS = 20_000;
 
 export async function withLock<T>(locksDir: string, name: string, fn: () => Promise<T>, waitMs = 15 * 60_000): Promise<T> {
+  let compromised: Error | undefined;
   const release = await lock(join(locksDir, name), {
     realpath: false,
+    // The default throws from a timer, which would take gdn down; the holder finds out when it releases.
+    onCompromised: (err) => {
+      compromised = err;
+    },
     stale: STALE_MS,
     update: STALE_MS / 4,
     retries: { retries: Math.ceil(waitMs / 250), minTimeout: 20, maxTimeout: 250, factor: 1.5 },
   });
   try {
-    return await fn();
+    const out = await fn();
+    if (compromised) throw new Error(`lock ${name} was taken over while held: ${compromised.message}`);
+    return out;
   } finally {
     await release().catch(() => undefined);
   }

@@ -93,6 +93,7 @@ export const STORE_DIRS = ['images', 'volumes', 'meta', 'locks', 'tmp', 'meta/de
 const DRIVER_FILE = 'meta/driver';
 const GLOBAL_LOCK = 'global-groot-lock';
 const INCOMPLETE = '-incomplete-';
+const ABANDONED_MS = 60 * 60_000;
 
 const NAMESPACE_FILE = 'meta/namespace.json';
 
@@ -411,7 +412,8 @@ export class ImageStore {
           await mkdirMode(w.incomplete, 0o755);
         }
       }
-      const fetched = await Promise.all(
+      // Every download is waited for, so none lands after the cleanup below has run.
+      const settled = await Promise.allSettled(
         work.map(async (w) => {
           const t0 = Date.now();
           const blob = await w.layer.fetch(tmpDir);
@@ -420,6 +422,9 @@ export class ImageStore {
           return blob;
         }),
       );
+      const failed = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+      if (failed) throw failed.reason;
+      const fetched = settled.map((r) => (r as PromiseFulfilledResult<{ path: string }>).value);
       const t0 = Date.now();
       const results = await runUnpack(
         work.map((w, k) => ({
@@ -661,6 +666,7 @@ export class ImageStore {
       },
       10_000,
     );
+    await this.removeAbandoned(driver, log);
     for (const v of marked) {
       await this.removeVolumePath(this.volumePath(`gc.${v}`), driver, log);
       await rm(join(this.storePath, 'meta', `volume-${v}`), { force: true });
@@ -671,6 +677,20 @@ export class ImageStore {
     }
     log.info({ removed: marked }, 'clean.finished');
     return 'clean completed';
+  }
+
+  /** Half-made volumes and downloads left by a create that was killed (an hour is far longer than any unpack). */
+  private async removeAbandoned(driver: DriverName, log: Logger): Promise<void> {
+    const cutoff = Date.now() - ABANDONED_MS;
+    for (const n of await readdir(this.volumesDir).catch(() => [] as string[])) {
+      const m = new RegExp(`${INCOMPLETE}(\\d+)-`).exec(n);
+      if (m && Number(m[1]) < cutoff) await this.removeVolumePath(this.volumePath(n), driver, log).catch(() => undefined);
+    }
+    const tmp = join(this.storePath, 'tmp');
+    for (const n of await readdir(tmp).catch(() => [] as string[])) {
+      const st = await lstat(join(tmp, n)).catch(() => undefined);
+      if (st && st.mtimeMs < cutoff) await removeTrees([join(tmp, n)], await this.mappings(), { log }).catch(() => undefined);
+    }
   }
 
   private async volumeBytesAll(names: string[]): Promise<number> {
