@@ -6,6 +6,7 @@
 import { execa } from 'execa';
 import { closeSync, existsSync, openSync, readSync } from 'node:fs';
 import { mkdir, open, readdir, statfs } from 'node:fs/promises';
+import { dirname } from 'node:path';
 import type { Logger } from 'pino';
 import { ExternalFailure, FailedPrecondition, InvalidArgument } from '../../src/errors.js';
 import { removeTrees, type StoreMappings } from './remove.js';
@@ -13,6 +14,8 @@ import { runAsNamespaceRoot } from './unpacker.js';
 
 export const BTRFS_MAGIC = 0x9123683e;
 export const MIN_STORE_BYTES = 200 * 1024 * 1024;
+/** Sparse: only what is written takes disk space. */
+export const DEFAULT_STORE_BYTES = 10 * 1024 ** 3;
 const ENV = { PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', LANG: 'C' };
 
 async function btrfs(args: string[]): Promise<string> {
@@ -82,6 +85,8 @@ function hasBtrfsSignature(file: string): boolean {
  * (grootfs: `<store>.backing-store`) when it is not already one.
  */
 export async function prepareBtrfsStore(store: string, storeSizeBytes: number, backing: string, log: Logger): Promise<void> {
+  // Parents the user must traverse: 0755 (a recursive mkdir would give them the store's 0700).
+  await mkdir(dirname(store), { recursive: true, mode: 0o755 });
   await mkdir(store, { recursive: true, mode: 0o700 });
   if (await isBtrfs(store)) return;
   if ((await readdir(store)).length > 0) {
@@ -89,11 +94,9 @@ export async function prepareBtrfsStore(store: string, storeSizeBytes: number, b
   }
   if (!existsSync(backing)) {
     if (storeSizeBytes <= 0) {
-      throw new FailedPrecondition(
-        'ERR_TRELLIS_STORE_NOT_BTRFS',
-        `store ${store} is not on a btrfs filesystem`,
-        'pass --store-size-bytes to make one on a loopback file (gdn setup --store-driver btrfs does)',
-      );
+      // The seed walkthrough's init-store gives no size (its quick-setup made the filesystem): make a sparse one.
+      storeSizeBytes = DEFAULT_STORE_BYTES;
+      log.info({ backing, storeSizeBytes }, 'init-store.default-size');
     }
     if (storeSizeBytes < MIN_STORE_BYTES) throw new InvalidArgument('store size must be at least 200Mb');
     const fh = await open(backing, 'wx', 0o600);

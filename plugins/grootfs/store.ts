@@ -228,6 +228,8 @@ export class ImageStore {
       if (recorded !== undefined && recorded !== driver) throw mismatch(recorded);
     }
     const wanted = { uidMappings: opts.uidMappings, gidMappings: opts.gidMappings };
+    // Parents the owner must traverse are 0755; the store itself is made 0700 below.
+    ensureDir(dirname(this.storePath), 0o755);
     ensureDir(join(this.storePath, 'meta'));
     const nsPath = join(this.storePath, NAMESPACE_FILE);
     let existing: string | undefined;

@@ -26,8 +26,6 @@ export interface SetupOptions {
   logLevel?: LogLevel;
 }
 
-/** Sparse: only what is written takes disk space. */
-const DEFAULT_BTRFS_BYTES = 10 * 1024 ** 3;
 const SUBUID = '/etc/subuid';
 const SUBGID = '/etc/subgid';
 const ROOT: Owner = { uid: 0, gid: 0 };
@@ -107,7 +105,7 @@ export async function runSetup(opts: SetupOptions, print: (line: string) => void
   await new ImageStore({ storePath, driver }).initStore({
     uidMappings,
     gidMappings,
-    storeSizeBytes: driver === 'btrfs' ? (opts.storeSizeBytes ?? DEFAULT_BTRFS_BYTES) : opts.storeSizeBytes,
+    storeSizeBytes: opts.storeSizeBytes,
     backingFile,
   });
   info(

@@ -196,3 +196,71 @@ describe('images: grootfs store, btrfs driver (integration, issue #3)', function
     }
   });
 });
+
+// seeds/004, step 2 and 4 as written: scripts/test wrote the seed's grootfs.conf
+// (store /var/lib/grootfs/btrfs, driver btrfs, the obsolete `create: json: true`) and
+// ran the seed's `sudo grootfs --config ... init-store --uid-mapping ...` with no size;
+// gdn then takes grootfs with only `--config` as extra args, exactly as the seed does.
+describe('images: the seed walkthrough grootfs steps (integration, issue #3)', function () {
+  const seedConf = join(process.env.HOME ?? '', 'gdn', 'config', 'grootfs.conf');
+  let server: Server;
+  let work: string;
+
+  before(async function () {
+    this.timeout(120_000);
+    const conf = await readFile(seedConf, 'utf8');
+    expect(conf).to.match(/^store: \/var\/lib\/grootfs\/btrfs$/m);
+    expect(conf).to.match(/^driver: btrfs$/m);
+    work = await mkdtemp(join(runtimeDir(), 'images-seed-test-'));
+    const sub = (file: string): string[] => {
+      const me = userInfo().username;
+      const line = readFileSync(file, 'utf8').split('\n').find((l) => l.startsWith(`${me}:`)) ?? '';
+      return line.split(':').slice(1, 3);
+    };
+    const [us, ul] = sub('/etc/subuid');
+    const [gs, gl] = sub('/etc/subgid');
+    server = await startServer({
+      extraArgs: [
+        `--uid-map-start=${us}`, `--uid-map-length=${ul}`, `--gid-map-start=${gs}`, `--gid-map-length=${gl}`,
+        `--image-plugin=${GROOTFS}`,
+        '--image-plugin-extra-arg=--config',
+        `--image-plugin-extra-arg=${seedConf}`,
+        '--skip-setup',
+      ],
+    });
+  });
+
+  after(async function () {
+    this.timeout(60_000);
+    await cleanupServer(server);
+    if (work) await rm(work, { recursive: true, force: true });
+  });
+
+  afterEach(function () {
+    dumpLogsIfFailed(this, server);
+  });
+
+  it('init-store made a btrfs store with the seed mappings, and gaol-style create/run/destroy work on it', async function () {
+    const ns = JSON.parse(await readFile('/var/lib/grootfs/btrfs/meta/namespace.json', 'utf8')) as Record<string, string[]>;
+    expect(ns['uid-mappings']).to.deep.equal([`0:${process.getuid?.()}:1`, `1:${SUBUID}:65536`]);
+    const layoutDir = join(work, 'layout');
+    await writeOciLayout(layoutDir, [{ tag: 'cake', layers: [BASE, layer([{ name: 'home/alice/cake', type: 'file', content: 'cake\n', uid: 1000, gid: 1000 }])] }]);
+    const handle = `seed-cake-${RUN}`;
+    try {
+      await server.client.create(spec({ handle, image: { uri: `oci://${layoutDir}:cake` } }));
+      const hello = await runAndWait(server.client, handle, { path: 'echo', args: ['Hello', 'Rootless', ':D'] });
+      expect(hello).to.include({ code: 0, stdout: 'Hello Rootless :D\n' });
+      const ls = await runAndWait(server.client, handle, sh('ls -ln /home/alice/cake'));
+      expect(ls.stdout).to.match(/^-\S+\s+1 1000\s+1000\s+5 /);
+      const onHost = await lstat(join('/var/lib/grootfs/btrfs/images', handle, 'rootfs/home/alice/cake'));
+      expect(onHost.uid).to.equal(SUBUID + 999);
+      expect((await lstat(join('/var/lib/grootfs/btrfs/images', handle, 'rootfs'))).ino).to.equal(SUBVOLUME_ROOT_INO);
+    } finally {
+      await server.client.destroy(handle).catch(() => undefined);
+    }
+    expect(existsSync(join('/var/lib/grootfs/btrfs/images', handle)), 'destroy removed the image').to.equal(false);
+    expect(await leftovers(handle, { depot: server.depot, store: '/var/lib/grootfs/btrfs' })).to.deep.equal([]);
+    const cleaned = await execa(process.execPath, [GROOTFS, '--config', seedConf, 'clean'], { reject: false });
+    expect(cleaned.stdout.trim()).to.equal('clean completed');
+  });
+});
