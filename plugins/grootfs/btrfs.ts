@@ -4,13 +4,14 @@
 // root) makes the filesystem on a loopback file when the store is not already on
 // btrfs, mounted with user_subvol_rm_allowed so the user can remove subvolumes.
 import { execa } from 'execa';
-import { closeSync, existsSync, openSync, readSync } from 'node:fs';
+import { closeSync, existsSync, lstatSync, openSync, readSync } from 'node:fs';
 import { mkdir, open, readdir, statfs } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import type { Logger } from 'pino';
 import { ExternalFailure, FailedPrecondition, InvalidArgument } from '../../src/errors.js';
 import { removeTrees, type StoreMappings } from './remove.js';
 import { runAsNamespaceRoot } from './unpacker.js';
+import { requireRootOwnedChain } from './store.js';
 
 export const BTRFS_MAGIC = 0x9123683e;
 export const MIN_STORE_BYTES = 200 * 1024 * 1024;
@@ -35,12 +36,21 @@ export async function isBtrfs(path: string): Promise<boolean> {
   }
 }
 
+async function btrfsAsNamespaceRoot(maps: StoreMappings | undefined, args: string[]): Promise<void> {
+  const r = await runAsNamespaceRoot(maps, 'btrfs', args);
+  if (r.exitCode !== 0) {
+    const last = r.stderr.trim().split('\n').pop() ?? '';
+    throw new ExternalFailure('btrfs', `btrfs ${args.join(' ')}: ${last || `exit status ${r.exitCode}`}`);
+  }
+}
+
 export async function createSubvolume(path: string): Promise<void> {
   await btrfs(['subvolume', 'create', path]);
 }
 
-export async function snapshot(source: string, dest: string): Promise<void> {
-  await btrfs(['subvolume', 'snapshot', source, dest]);
+/** As the store's namespace root: a layer's root may belong to any of its mapped ids. */
+export async function snapshot(source: string, dest: string, maps: StoreMappings | undefined): Promise<void> {
+  await btrfsAsNamespaceRoot(maps, ['subvolume', 'snapshot', source, dest]);
 }
 
 /**
@@ -50,6 +60,8 @@ export async function snapshot(source: string, dest: string): Promise<void> {
  */
 export async function deleteSubvolume(path: string, maps: StoreMappings | undefined, log: Logger): Promise<void> {
   if (!existsSync(path)) return;
+  // A container may have made its rootfs read-only (`btrfs property set`): undo that first.
+  await btrfsAsNamespaceRoot(maps, ['property', 'set', '-ts', path, 'ro', 'false']).catch(() => undefined);
   try {
     await btrfs(['subvolume', 'delete', path]);
   } catch (err) {
@@ -87,11 +99,20 @@ function hasBtrfsSignature(file: string): boolean {
 export async function prepareBtrfsStore(store: string, storeSizeBytes: number, backing: string, log: Logger): Promise<void> {
   // Parents the user must traverse: 0755 (a recursive mkdir would give them the store's 0700).
   await mkdir(dirname(store), { recursive: true, mode: 0o755 });
-  await mkdir(store, { recursive: true, mode: 0o700 });
+  try {
+    await mkdir(store, { mode: 0o700 });
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+  }
+  const st = lstatSync(store);
+  if (!st.isDirectory()) throw new FailedPrecondition('ERR_TRELLIS_STORE_PATH', `store ${store} is not a directory`);
   if (await isBtrfs(store)) return;
   if ((await readdir(store)).length > 0) {
     throw new FailedPrecondition('ERR_TRELLIS_STORE_NOT_EMPTY', `store ${store} is not empty and not on btrfs: mounting a filesystem there would hide it`);
   }
+  // Root formats and mounts this file: it must be one root made, where only root can write.
+  requireRootOwnedChain(dirname(backing));
+  let made = false;
   if (!existsSync(backing)) {
     if (storeSizeBytes <= 0) {
       // The seed walkthrough's init-store gives no size (its quick-setup made the filesystem): make a sparse one.
@@ -105,14 +126,22 @@ export async function prepareBtrfsStore(store: string, storeSizeBytes: number, b
     } finally {
       await fh.close();
     }
+    made = true;
   }
-  if (!hasBtrfsSignature(backing)) {
+  const bst = lstatSync(backing);
+  if (!bst.isFile() || bst.uid !== 0 || (bst.mode & 0o077) !== 0) {
+    throw new FailedPrecondition('ERR_TRELLIS_BACKING_FILE', `${backing} must be a regular file owned by root, mode 0600`);
+  }
+  if (made) {
     log.info({ backing }, 'init-store.mkfs-btrfs');
-    const r = await execa('mkfs.btrfs', ['-f', '-q', backing], { reject: false, stdin: 'ignore', env: ENV, extendEnv: false });
+    const r = await execa('mkfs.btrfs', ['-q', backing], { reject: false, stdin: 'ignore', env: ENV, extendEnv: false });
     if (r.exitCode !== 0) throw new ExternalFailure('mkfs.btrfs', `mkfs.btrfs ${backing}: ${r.stderr.trim().split('\n').pop() ?? ''}`);
+  } else if (!hasBtrfsSignature(backing)) {
+    throw new FailedPrecondition('ERR_TRELLIS_BACKING_FILE', `${backing} exists and holds no btrfs filesystem: remove it to have a new one made`);
   }
   log.info({ backing, store }, 'init-store.mount');
-  const r = await execa('mount', ['-o', 'loop,user_subvol_rm_allowed,noatime', '-t', 'btrfs', backing, store], {
+  // nodev: the filesystem is the user's to fill; setuid files stay, as images need them.
+  const r = await execa('mount', ['--no-canonicalize', '-o', 'loop,nodev,user_subvol_rm_allowed,noatime', '-t', 'btrfs', backing, store], {
     reject: false,
     stdin: 'ignore',
     env: ENV,

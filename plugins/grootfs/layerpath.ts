@@ -80,7 +80,11 @@ export function resolveDir(root: string, comps: string[], probe: PathProbe, what
   return resolved;
 }
 
-/** Caches resolved parent directories for one layer; entries are dropped when the tree under them changes. */
+/**
+ * Caches resolved parent directories for one layer. Every step of a cached
+ * resolution exists once the writer has made the missing ones, so only removing a
+ * directory or a symlink can make an entry wrong: the writer then clears it all.
+ */
 export class DirCache {
   private readonly map = new Map<string, string[]>();
 
@@ -92,13 +96,8 @@ export class DirCache {
     this.map.set(key, resolved);
   }
 
-  /** Something at `resolved` (relative to the root) was replaced or removed. */
-  invalidate(resolved: string): void {
-    const prefix = `${resolved}/`;
-    for (const [k, v] of this.map) {
-      const r = v.join('/');
-      if (r === resolved || r.startsWith(prefix)) this.map.delete(k);
-    }
+  clear(): void {
+    this.map.clear();
   }
 }
 

@@ -170,7 +170,11 @@ function normaliseDefaultRegistry(registry: string): string {
  * after it cannot be a digest's (those come last), so everything before it goes.
  */
 export function redactUrl(url: string): string {
-  return url.replace(/^([a-z][a-z0-9+.-]*:\/\/).*@(?=[^@]*\/)/is, '$1');
+  // `user:pass@` before a path (the password may hold `/` or `@`), or before a bare host
+  // (`docker://user:pass@host`); `name@sha256:...` is a digest, not credentials.
+  return url
+    .replace(/^([a-z][a-z0-9+.-]*:\/\/).*@(?=[^@]*\/)/is, '$1')
+    .replace(/^([a-z][a-z0-9+.-]*:\/\/)[^/@]*:[^/]*@(?!sha256:)/is, '$1');
 }
 
 /** `host[:port]` matches an insecure_registries entry exactly, by the name given or the API host. */
@@ -276,6 +280,11 @@ export function redirectHeaders(headers: Record<string, string>, from: URL, to: 
   return out;
 }
 
+export interface ContentCache {
+  get(digest: string): Promise<Uint8Array | undefined>;
+  put(digest: string, data: Uint8Array): Promise<void>;
+}
+
 export interface RegistryOptions {
   /** Where `docker:///repo` goes: `registry-1.docker.io` (or `docker.io`) for Docker Hub. */
   defaultRegistry: string;
@@ -288,6 +297,12 @@ export interface RegistryOptions {
   log: Logger;
   /** Where layer downloads go when fetch() is handed no directory. */
   tmpDir?: string;
+  /**
+   * Manifests and configs named by digest never change: a cache spares their round
+   * trips on later creates. The tag (or digest) the URL names is always asked of the
+   * registry, so its access rules still apply.
+   */
+  contentCache?: ContentCache;
 }
 
 /** What may be logged about a pull: never the password or a token. */
@@ -685,6 +700,10 @@ class RegistryClient {
     } catch (err) {
       throw new TrellisError('ERR_TRELLIS_REGISTRY_AUTH', `registry ${registry}: ${errorMessage(err)}`);
     }
+    if (url.protocol === 'http:' && !this.o.insecure) {
+      // Credentials (and tokens) must not cross the network in the clear for a registry reached over TLS.
+      throw new TrellisError('ERR_TRELLIS_REGISTRY_AUTH', `registry ${registry}: its token service ${url.host} is plain HTTP; mark the registry insecure to allow that`);
+    }
     const headers: Record<string, string> = { accept: 'application/json' };
     if (this.o.credentials !== undefined) headers.authorization = basicAuthorization(this.o.credentials);
     let res: Response;
@@ -745,8 +764,25 @@ export async function resolveRegistryImage(url: string, opts: RegistryOptions): 
   log.info('resolve.start');
   try {
     const top = await client.topManifest();
-    const { manifest, descriptor } = await resolveManifest(top, client.read, opts.platform ?? hostPlatform());
-    const config = await readImageConfig(manifest, client.read);
+    const cache = opts.contentCache;
+    const read: ReadVerified = cache
+      ? async (desc, what) => {
+          const hit = await cache.get(desc.digest).catch(() => undefined);
+          if (hit !== undefined) {
+            try {
+              verifyBlob(hit, desc, what);
+              return hit;
+            } catch {
+              // a damaged entry is fetched again
+            }
+          }
+          const data = await client.read(desc, what);
+          await cache.put(desc.digest, data).catch(() => undefined);
+          return data;
+        }
+      : client.read;
+    const { manifest, descriptor } = await resolveManifest(top, read, opts.platform ?? hostPlatform());
+    const config = await readImageConfig(manifest, read);
     const layers = imageLayers(manifest, config, (desc) => (tmpDir) => client.downloadLayer(desc, tmpDir || opts.tmpDir || tmpdir()));
     log.info({ layers: layers.length, manifest: descriptor?.digest }, 'resolve.finished');
     return { name, layers, config };

@@ -62,7 +62,8 @@ export async function removeTrees(
     try {
       await rm(p, { recursive: true, force: true, maxRetries: 2 });
     } catch (err) {
-      if (!PERMISSION.has((err as NodeJS.ErrnoException).code ?? '')) throw err;
+      // Anything a plain rm cannot do (permissions, trees deeper than PATH_MAX) gets the namespace rm -rf.
+      if (!PERMISSION.has((err as NodeJS.ErrnoException).code ?? '') && (err as NodeJS.ErrnoException).code !== 'ENAMETOOLONG') throw err;
       denied.push(p);
       firstErr ??= err;
     }

@@ -10,6 +10,8 @@ import { pino, type Logger } from 'pino';
 import { AlreadyExists, FailedPrecondition, InvalidArgument, TrellisError, errorMessage } from '../../src/errors.js';
 import { formatMapping, parseMappingFlag, type IdMapping } from '../../src/idmap/subid.js';
 import { ensureDir } from '../../src/mkdirp.js';
+import { asUser } from '../../src/setup/host-files.js';
+import { closeSync, existsSync, constants as fsc, fchmodSync, fchownSync, fstatSync, lstatSync, mkdirSync, openSync, readFileSync, writeFileSync } from 'node:fs';
 import * as btrfs from './btrfs.js';
 import type { Platform, ResolvedImage } from './image.js';
 import { withLock } from './locks.js';
@@ -93,7 +95,6 @@ export const STORE_DIRS = ['images', 'volumes', 'meta', 'locks', 'tmp', 'meta/de
 const DRIVER_FILE = 'meta/driver';
 const GLOBAL_LOCK = 'global-groot-lock';
 const INCOMPLETE = '-incomplete-';
-const ABANDONED_MS = 60 * 60_000;
 
 const NAMESPACE_FILE = 'meta/namespace.json';
 
@@ -144,6 +145,39 @@ function errno(err: unknown): string | undefined {
 }
 
 /** `meta/dependencies/image:<id>.json`, with `/` escaped as grootfs does. */
+/** A file's text, never through a symlink (root reads files the owner controls); undefined when absent. */
+function readNoFollow(path: string): string | undefined {
+  let fd: number;
+  try {
+    fd = openSync(path, fsc.O_RDONLY | fsc.O_NOFOLLOW | fsc.O_NONBLOCK);
+  } catch (err) {
+    if (errno(err) === 'ENOENT') return undefined;
+    throw new FailedPrecondition('ERR_TRELLIS_STORE_FILE', `cannot read ${path}: ${errno(err) ?? 'error'} (a link or not a file?)`);
+  }
+  try {
+    const st = fstatSync(fd);
+    if (!st.isFile() || st.size > 65536) throw new FailedPrecondition('ERR_TRELLIS_STORE_FILE', `${path} is not a small regular file`);
+    return readFileSync(fd, 'utf8');
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** Every directory from `dir` up to `/` is root's, a real directory, and writable by nobody else. */
+export function requireRootOwnedChain(dir: string): void {
+  for (let p = dir; ; p = dirname(p)) {
+    const st = lstatSync(p);
+    // World-writable is fine with the sticky bit (/tmp): nobody can replace another's entry there.
+    if (!st.isDirectory() || st.uid !== 0 || ((st.mode & 0o022) !== 0 && (st.mode & 0o1000) === 0)) {
+      throw new FailedPrecondition(
+        'ERR_TRELLIS_STORE_PARENT',
+        `${p} must be a directory owned by root and writable by nobody else: root prepares the store below it`,
+      );
+    }
+    if (p === '/') return;
+  }
+}
+
 function dependencyFile(storePath: string, id: string): string {
   return join(storePath, 'meta', 'dependencies', `image:${id.replace(/\//g, '__')}.json`);
 }
@@ -184,6 +218,24 @@ export class ImageStore {
     this.platform = opts.platform;
   }
 
+  /** Verified manifests and configs by digest (`meta/content/<hex>`): they never change. */
+  private readonly contentCache = {
+    get: async (digest: string): Promise<Uint8Array | undefined> => {
+      const hex = /^sha256:([0-9a-f]{64})$/.exec(digest)?.[1];
+      if (hex === undefined) return undefined;
+      return readFile(join(this.storePath, 'meta', 'content', hex)).catch(() => undefined);
+    },
+    put: async (digest: string, data: Uint8Array): Promise<void> => {
+      const hex = /^sha256:([0-9a-f]{64})$/.exec(digest)?.[1];
+      if (hex === undefined) return;
+      const dir = join(this.storePath, 'meta', 'content');
+      await mkdir(dir, { recursive: true, mode: 0o755 });
+      const tmp = join(dir, `${hex}.${process.pid}.${randomBytes(4).toString('hex')}`);
+      await writeFile(tmp, data, { mode: 0o644 });
+      await rename(tmp, join(dir, hex));
+    },
+  };
+
   /** The store's driver: recorded by init-store; stores made before that are overlay. */
   async driver(): Promise<DriverName> {
     if (this.driverName) return this.driverName;
@@ -204,6 +256,12 @@ export class ImageStore {
     return recorded;
   }
 
+  /**
+   * As root: prepares the store for its owner (the host id of the `0:<host>:1`
+   * mapping). Root only makes the store directory itself (its parents must be
+   * root's, so nobody else can swap it for a link) and, for btrfs, the filesystem;
+   * everything inside is made with the owner's identity and never through a link.
+   */
   async initStore(opts: { uidMappings: IdMapping[]; gidMappings: IdMapping[]; storeSizeBytes?: number; backingFile?: string }): Promise<void> {
     const log = this.log.child({ session: 'init-store', store: this.storePath });
     if (process.getuid?.() !== 0) {
@@ -212,62 +270,85 @@ export class ImageStore {
     if (opts.storeSizeBytes !== undefined && opts.storeSizeBytes < 0) {
       throw new InvalidArgument('invalid argument: store size cannot be negative');
     }
+    if (!this.storePath.startsWith('/') || this.storePath.split('/').includes('..')) {
+      throw new InvalidArgument(`store path must be absolute without '..', got ${this.storePath}`);
+    }
     const driver = this.wantedDriver ?? 'overlay';
     log.info({ driver, uidMappings: opts.uidMappings.map(formatMapping), gidMappings: opts.gidMappings.map(formatMapping) }, 'init-store.start');
-    const driverPath = join(this.storePath, DRIVER_FILE);
-    const readRecorded = (): Promise<string | undefined> => readFile(driverPath, 'utf8').then((t) => t.trim(), () => undefined);
-    let recorded = await readRecorded();
-    // Stores made before the driver was recorded are overlay stores.
-    if (recorded === undefined && (await this.exists(join(this.storePath, NAMESPACE_FILE)))) recorded = 'overlay';
+    const owner = { uid: storeOwner(opts.uidMappings) ?? 0, gid: storeOwner(opts.gidMappings) ?? 0 };
+    let existingParent = dirname(this.storePath);
+    while (!existsSync(existingParent)) existingParent = dirname(existingParent);
+    requireRootOwnedChain(existingParent);
+    ensureDir(dirname(this.storePath), 0o755);
+    requireRootOwnedChain(dirname(this.storePath));
+
+    const recordedNow = (): string | undefined => {
+      const d = readNoFollow(join(this.storePath, DRIVER_FILE));
+      if (d !== undefined) return d.trim();
+      // Stores made before the driver was recorded are overlay stores.
+      return readNoFollow(join(this.storePath, NAMESPACE_FILE)) !== undefined ? 'overlay' : undefined;
+    };
     const mismatch = (r: string): FailedPrecondition =>
-      new FailedPrecondition('ERR_TRELLIS_STORE_DRIVER', `store ${this.storePath} was initialised for the ${r} driver, not ${driver}`);
+      new FailedPrecondition('ERR_TRELLIS_STORE_DRIVER', `store ${this.storePath} was initialised for the ${r === 'btrfs' ? 'btrfs' : 'overlay'} driver, not ${driver}`);
+    let recorded = recordedNow();
     if (recorded !== undefined && recorded !== driver) throw mismatch(recorded);
     if (driver === 'btrfs') {
       await btrfs.prepareBtrfsStore(this.storePath, opts.storeSizeBytes ?? 0, opts.backingFile ?? `${this.storePath}.backing-store`, log);
-      recorded = await readRecorded();
+      recorded = recordedNow();
       if (recorded !== undefined && recorded !== driver) throw mismatch(recorded);
     }
-    const wanted = { uidMappings: opts.uidMappings, gidMappings: opts.gidMappings };
-    // Parents the owner must traverse are 0755; the store itself is made 0700 below.
-    ensureDir(dirname(this.storePath), 0o755);
-    ensureDir(join(this.storePath, 'meta'));
-    const nsPath = join(this.storePath, NAMESPACE_FILE);
-    let existing: string | undefined;
+    // The store dir: a real directory (never a link), handed to its owner through a descriptor.
     try {
-      existing = await readFile(nsPath, 'utf8');
+      mkdirSync(this.storePath, { mode: 0o700 });
     } catch (err) {
-      if (errno(err) !== 'ENOENT') throw err;
+      if (errno(err) !== 'EEXIST') throw err;
     }
-    if (existing === undefined) {
-      await writeFile(nsPath, JSON.stringify(namespaceFileFor(wanted)), { mode: 0o644 });
-    } else {
-      let have: StoreMappings;
-      try {
-        have = parseNamespaceFile(existing);
-      } catch (err) {
-        throw new FailedPrecondition('ERR_TRELLIS_STORE_NAMESPACE', `invalid namespace file ${nsPath}: ${errorMessage(err)}`);
+    const fd = openSync(this.storePath, fsc.O_RDONLY | fsc.O_DIRECTORY | fsc.O_NOFOLLOW);
+    try {
+      fchownSync(fd, owner.uid, owner.gid);
+      fchmodSync(fd, 0o700);
+    } finally {
+      closeSync(fd);
+    }
+
+    const wanted = { uidMappings: opts.uidMappings, gidMappings: opts.gidMappings };
+    const nsPath = join(this.storePath, NAMESPACE_FILE);
+    const inside = (): void => {
+      for (const d of STORE_DIRS) {
+        const p = join(this.storePath, d);
+        try {
+          mkdirSync(p, { mode: 0o755 });
+        } catch (err) {
+          if (errno(err) !== 'EEXIST') throw err;
+        }
+        const dfd = openSync(p, fsc.O_RDONLY | fsc.O_DIRECTORY | fsc.O_NOFOLLOW);
+        try {
+          fchmodSync(dfd, 0o755);
+        } finally {
+          closeSync(dfd);
+        }
       }
-      const which = mappingsMismatch(have, wanted);
-      if (which !== undefined) {
-        throw new FailedPrecondition(
-          'ERR_TRELLIS_STORE_NAMESPACE',
-          `provided ${which} mappings do not match those already configured in the store`,
-        );
+      const existing = readNoFollow(nsPath);
+      if (existing === undefined) {
+        writeFileSync(nsPath, JSON.stringify(namespaceFileFor(wanted)), { mode: 0o644, flag: 'wx' });
+      } else {
+        let have: StoreMappings;
+        try {
+          have = parseNamespaceFile(existing);
+        } catch {
+          throw new FailedPrecondition('ERR_TRELLIS_STORE_NAMESPACE', `invalid namespace file ${nsPath}`);
+        }
+        const which = mappingsMismatch(have, wanted);
+        if (which !== undefined) {
+          throw new FailedPrecondition('ERR_TRELLIS_STORE_NAMESPACE', `provided ${which} mappings do not match those already configured in the store`);
+        }
       }
-    }
-    if (!(await this.exists(driverPath))) await writeFile(driverPath, `${driver}\n`, { mode: 0o644 });
-    const uid = storeOwner(opts.uidMappings) ?? -1;
-    const gid = storeOwner(opts.gidMappings) ?? -1;
-    await chown(this.storePath, uid, gid);
-    await chmod(this.storePath, 0o700);
-    for (const d of STORE_DIRS) {
-      const p = join(this.storePath, d);
-      ensureDir(p);
-      await chown(p, uid, gid);
-      await chmod(p, 0o755);
-    }
-    await chown(nsPath, uid, gid);
-    await chown(driverPath, uid, gid);
+      if (readNoFollow(join(this.storePath, DRIVER_FILE)) === undefined) {
+        writeFileSync(join(this.storePath, DRIVER_FILE), `${driver}\n`, { mode: 0o644, flag: 'wx' });
+      }
+    };
+    if (owner.uid === 0) inside();
+    else asUser(owner, inside);
     if (opts.storeSizeBytes && driver === 'overlay') log.info({ storeSizeBytes: opts.storeSizeBytes }, 'init-store.size-only-reported');
     log.info('init-store.finished');
   }
@@ -293,7 +374,9 @@ export class ImageStore {
       const chains = this.chainsOf(source);
       // Claim the layers before making them, so a concurrent clean leaves them alone.
       await withLock(this.locksDir, GLOBAL_LOCK, async () => {
-        await writeFile(dependencyFile(this.storePath, opts.id), JSON.stringify(chains), { mode: 0o644 });
+        const dep = dependencyFile(this.storePath, opts.id);
+        await writeFile(`${dep}.tmp`, JSON.stringify(chains), { mode: 0o644 });
+        await rename(`${dep}.tmp`, dep);
       });
       claimed = true;
       if (source.kind === 'layers') await this.ensureVolumes(source.image, chains, driver, log);
@@ -353,6 +436,8 @@ export class ImageStore {
       password: opts.password,
       platform: this.platform,
       log,
+      tmpDir: join(this.storePath, 'tmp'),
+      contentCache: this.contentCache,
     });
     return { kind: 'layers', image };
   }
@@ -409,7 +494,7 @@ export class ImageStore {
       for (const w of work) {
         if (driver === 'btrfs') {
           if (w.i === 0) await btrfs.createSubvolume(w.incomplete);
-          else await btrfs.snapshot(this.volumePath(chains[w.i - 1] as string), w.incomplete);
+          else await btrfs.snapshot(this.volumePath(chains[w.i - 1] as string), w.incomplete, maps);
         } else {
           await mkdirMode(w.incomplete, 0o755);
         }
@@ -514,7 +599,7 @@ export class ImageStore {
     }
     const rootfs = join(imageDir, 'rootfs');
     try {
-      await btrfs.snapshot(this.volumePath(chains[chains.length - 1] as string), rootfs);
+      await btrfs.snapshot(this.volumePath(chains[chains.length - 1] as string), rootfs, await this.mappings());
     } catch (err) {
       await rm(imageDir, { recursive: true, force: true }).catch(() => undefined);
       throw err;
@@ -551,6 +636,7 @@ export class ImageStore {
   }
 
   async delete(idOrPath: string): Promise<'deleted' | 'not-found'> {
+    await this.ensureInitialised();
     const id = this.idFrom(idOrPath);
     const log = this.log.child({ session: 'delete', id });
     try {
@@ -669,25 +755,40 @@ export class ImageStore {
       10_000,
     );
     await this.removeAbandoned(driver, log);
-    for (const v of marked) {
-      await this.removeVolumePath(this.volumePath(`gc.${v}`), driver, log);
+    // gc.* left by an earlier clean that failed half-way go too; a failure is logged and the rest carries on.
+    const stale = (await readdir(this.volumesDir).catch(() => [] as string[])).filter((n) => n.startsWith('gc.')).map((n) => n.slice(3));
+    let failures = 0;
+    for (const v of new Set([...marked, ...stale])) {
+      try {
+        await this.removeVolumePath(this.volumePath(`gc.${v}`), driver, log);
+      } catch (err) {
+        failures++;
+        log.error({ volume: v, error: errorMessage(err) }, 'clean.remove-failed');
+        continue;
+      }
       await rm(join(this.storePath, 'meta', `volume-${v}`), { force: true });
       const idFile = join(this.storePath, 'l', v);
       const short = await readFile(idFile, 'utf8').then((t) => t.trim(), () => undefined);
       if (short !== undefined && /^[A-Za-z0-9]+$/.test(short)) await rm(join(this.storePath, 'l', short), { force: true });
       await rm(idFile, { force: true });
     }
+    if (failures > 0) throw new TrellisError('ERR_TRELLIS_CLEAN', `clean removed ${marked.length + stale.length - failures} volumes; ${failures} could not be removed (see the log)`);
     log.info({ removed: marked }, 'clean.finished');
     return 'clean completed';
   }
 
-  /** Half-made volumes and downloads left by a create that was killed (an hour is far longer than any unpack). */
+  /**
+   * Half-made volumes left by a create that was killed: only those whose layer lock
+   * nobody holds (a create at work keeps its lock fresh). Downloads in tmp go after a day.
+   */
   private async removeAbandoned(driver: DriverName, log: Logger): Promise<void> {
-    const cutoff = Date.now() - ABANDONED_MS;
     for (const n of await readdir(this.volumesDir).catch(() => [] as string[])) {
-      const m = new RegExp(`${INCOMPLETE}(\\d+)-`).exec(n);
-      if (m && Number(m[1]) < cutoff) await this.removeVolumePath(this.volumePath(n), driver, log).catch(() => undefined);
+      const i = n.indexOf(INCOMPLETE);
+      if (i <= 0) continue;
+      const chain = n.slice(0, i);
+      await withLock(this.locksDir, chain, () => this.removeVolumePath(this.volumePath(n), driver, log), 0).catch(() => undefined);
     }
+    const cutoff = Date.now() - 24 * 60 * 60_000;
     const tmp = join(this.storePath, 'tmp');
     for (const n of await readdir(tmp).catch(() => [] as string[])) {
       const st = await lstat(join(tmp, n)).catch(() => undefined);
@@ -750,6 +851,13 @@ export class ImageStore {
 
   private async ensureInitialised(): Promise<void> {
     if (this.initialised) return;
+    if (process.getuid?.() === 0) {
+      const owner = (await stat(this.storePath).catch(() => undefined))?.uid;
+      if (owner !== undefined && owner !== 0) {
+        // Root writing into a store its owner controls could be led anywhere, and would write ids unmapped.
+        throw new FailedPrecondition('ERR_TRELLIS_STORE_OWNER', `store ${this.storePath} belongs to uid ${owner}: run grootfs as that user, not as root`);
+      }
+    }
     const wanted = [...STORE_DIRS, NAMESPACE_FILE].map((d) => join(this.storePath, d));
     const ok = await Promise.all(wanted.map((p) => stat(p).then(() => true, () => false)));
     if (!ok.every(Boolean)) {

@@ -8,8 +8,9 @@ import { unpackLayer, type UnpackJob, type UnpackResult } from './unpack.js';
 
 async function main(): Promise<void> {
   const jobs = JSON.parse(process.argv[2] ?? '[]') as UnpackJob[];
-  const results: UnpackResult[] = [];
-  for (const job of jobs) results.push(await unpackLayer(job));
+  // overlay layers are separate directories: unpack them side by side (zlib runs on
+  // libuv's threads); btrfs layers build on each other and come one at a time anyway.
+  const results: UnpackResult[] = await Promise.all(jobs.map((job) => unpackLayer(job)));
   process.stdout.write(`${JSON.stringify(results)}\n`);
 }
 

@@ -7,6 +7,7 @@ import { spawnSync } from 'node:child_process';
 import { createHash, type Hash } from 'node:crypto';
 import {
   closeSync,
+  fstatSync,
   constants as fsc,
   createReadStream,
   linkSync,
@@ -85,15 +86,9 @@ class Hasher extends Transform {
   }
 }
 
-function compression(blob: string): 'gzip' | 'none' {
-  const fd = openSync(blob, 'r');
+function compression(fd: number): 'gzip' | 'none' {
   const head = Buffer.alloc(4);
-  let n: number;
-  try {
-    n = readSync(fd, head, 0, 4, 0);
-  } finally {
-    closeSync(fd);
-  }
+  const n = readSync(fd, head, 0, 4, 0);
   if (n >= 2 && head[0] === 0x1f && head[1] === 0x8b) return 'gzip';
   if (n === 4 && head.readUInt32LE(0) === 0xfd2fb528) throw new InvalidArgument('zstd-compressed layers are not supported');
   return 'none';
@@ -134,6 +129,8 @@ export class LayerWriter {
   private readonly written = new Set<string>();
   private readonly opaque: string[] = [];
   readonly skipped: string[] = [];
+  /** How many entries were skipped in all (`skipped` keeps the first 100). */
+  skippedCount = 0;
   bytesWritten = 0;
 
   constructor(
@@ -150,6 +147,24 @@ export class LayerWriter {
 
   private gid(id: number): number {
     return this.ids ? this.ids.gid(id) : id;
+  }
+
+  private template?: string;
+
+  private skip(what: string): void {
+    this.skippedCount++;
+    if (this.skipped.length < 100) this.skipped.push(what);
+  }
+
+  /** A 0:0 character device at the layer root, made once per layer, removed by finish(). */
+  private whiteoutTemplate(): string {
+    if (this.template) return this.template;
+    const path = joinUnder(this.root, [`.trellis-whiteout-${process.pid}-${Date.now()}`]);
+    const r = spawnSync('mknod', ['-m', '0', path, 'c', '0', '0'], { encoding: 'utf8', stdio: ['ignore', 'ignore', 'pipe'] });
+    if (r.error || r.status !== 0) throw new Error(`mknod ${path}: ${r.error?.message ?? (r.stderr ?? '').trim()}`);
+    lchownSync(path, this.uid(0), this.gid(0));
+    this.template = path;
+    return path;
   }
 
   /** Resolves the parent of an entry, creating missing directories; returns [parent comps, last name]. */
@@ -192,7 +207,9 @@ export class LayerWriter {
     }
     if (keepDir && st.isDirectory()) return;
     rmSync(p, { recursive: true, force: true });
-    this.cache.invalidate(rel);
+    // Only a directory or a symlink can have been a step of a cached resolution (every
+    // step exists once place() has run). Replacing one is rare: forget everything.
+    if (st.isDirectory() || st.isSymbolicLink()) this.cache.clear();
   }
 
   async entry(header: Header, body: AsyncIterable<Buffer>): Promise<void> {
@@ -216,10 +233,9 @@ export class LayerWriter {
       const hiddenRel = [...parent, hidden].join('/');
       this.clear(hiddenRel, false);
       if (this.mode === 'overlay') {
-        const wrel = [...parent, hidden];
-        const wpath = joinUnder(this.root, wrel);
-        this.deferred.push({ file: 'mknod', args: ['-m', '0', wpath, 'c', '0', '0'], rel: wrel });
-        this.deferred.push({ file: 'chown', args: ['-h', `${this.uid(0)}:${this.gid(0)}`, wpath], rel: wrel });
+        // overlay reads any 0:0 character device as a whiteout; links of one device cost no process each.
+        linkSync(this.whiteoutTemplate(), joinUnder(this.root, [...parent, hidden]));
+        this.written.add(hiddenRel);
       }
       return drain(body);
     }
@@ -228,7 +244,7 @@ export class LayerWriter {
     const uid = this.uid(rawUid);
     const gid = this.gid(rawGid);
     const mode = (header.mode ?? 0o644) & 0o7777;
-    const xattrs = paxXattrs(header, this.skipped);
+    const xattrs = paxXattrs(header, (what) => this.skip(what));
 
     switch (header.type) {
       case 'directory': {
@@ -299,11 +315,11 @@ export class LayerWriter {
       case 'character-device':
       case 'block-device':
         // grootfs skips device nodes: a user namespace cannot make them, and /dev comes from the runtime.
-        this.skipped.push(name);
+        this.skip(name);
         return drain(body);
       default:
         // pax headers are consumed by tar-stream; anything else (sparse, GNU dumpdir, …) is skipped.
-        this.skipped.push(`${name} (${header.type ?? 'unknown'})`);
+        this.skip(`${name} (${header.type ?? 'unknown'})`);
         return drain(body);
     }
   }
@@ -333,6 +349,36 @@ export class LayerWriter {
     return true;
   }
 
+  /** Every path this layer wrote, and every directory on the way to one. */
+  private writtenPrefixes(): Set<string> {
+    const out = new Set<string>();
+    for (const w of this.written) {
+      const parts = w.split('/');
+      for (let i = 1; i <= parts.length; i++) out.add(parts.slice(0, i).join('/'));
+    }
+    return out;
+  }
+
+  private pruneOpaque(rel: string, keep: Set<string>): void {
+    const dir = rel === '' ? this.root : joinUnder(this.root, rel.split('/'));
+    let names: string[] = [];
+    try {
+      names = readdirSync(dir);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT' && (err as NodeJS.ErrnoException).code !== 'ENOTDIR') throw err;
+    }
+    for (const n of names) {
+      const childRel = rel === '' ? n : `${rel}/${n}`;
+      const child = joinUnder(this.root, childRel.split('/'));
+      if (!keep.has(childRel)) {
+        rmSync(child, { recursive: true, force: true });
+        continue;
+      }
+      const st = lstatSync(child, { throwIfNoEntry: false });
+      if (st?.isDirectory()) this.pruneOpaque(childRel, keep);
+    }
+  }
+
   /** Opaque dirs, deferred commands, then directory attributes deepest first. */
   finish(): void {
     for (const rel of this.opaque) {
@@ -343,17 +389,8 @@ export class LayerWriter {
         this.deferred.push({ file: 'setfattr', args: ['-h', '-n', 'user.overlay.opaque', '-v', 'y', dir], rel: relc });
         continue;
       }
-      // btrfs: what the layers below put here goes; what this layer wrote stays.
-      let names: string[] = [];
-      try {
-        names = readdirSync(dir);
-      } catch (err) {
-        if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
-      }
-      for (const n of names) {
-        const childRel = rel === '' ? n : `${rel}/${n}`;
-        if (!this.written.has(childRel)) rmSync(joinUnder(this.root, childRel.split('/')), { recursive: true, force: true });
-      }
+      // btrfs: whatever the layers below put anywhere under here goes; what this layer wrote stays.
+      this.pruneOpaque(rel, this.writtenPrefixes());
     }
     for (const d of this.deferred) {
       if (!this.plainParents(d.rel)) continue;
@@ -361,6 +398,7 @@ export class LayerWriter {
       if (r.error) throw new Error(`${d.file}: ${r.error.message}`);
       if (r.status !== 0) throw new Error(`${d.file} ${d.args.join(' ')}: ${(r.stderr ?? '').trim() || `exit status ${r.status}`}`);
     }
+    if (this.template) rmSync(this.template, { force: true });
     for (const d of this.dirs.reverse()) {
       if (!this.plainParents([...d.rel, '.'])) continue;
       lchownSync(d.path, d.uid, d.gid);
@@ -389,7 +427,7 @@ function ownerAndTime(header: Header): { uid: number; gid: number; mtime: Date }
  * value (a file capability, say) cannot be recovered: it is reported as skipped
  * rather than written wrong.
  */
-function paxXattrs(header: Header, skipped: string[]): [string, Buffer][] {
+function paxXattrs(header: Header, skipped: (what: string) => void): [string, Buffer][] {
   const pax = header.pax as Pax;
   if (!pax) return [];
   const out: [string, Buffer][] = [];
@@ -397,7 +435,7 @@ function paxXattrs(header: Header, skipped: string[]): [string, Buffer][] {
     if (!k.startsWith('SCHILY.xattr.')) continue;
     const name = k.slice('SCHILY.xattr.'.length);
     if (v.includes('\uFFFD')) {
-      skipped.push(`${header.name} (xattr ${name}: binary value)`);
+      skipped(`${header.name} (xattr ${name}: binary value)`);
       continue;
     }
     out.push([name, Buffer.from(v, 'utf8')]);
@@ -411,23 +449,106 @@ async function drain(body: AsyncIterable<Buffer>): Promise<void> {
   }
 }
 
-export async function unpackLayer(job: UnpackJob, ids?: IdTranslation): Promise<UnpackResult> {
-  let target = job.target;
-  if (job.baseDirectory) {
-    const comps = entryComponents(job.baseDirectory);
-    mkdirSync(joinUnder(target, comps), { recursive: true, mode: 0o755 });
-    target = joinUnder(target, comps);
+/**
+ * Passes a tar stream through up to its end-of-archive marker (two zero blocks),
+ * as Go's archive/tar reads it: entries hidden after the marker are never
+ * extracted (the digests upstream still cover every byte). One zero block followed
+ * by anything but another is a malformed archive.
+ */
+export class TarEnd extends Transform {
+  private pending: Buffer = Buffer.alloc(0);
+  /** Bytes of entry data (padded to 512) still to pass before the next header. */
+  private data = 0;
+  private zeroBlocks = 0;
+  private ended = false;
+
+  override _transform(chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback): void {
+    if (this.ended) return cb();
+    this.pending = this.pending.length === 0 ? chunk : Buffer.concat([this.pending, chunk]);
+    const out: Buffer[] = [];
+    try {
+      while (!this.ended) {
+        if (this.data > 0) {
+          const n = Math.min(this.data, this.pending.length);
+          if (n === 0) break;
+          out.push(this.pending.subarray(0, n));
+          this.pending = this.pending.subarray(n);
+          this.data -= n;
+          continue;
+        }
+        if (this.pending.length < 512) break;
+        const block = this.pending.subarray(0, 512);
+        this.pending = this.pending.subarray(512);
+        if (block.every((b) => b === 0)) {
+          out.push(block);
+          if (++this.zeroBlocks === 2) this.ended = true;
+          continue;
+        }
+        if (this.zeroBlocks > 0) throw new InvalidArgument('invalid layer: a tar header follows a single zero block');
+        out.push(block);
+        const size = tarSize(block);
+        this.data = Math.ceil(size / 512) * 512;
+      }
+    } catch (err) {
+      return cb(err as Error);
+    }
+    cb(null, out.length === 0 ? undefined : Buffer.concat(out));
   }
-  const writer = new LayerWriter(target, job.mode, ids);
+}
+
+/** The size field of a tar header: octal, or GNU base-256 for large values. */
+function tarSize(block: Buffer): number {
+  const field = block.subarray(124, 136);
+  if ((field[0] as number) & 0x80) {
+    let n = 0;
+    for (let i = 1; i < 12; i++) n = n * 256 + (field[i] as number);
+    if (!Number.isSafeInteger(n)) throw new InvalidArgument('invalid layer: a tar entry is too large');
+    return n;
+  }
+  const text = field.toString('latin1').replace(/[\0 ]+$/g, '').trim();
+  if (text === '') return 0;
+  if (!/^[0-7]+$/.test(text)) throw new InvalidArgument('invalid layer: a tar header has a malformed size');
+  return parseInt(text, 8);
+}
+
+/**
+ * The image's base-directory annotation names where the layer goes; it is
+ * resolved like an entry (a btrfs snapshot below may hold symlinks on the way).
+ */
+function layerRoot(target: string, baseDirectory: string | undefined): string {
+  if (!baseDirectory) return target;
+  const resolved = resolveDir(target, entryComponents(baseDirectory), fsProbe, baseDirectory);
+  for (let i = 1; i <= resolved.length; i++) {
+    try {
+      mkdirSync(joinUnder(target, resolved.slice(0, i)), { mode: 0o755 });
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+    }
+  }
+  return joinUnder(target, resolved);
+}
+
+export async function unpackLayer(job: UnpackJob, ids?: IdTranslation): Promise<UnpackResult> {
+  // A layer blob is a regular file: a FIFO or a link to a device would block or never end.
+  const fd = openSync(job.blob, fsc.O_RDONLY | fsc.O_NOFOLLOW | fsc.O_NONBLOCK);
+  let kind: 'gzip' | 'none';
+  try {
+    if (!fstatSync(fd).isFile()) throw new InvalidArgument(`layer blob ${job.blob} is not a regular file`);
+    kind = compression(fd);
+  } catch (err) {
+    closeSync(fd);
+    throw err;
+  }
+  const writer = new LayerWriter(layerRoot(job.target, job.baseDirectory), job.mode, ids);
   const compressed = new Hasher();
   const plain = new Hasher();
   const ex = tarExtract();
-  const source = createReadStream(job.blob, { highWaterMark: 1 << 20 });
+  const source = createReadStream('', { fd, highWaterMark: 1 << 20 });
   const sink = ex as unknown as NodeJS.WritableStream;
   const piped =
-    compression(job.blob) === 'gzip'
-      ? pipeline(source, compressed, createGunzip(), plain, sink)
-      : pipeline(source, compressed, plain, sink);
+    kind === 'gzip'
+      ? pipeline(source, compressed, createGunzip({ chunkSize: 256 * 1024 }), plain, new TarEnd(), sink)
+      : pipeline(source, compressed, plain, new TarEnd(), sink);
   const consume = (async () => {
     for await (const entry of ex) {
       await writer.entry(entry.header, entry as unknown as AsyncIterable<Buffer>);
@@ -435,7 +556,6 @@ export async function unpackLayer(job: UnpackJob, ids?: IdTranslation): Promise<
   })();
   // If the writer fails, stop reading; if reading fails, the iterator throws too.
   await Promise.all([piped, consume.catch((err: unknown) => { source.destroy(err as Error); throw err; })]);
-  // tar readers stop at the end-of-archive blocks; what follows still counts for the digests.
   const digest = `sha256:${compressed.hash.digest('hex')}`;
   const diffID = `sha256:${plain.hash.digest('hex')}`;
   if (job.digest !== undefined && job.digest !== digest) {

@@ -78,7 +78,8 @@ export async function runSetup(opts: SetupOptions, print: (line: string) => void
     [paths.runtimeDir, 'user', 0o700, owner],
     [paths.depot, 'user', 0o700, owner],
     [stateParent, 'root', 0o755, ROOT],
-    [paths.stateDir, 'root', 0o700, owner],
+    // Root's: root prepares the store and the default rootfs inside it, so the user must not be able to swap them for links.
+    [paths.stateDir, 'root', 0o755, ROOT],
   ];
   for (const [path, kind, mode, o] of dirs) {
     const outcome = kind === 'root' ? ensureRootDir(path, o, mode) : ensureUserDir(path, o, mode);

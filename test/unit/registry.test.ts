@@ -264,6 +264,9 @@ describe('registry errors and redaction', () => {
     expect(redactUrl('docker://alice:pa/ss@r.io/x')).to.equal('docker://r.io/x');
     expect(redactUrl(`docker://alice:p@ss@r.io/app@${DIGEST}`)).to.equal(`docker://r.io/app@${DIGEST}`);
     expect(redactUrl(`docker://busybox@${DIGEST}`)).to.equal(`docker://busybox@${DIGEST}`);
+    // review: credentials before a bare host (no path) were kept
+    expect(redactUrl('docker://user:s3cret@registry.example.com')).to.equal('docker://registry.example.com');
+    expect(redactUrl('docker://user:s3cret@localhost:5000')).to.equal('docker://localhost:5000');
   });
 
   it('never lets a password in the URL reach the error (property)', () => {
