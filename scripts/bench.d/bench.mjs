@@ -17,12 +17,15 @@ const REPO = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
 const TARGET_CRD = 1.5;
 const TARGET_RUN = 1.5;
 
-const USAGE = `usage: scripts/bench [user] [-n N] [--warmup W] [--containers K] [--runc-only] [--gdn-flag=F]...
+const USAGE = `usage: scripts/bench [user] [-n N] [--warmup W] [--containers K] [--cache-n N] [--unpack-n N] [--no-images] [--runc-only] [--gdn-flag=F]...
   user            only as root: re-run as that user (runuser, XDG_RUNTIME_DIR=/run/user/<uid>)
   -n N            measured iterations per case (default 30; the issue asks for >= 20)
   --warmup W      unmeasured iterations per case first (default 3)
   --containers K  idle containers for the memory numbers (default 10)
-  --runc-only     measure bare runc only (no gdn server)
+  --cache-n N     creates of each image for create-from-cached-registry-image vs directory image (default 20)
+  --unpack-n N    cold unpacks of a ~100 MiB 5-layer image on each side, Trellis vs podman import (default 5)
+  --no-images     skip both image measurements (they need docker-registry, skopeo and podman)
+  --runc-only     measure bare runc only (no gdn server, no image measurements)
   --gdn-flag=F    extra argument for 'gdn server' (repeatable; use the = form for flags)`;
 
 let opt;
@@ -32,6 +35,9 @@ try {
     n: { type: 'string', short: 'n', default: '30' },
     warmup: { type: 'string', default: '3' },
     containers: { type: 'string', default: '10' },
+    'cache-n': { type: 'string', default: '20' },
+    'unpack-n': { type: 'string', default: '5' },
+    'no-images': { type: 'boolean', default: false },
     'runc-only': { type: 'boolean', default: false },
     'gdn-flag': { type: 'string', multiple: true, default: [] },
     help: { type: 'boolean', short: 'h', default: false },
@@ -48,7 +54,10 @@ if (opt.help) {
 const N = Number(opt.n);
 const WARMUP = Number(opt.warmup);
 const K = Number(opt.containers);
-if (![N, WARMUP, K].every((x) => Number.isInteger(x) && x >= 0) || N < 1) {
+const CACHE_N = Number(opt['cache-n']);
+const UNPACK_N = Number(opt['unpack-n']);
+const IMAGES = !opt['no-images'] && !opt['runc-only'];
+if (![N, WARMUP, K, CACHE_N, UNPACK_N].every((x) => Number.isInteger(x) && x >= 0) || N < 1 || (IMAGES && (CACHE_N < 1 || UNPACK_N < 1))) {
   console.error(USAGE);
   process.exit(2);
 }
@@ -263,6 +272,7 @@ async function runcExec() {
 
 let GardenClient;
 let server; // { child, pid, log, socket }
+let images; // scripts/bench.d/images.mjs's ImageBench, unless --no-images
 let client;
 const trellisHandles = new Set();
 let handleSeq = 0;
@@ -318,13 +328,13 @@ function tail(path, lines = 20) {
   }
 }
 
-async function startServer() {
+async function startServer(extraFlags = []) {
   ({ GardenClient } = await import(join(REPO, 'dist/src/client/client.js')));
   const gdn = join(REPO, 'dist/cmd/gdn.js');
   if (!existsSync(gdn)) throw new Error(`${gdn} missing: run 'npm run build'`);
   const socket = join(TMP, 'gdn.sock');
   const log = join(TMP, 'gdn.log');
-  const args = [gdn, 'server', '--bind-socket', socket, '--depot', join(TMP, 'depot'), '--log-level', 'error', ...opt['gdn-flag']];
+  const args = [gdn, 'server', '--bind-socket', socket, '--depot', join(TMP, 'depot'), '--log-level', 'error', ...extraFlags, ...opt['gdn-flag']];
   const fd = openSync(log, 'a');
   const child = spawn(process.execPath, args, { env: ENV, stdio: ['ignore', fd, fd] });
   closeSync(fd);
@@ -418,6 +428,7 @@ async function cleanup() {
   if (cleaning) return cleaning;
   cleaning = (async () => {
     const problems = [];
+    if (images) problems.push(...(await images.cleanup()));
     if (client) {
       for (const h of [...trellisHandles]) {
         try {
@@ -481,7 +492,9 @@ function cgroupBases() {
 }
 
 for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP']) {
-  process.once(sig, () => {
+  // `on`, not `once`: execa (loaded by the image part) re-raises a signal nobody else still listens for.
+  process.on(sig, () => {
+    if (cleaning) return;
     console.error(`\nscripts/bench: ${sig}, cleaning up`);
     void cleanup().finally(() => process.exit(130));
   });
@@ -499,8 +512,12 @@ async function main() {
 
   let serverCmd;
   let serverIdleFresh;
+  if (IMAGES) {
+    const { ImageBench } = await import('./images.mjs');
+    images = new ImageBench({ repo: REPO, tmp: TMP, env: ENV, tag: TAG, subuid: SUBUID, subgid: SUBGID });
+  }
   if (!opt['runc-only']) {
-    serverCmd = await startServer();
+    serverCmd = await startServer(images ? await images.startRegistry() : []);
     serverIdleFresh = status(server.pid);
   }
 
@@ -555,6 +572,13 @@ async function main() {
   const bareProcs = processesOf(bare);
   for (const id of bare) await runc('delete', '--force', id);
 
+  // Images: create from a cached registry image, then the cold unpacks (the bulky part) last.
+  if (images) {
+    await images.measureCachedCreate(client, CACHE_N);
+    await images.prepareUnpack(UNPACK_N);
+    await images.measureUnpack(UNPACK_N);
+  }
+
   // ---- report
   const W = 66;
   console.log(`Trellis bench: uid ${uid} (${USER}), ${runcVersion}, N=${N} per case after ${WARMUP} warm-up, interleaved (${timedSecs.toFixed(0)} s)`);
@@ -563,6 +587,7 @@ async function main() {
   console.log("  baseline = the issue's: runc create + runc start + wait for `true` to exit + runc delete; [ref] rows are context only");
   console.log('  (runc 1.1 delete --force of a running container polls in 100 ms steps, hence the delete -f row)');
   if (serverCmd) console.log(`  server: ${serverCmd}`);
+  if (images) for (const line of images.header()) console.log(line);
   console.log('');
   console.log(`${pad('', W)}${lpad('median', 10)}${lpad('p90', 10)}${lpad('ratio', 8)}  target`);
   const verdicts = [];
@@ -591,6 +616,7 @@ async function main() {
     }
   }
   if (!client) console.log('  (Trellis not measured: --runc-only)');
+  if (images) verdicts.push(...images.report(W));
 
   console.log('');
   console.log('memory (VmRSS from /proc/<pid>/status; Pss from smaps_rollup shares libraries fairly)');
