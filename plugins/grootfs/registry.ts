@@ -405,6 +405,24 @@ function proxyConfigured(env: NodeJS.ProcessEnv): boolean {
   return ['http_proxy', 'HTTP_PROXY', 'https_proxy', 'HTTPS_PROXY'].some((k) => (env[k] ?? '') !== '');
 }
 
+/**
+ * One connection pool per trust setting for the life of the process (gdn calls the
+ * store in-process), so a create from a cached image costs one round trip on a
+ * warm connection, not a TCP (and TLS) handshake.
+ */
+const dispatchers = new Map<boolean, Dispatcher>();
+function sharedDispatcher(insecure: boolean): Dispatcher {
+  let d = dispatchers.get(insecure);
+  if (d === undefined) {
+    d = makeDispatcher(insecure);
+    dispatchers.set(insecure, d);
+  }
+  return d;
+}
+
+/** For insecure registries: which scheme answered last time, so plain HTTP is not rediscovered on every create. */
+const answeredOver = new Map<string, 'https:' | 'http:'>();
+
 function makeDispatcher(insecure: boolean): Dispatcher {
   const tls = { rejectUnauthorized: !insecure };
   const options = { connect: { timeout: CONNECT_TIMEOUT_MS, ...tls }, headersTimeout: HEADERS_TIMEOUT_MS, bodyTimeout: BODY_TIMEOUT_MS };
@@ -482,7 +500,7 @@ class RegistryClient {
   private readonly host: string;
 
   constructor(private readonly o: ClientOptions) {
-    this.dispatcher = makeDispatcher(o.insecure);
+    this.dispatcher = sharedDispatcher(o.insecure);
     this.scope = `repository:${o.ref.repository}:pull`;
     this.host = o.ref.apiHost;
   }
@@ -650,10 +668,22 @@ class RegistryClient {
     if (init.accept !== undefined) headers.accept = init.accept;
     const authorization = this.authorization();
     if (authorization !== undefined) headers.authorization = authorization;
+    const hint = this.scheme === undefined && this.o.insecure ? answeredOver.get(this.host) : undefined;
+    if (hint !== undefined) {
+      try {
+        const res = await this.follow(new URL(`${hint}//${this.host}${path}`), headers, init.signal);
+        this.scheme = hint;
+        return res;
+      } catch (err) {
+        if (err instanceof TrellisError || isAbort(err)) throw err;
+        answeredOver.delete(this.host); // the registry changed: find out again below
+      }
+    }
     const scheme = this.scheme;
     try {
       const res = await this.follow(new URL(`${scheme ?? 'https:'}//${this.host}${path}`), headers, init.signal);
       this.scheme = scheme ?? 'https:';
+      if (this.o.insecure) answeredOver.set(this.host, this.scheme);
       return res;
     } catch (err) {
       if (scheme !== undefined || !this.o.insecure || err instanceof TrellisError || isAbort(err)) throw this.unreachable(err);
@@ -661,6 +691,7 @@ class RegistryClient {
       try {
         const res = await this.follow(new URL(`http://${this.host}${path}`), headers, init.signal);
         this.scheme = 'http:';
+        answeredOver.set(this.host, 'http:');
         return res;
       } catch (err2) {
         throw this.unreachable(err2, err);
