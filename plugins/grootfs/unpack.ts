@@ -529,8 +529,9 @@ function layerRoot(target: string, baseDirectory: string | undefined): string {
 }
 
 export async function unpackLayer(job: UnpackJob, ids?: IdTranslation): Promise<UnpackResult> {
-  // A layer blob is a regular file: a FIFO or a link to a device would block or never end.
-  const fd = openSync(job.blob, fsc.O_RDONLY | fsc.O_NOFOLLOW | fsc.O_NONBLOCK);
+  // A layer blob is a regular file (layouts may link to one): a FIFO or a device would
+  // block or never end. O_NONBLOCK keeps the open of a FIFO from waiting for a writer.
+  const fd = openSync(job.blob, fsc.O_RDONLY | fsc.O_NONBLOCK);
   let kind: 'gzip' | 'none';
   try {
     if (!fstatSync(fd).isFile()) throw new InvalidArgument(`layer blob ${job.blob} is not a regular file`);
