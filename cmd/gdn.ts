@@ -16,9 +16,11 @@ import { TrellisError, errorMessage } from '../src/errors.js';
 import { Gardener } from '../src/gardener/gardener.js';
 import { ExecImagePlugin, InProcessImagePlugin, type ImagePlugin } from '../src/image/plugin.js';
 import { buildMappings, primaryRange, readSubIdFile } from '../src/idmap/subid.js';
-import { ExecNetworkPlugin, LoopbackOnly, type NetworkPlugin } from '../src/network/plugin.js';
+import { ExecNetworkPlugin, InProcessNetwork, LoopbackOnly, type NetworkPlugin } from '../src/network/plugin.js';
+import { DEFAULT_GATE, NET_CONF_DIR } from '../plugins/networker/config.js';
+import { defaultDnsServers, networkerFor } from '../plugins/networker/wiring.js';
 import { userPaths } from '../src/paths.js';
-import { planCgroups, probeOverlayInUserns, requireBinary, requireSetuid, requireWritableDir } from '../src/probe.js';
+import { planCgroups, probeOverlayInUserns, requireBinary, requireSetuid, requireWritableDir, requireSetuidRoot } from '../src/probe.js';
 import { CgroupReader } from '../src/runtime/cgroupstats.js';
 import { UNPRIVILEGED_CAPS } from '../src/runtime/bundle.js';
 import { DEFAULT_PROFILE, loadProfile, type OciSeccomp } from '../src/runtime/seccomp.js';
@@ -44,6 +46,11 @@ interface ServerArgs {
   'insecure-docker-registry': string[];
   'network-plugin'?: string;
   'network-plugin-extra-arg': string[];
+  'network-gate': string;
+  'deny-network': string[];
+  'allow-network': string[];
+  'dns-server': string[];
+  'additional-dns-server': string[];
   'runtime-plugin': string;
   'runtime-plugin-extra-arg': string[];
   'default-rootfs'?: string;
@@ -76,7 +83,12 @@ function serverFlags(y: Argv) {
     .option('image-plugin-extra-arg', { type: 'string', array: true, default: [] as string[], describe: 'argument put before the plugin subcommand (repeatable)' })
     .option('docker-registry', { type: 'string', default: 'registry-1.docker.io', describe: 'registry for docker:///repo images (built-in store)' })
     .option('insecure-docker-registry', { type: 'string', array: true, default: [] as string[], describe: 'host[:port] reached without TLS verification or over plain HTTP (repeatable; built-in store)' })
-    .option('network-plugin', { type: 'string', describe: 'network plugin executable (default: loopback only)' })
+    .option('network-plugin', { type: 'string', describe: 'network plugin executable (default: the built-in networker when gdn setup gave you a network)' })
+    .option('network-gate', { type: 'string', default: DEFAULT_GATE, describe: 'the setuid CNI gate gdn setup installed (built-in networker)' })
+    .option('deny-network', { type: 'string', array: true, default: [] as string[], describe: 'CIDR no container may reach, whatever its rules (repeatable; built-in networker)' })
+    .option('allow-network', { type: 'string', array: true, default: [] as string[], describe: 'CIDR every container may reach without a rule (repeatable; built-in networker)' })
+    .option('dns-server', { type: 'string', array: true, default: [] as string[], describe: "resolver for containers, instead of the host's (repeatable)" })
+    .option('additional-dns-server', { type: 'string', array: true, default: [] as string[], describe: 'resolver added after the others (repeatable)' })
     .option('network-plugin-extra-arg', { type: 'string', array: true, default: [] as string[], describe: 'argument put before --action (repeatable)' })
     .option('runtime-plugin', { type: 'string', default: 'runc', describe: 'OCI runtime binary' })
     .option('runtime-plugin-extra-arg', { type: 'string', array: true, default: [] as string[], describe: 'extra global runtime flag (repeatable)' })
@@ -175,10 +187,20 @@ async function server(args: ServerArgs): Promise<void> {
       }),
     );
   }
-  const network: NetworkPlugin =
-    args['network-plugin'] !== undefined
-      ? new ExecNetworkPlugin(args['network-plugin'], args['network-plugin-extra-arg'], log.child({ component: 'network-plugin' }))
-      : new LoopbackOnly();
+  let network: NetworkPlugin;
+  if (args['network-plugin'] !== undefined) {
+    network = new ExecNetworkPlugin(args['network-plugin'], args['network-plugin-extra-arg'], log.child({ component: 'network-plugin' }));
+  } else if (existsSync(join(NET_CONF_DIR, `${uid}.conf`))) {
+    const gate = args['network-gate'];
+    requireSetuidRoot(gate);
+    const dns = [...(args['dns-server'].length > 0 ? args['dns-server'] : defaultDnsServers()), ...args['additional-dns-server']];
+    network = new InProcessNetwork(
+      networkerFor(uid, { gate, allowNetworks: args['allow-network'], denyNetworks: args['deny-network'], dnsServers: dns }, log.child({ component: 'networker' })),
+    );
+  } else {
+    log.warn({ config: join(NET_CONF_DIR, `${uid}.conf`), fix: `sudo gdn setup --rootless-uid ${uid} --rootless-gid ${gid}` }, 'probe.network: no network set up for this user; containers get loopback only');
+    network = new LoopbackOnly();
+  }
 
   const defaultRootfs = args['default-rootfs'] ?? (existsSync(paths.defaultRootfs) ? paths.defaultRootfs : '');
   const depot = new Depot(depotDir);
@@ -247,7 +269,10 @@ async function server(args: ServerArgs): Promise<void> {
   process.once('SIGINT', () => shutdown('SIGINT'));
 }
 
-const REPEATABLE = new Set(['image-plugin-extra-arg', 'network-plugin-extra-arg', 'runtime-plugin-extra-arg', 'insecure-docker-registry']);
+const REPEATABLE = new Set([
+  'image-plugin-extra-arg', 'network-plugin-extra-arg', 'runtime-plugin-extra-arg', 'insecure-docker-registry',
+  'deny-network', 'allow-network', 'dns-server', 'additional-dns-server',
+]);
 
 /** As go-flags: a single-value flag given twice takes its last value; only repeatable flags collect. */
 function lastValueWins(argv: Record<string, unknown>, repeatable: Set<string>): Record<string, unknown> {

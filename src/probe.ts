@@ -111,3 +111,16 @@ export function probeOverlayInUserns(scratch: string): void {
     );
   }
 }
+
+/** The CNI gate gdn setup installs: root's, setuid. Without it the built-in networker cannot work. */
+export function requireSetuidRoot(path: string): void {
+  let st;
+  try {
+    st = statSync(path);
+  } catch {
+    throw new FailedPrecondition('ERR_TRELLIS_NO_GATE', `the CNI gate ${path} is missing`, "run 'sudo gdn setup' (it installs the gate), or pass --network-plugin");
+  }
+  if (st.uid !== 0 || (st.mode & 0o4000) === 0) {
+    throw new FailedPrecondition('ERR_TRELLIS_NO_GATE', `the CNI gate ${path} is not setuid root`, "run 'sudo gdn setup' again");
+  }
+}

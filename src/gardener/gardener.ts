@@ -263,11 +263,11 @@ export class Gardener {
 
       const props = propertyMap(spec.properties);
       const up = await this.step('network', () =>
-        this.cfg.network.up(handle, initPid, props, { netoutRules: spec.netoutRules, netin: spec.netin }),
+        this.cfg.network.up(handle, initPid, props, { netoutRules: spec.netoutRules, netin: spec.netin, network: spec.network }),
       );
       undo.push(['network', () => this.cfg.network.down(handle)]);
       Object.assign(props, up.properties);
-      await this.writeNetworkFiles(key, handle, props);
+      await this.writeNetworkFiles(key, handle, props, up.dnsServers, up.searchDomains);
       if (graceTimeNs !== 0n) props['garden.grace-time'] = graceTimeNs.toString();
       props['garden.state'] = 'created';
 
@@ -331,7 +331,7 @@ export class Gardener {
     return out;
   }
 
-  private async writeNetworkFiles(key: string, handle: string, props: Record<string, string>): Promise<void> {
+  private async writeNetworkFiles(key: string, handle: string, props: Record<string, string>, dnsServers?: string[], searchDomains?: string[]): Promise<void> {
     const dir = this.cfg.depot.dir(key);
     const host = handle.length > 49 ? handle.slice(-49) : handle;
     const ip = props['garden.network.container-ip'];
@@ -339,14 +339,20 @@ export class Gardener {
     hosts.push(ip ? `${ip} ${host}` : `127.0.1.1 ${host}`);
     await writeFile(join(dir, 'hosts'), `${hosts.join('\n')}\n`);
     let resolv = '';
-    try {
-      resolv = (await readFile('/etc/resolv.conf', 'utf8'))
-        .split('\n')
-        .filter((l) => !/^\s*nameserver\s+127\./.test(l))
-        .join('\n');
-    } catch {
-      // no host resolver configuration
+    if (dnsServers !== undefined) {
+      // spec/plugins.md §3.3: servers the plugin names (even none) are the only ones.
+      resolv = dnsServers.map((s) => `nameserver ${s}\n`).join('');
+    } else {
+      try {
+        resolv = (await readFile('/etc/resolv.conf', 'utf8'))
+          .split('\n')
+          .filter((l) => !/^\s*nameserver\s+127\./.test(l) && !(searchDomains?.length && /^\s*search\s/.test(l)))
+          .join('\n');
+      } catch {
+        // no host resolver configuration
+      }
     }
+    if (searchDomains?.length) resolv += `${resolv === '' || resolv.endsWith('\n') ? '' : '\n'}search ${searchDomains.join(' ')}\n`;
     await writeFile(join(dir, 'resolv.conf'), resolv);
   }
 

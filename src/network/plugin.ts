@@ -1,8 +1,10 @@
-// The network plugin seam (spec/plugins.md §3). Without --network-plugin a container
-// has its own network namespace with loopback only; the CNI networker is a later step.
+// The network plugin seam (spec/plugins.md §3): Trellis's networker in-process, any
+// external networker by --network-plugin, or loopback only when setup gave the user
+// no network.
 import { execa } from 'execa';
 import type { Logger } from 'pino';
 import { ExternalFailure, NotImplemented } from '../errors.js';
+import type { Networker } from '../../plugins/networker/networker.js';
 
 export interface UpResult {
   properties: Record<string, string>;
@@ -10,9 +12,16 @@ export interface UpResult {
   searchDomains?: string[];
 }
 
+export interface UpExtra {
+  netoutRules?: unknown[];
+  netin?: unknown[];
+  /** The create spec's `network` (Trellis passes it to plugins as `network` in up's input). */
+  network?: string;
+}
+
 export interface NetworkPlugin {
   readonly name: string;
-  up(handle: string, pid: number, properties: Record<string, string>, extra: { netoutRules?: unknown[]; netin?: unknown[] }): Promise<UpResult>;
+  up(handle: string, pid: number, properties: Record<string, string>, extra: UpExtra): Promise<UpResult>;
   down(handle: string): Promise<void>;
   netIn(handle: string, input: { HostIP: string; HostPort: number; ContainerIP: string; ContainerPort: number }): Promise<{ host_port: number; container_port: number }>;
   netOut(handle: string, input: { container_ip: string; netout_rule: unknown }): Promise<void>;
@@ -21,7 +30,7 @@ export interface NetworkPlugin {
 
 export class LoopbackOnly implements NetworkPlugin {
   readonly name = 'loopback';
-  async up(_handle: string, _pid: number, _props: Record<string, string>, extra: { netoutRules?: unknown[]; netin?: unknown[] }): Promise<UpResult> {
+  async up(_handle: string, _pid: number, _props: Record<string, string>, extra: UpExtra): Promise<UpResult> {
     if ((extra.netin?.length ?? 0) > 0) throw this.unsupported();
     return { properties: {} };
   }
@@ -78,10 +87,11 @@ export class ExecNetworkPlugin implements NetworkPlugin {
     }
   }
 
-  async up(handle: string, pid: number, properties: Record<string, string>, extra: { netoutRules?: unknown[]; netin?: unknown[] }): Promise<UpResult> {
+  async up(handle: string, pid: number, properties: Record<string, string>, extra: UpExtra): Promise<UpResult> {
     const input: Record<string, unknown> = { Pid: pid, Properties: upProperties(properties) };
     if (extra.netoutRules?.length) input.netout_rules = extra.netoutRules;
     if (extra.netin?.length) input.netin = extra.netin;
+    if (extra.network) input.network = extra.network;
     const out = this.parse<{ properties?: Record<string, string>; dns_servers?: string[]; search_domains?: string[] }>(await this.exec('up', handle, input));
     return { properties: out?.properties ?? {}, dnsServers: out?.dns_servers, searchDomains: out?.search_domains };
   }
@@ -101,5 +111,38 @@ export class ExecNetworkPlugin implements NetworkPlugin {
 
   async bulkNetOut(handle: string, input: { container_ip: string; netout_rules: unknown[] }): Promise<void> {
     await this.exec('bulk-net-out', handle, input);
+  }
+}
+
+/** Trellis's own networker, called in-process (no Node spawn per create): the default when setup gave the user a network. */
+export class InProcessNetwork implements NetworkPlugin {
+  readonly name = 'trellis-networker';
+  constructor(private readonly networker: Networker) {}
+
+  async up(handle: string, pid: number, properties: Record<string, string>, extra: UpExtra): Promise<UpResult> {
+    const out = await this.networker.up(handle, {
+      Pid: pid,
+      Properties: upProperties(properties),
+      netout_rules: extra.netoutRules,
+      netin: extra.netin as { host_port?: number; container_port?: number }[] | undefined,
+      network: extra.network,
+    });
+    return { properties: out.properties, dnsServers: out.dns_servers };
+  }
+
+  async down(handle: string): Promise<void> {
+    await this.networker.down(handle);
+  }
+
+  async netIn(handle: string, input: { HostIP: string; HostPort: number; ContainerIP: string; ContainerPort: number }) {
+    return this.networker.netIn(handle, input);
+  }
+
+  async netOut(handle: string, input: { container_ip: string; netout_rule: unknown }): Promise<void> {
+    await this.networker.netOut(handle, [input.netout_rule]);
+  }
+
+  async bulkNetOut(handle: string, input: { container_ip: string; netout_rules: unknown[] }): Promise<void> {
+    await this.networker.netOut(handle, input.netout_rules);
   }
 }

@@ -9,6 +9,8 @@ export interface SetupArgs {
   'store-driver': 'overlay' | 'btrfs';
   store?: string;
   'store-size-bytes'?: number;
+  'network-subnet'?: string;
+  'host-ports'?: string;
   'log-level': LogLevel;
 }
 
@@ -51,6 +53,8 @@ export const setupCommand: CommandModule<object, SetupArgs> = {
       .option('store-driver', { choices: ['overlay', 'btrfs'] as const, default: 'overlay' as const, describe: 'image store driver' })
       .option('store', { type: 'string', describe: 'image store to initialise (default /var/lib/trellis/UID/store)' })
       .option('store-size-bytes', { type: 'number', describe: 'btrfs: size of the loopback filesystem (sparse; default 10 GiB)' })
+      .option('network-subnet', { type: 'string', describe: "the user's container subnet (default: the next free /24 of 10.88.0.0/16)" })
+      .option('host-ports', { type: 'string', describe: 'START-END host ports for net-in (default: the next free 500 from 20000)' })
       .option('log-level', { choices: ['debug', 'info', 'error', 'fatal'] as const, default: 'info' as const, describe: 'how much to print' }),
   handler: async (argv) => {
     try {
@@ -60,7 +64,7 @@ export const setupCommand: CommandModule<object, SetupArgs> = {
         process.geteuid?.() ?? 0,
         { uid: process.getuid?.() ?? 0, gid: process.getgid?.() ?? 0 },
       );
-      await runSetup({ ...ids, storeDriver: argv['store-driver'], store: argv.store, storeSizeBytes: argv['store-size-bytes'], logLevel: argv['log-level'] }, (line) => {
+      await runSetup({ ...ids, storeDriver: argv['store-driver'], store: argv.store, storeSizeBytes: argv['store-size-bytes'], networkSubnet: argv['network-subnet'], hostPorts: argv['host-ports'], logLevel: argv['log-level'] }, (line) => {
         process.stdout.write(`${line}\n`);
       });
     } catch (err) {

@@ -10,6 +10,7 @@ import { ImageStore } from '../../plugins/grootfs/store.js';
 import { delegateCgroups, hierarchyLabel, parseMountinfo, planCgroups } from './cgroups.js';
 import { ensureRootDir, ensureUserDir, lstatOrUndefined, readTextOrEmpty, writeFileAtomic, type Owner } from './host-files.js';
 import { importRootfs } from './rootfs.js';
+import { ensureNetwork } from './network.js';
 import { planSubIds, RANGE_SIZE, userName, type SubIdPlan } from './subids.js';
 
 export type LogLevel = 'debug' | 'info' | 'error' | 'fatal';
@@ -22,6 +23,9 @@ export interface SetupOptions {
   store?: string;
   /** btrfs: size of the loopback filesystem made when the store is not on btrfs already. */
   storeSizeBytes?: number;
+  /** The user's container subnet and net-in host ports (default: the next free ones). */
+  networkSubnet?: string;
+  hostPorts?: string;
   /** info: one line per step; debug: also details; error, fatal: nothing on success. */
   logLevel?: LogLevel;
 }
@@ -96,6 +100,9 @@ export async function runSetup(opts: SetupOptions, print: (line: string) => void
     if (r.gardenCreated) debug(`created ${dirname(r.userDir)} (root, 0755)`);
     info(`${label}: ${r.userDir} delegated to ${opts.uid}:${opts.gid} (${r.outcome})`);
   }
+
+  // c2. network: bridge, subnet, host ports, forwarding, the setuid CNI gate
+  ensureNetwork({ uid: opts.uid, subnet: opts.networkSubnet, hostPorts: opts.hostPorts }, info);
 
   // d. image store
   const storePath = opts.store ?? paths.store;

@@ -1,0 +1,2012 @@
+/*
+ * cni-gate: the one setuid-root file of Trellis (issue #4).
+ *
+ * Ordinary users run the Trellis daemon; container networking needs Debian's CNI
+ * plugins (bridge, host-local, portmap in /usr/lib/cni), which must run as root. This
+ * program runs them as root for validated requests only. It trusts nothing from the
+ * caller but argv and the real uid: the environment is cleared, stdin is ignored,
+ * inherited fds, signal state, rlimits, umask and cwd are reset, and every value that
+ * reaches a plugin is either a constant, a value parsed from the root-owned
+ * /etc/trellis/net/<uid>.conf, a parsed and re-formatted argument, or a file the gate
+ * wrote itself into root-owned state.
+ *
+ *   cni-gate add   <id> <pid> [ip=A.B.C.D | range=A.B.C.D/NN]
+ *   cni-gate del   <id> [<pid>]
+ *   cni-gate check <id> <pid>
+ *   cni-gate ports <id> <pid> [<hostport>:<containerport>/<tcp|udp> ...]
+ *
+ * Exit status: 0 done; 1 a plugin (or the gate's own state) failed, after rollback;
+ * 2 refused before anything was changed. Any failure prints one line on stderr that
+ * starts with "cni-gate: ". See README.md next to this file.
+ */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <arpa/inet.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <limits.h>
+#include <net/if.h>
+#include <poll.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/ioctl.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/statfs.h>
+#include <sys/syscall.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+#include <linux/magic.h>
+#include <linux/netlink.h>
+#include <linux/nsfs.h>
+#include <linux/rtnetlink.h>
+
+#define CONF_DIR "/etc/trellis/net"
+#define CNI_DIR "/usr/lib/cni"
+#define STATE_PARENT "/var/lib"          /* then trellis/net/<uid>, created on add */
+#define STATE_DIR "/var/lib/trellis/net"
+#define CHILD_PATH "PATH=/usr/sbin:/usr/bin:/sbin:/bin"
+#define MAX_PORTS 64
+#define MAX_IPS 8
+#define OUT_CAP ((size_t)1 << 20)        /* a plugin's stdout, and a stored result */
+#define ERR_CAP ((size_t)64 << 10)       /* the tail of a plugin's stderr we keep */
+#define CONF_CAP ((size_t)64 << 10)
+#define PORTS_FILE_CAP ((size_t)64 << 10)
+#define PLUGIN_TIMEOUT_MS 60000
+#define STDOUT_TIMEOUT_MS 60000
+#define CHILD_NETNS_FD 3
+
+static unsigned caller;                  /* the caller's real uid, the only thing we take from the process */
+
+/* ------------------------------------------------------------------ messages */
+
+static void say(const char *fmt, va_list ap) __attribute__((format(printf, 1, 0)));
+static void say(const char *fmt, va_list ap)
+{
+	char m[2048];
+	int k = snprintf(m, sizeof m, "cni-gate: ");
+	if (k < 0)
+		return;
+	int r = vsnprintf(m + k, sizeof m - (size_t)k - 1, fmt, ap);
+	if (r < 0)
+		return;
+	size_t n = strnlen(m, sizeof m - 1);
+	/* one line, plain ASCII: no control characters, no terminal escapes */
+	for (size_t i = 0; i < n; i++) {
+		unsigned char c = (unsigned char)m[i];
+		if (c < 0x20 || c == 0x7f)
+			m[i] = ' ';
+		else if (c >= 0x80)
+			m[i] = '?';
+	}
+	m[n++] = '\n';
+	ssize_t w = write(2, m, n);
+	(void)w;
+}
+
+/* Refused: nothing was changed. */
+static void refuse(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
+static void refuse(const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	say(fmt, ap);
+	va_end(ap);
+	exit(2);
+}
+
+/* Failed while acting (a plugin, or writing our own state). */
+static void fail(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
+static void fail(const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	say(fmt, ap);
+	va_end(ap);
+	exit(1);
+}
+
+/* ------------------------------------------------------------------ buffers */
+
+struct buf {
+	char *p;
+	size_t n, cap;
+};
+
+static void b_room(struct buf *b, size_t add)
+{
+	if (add > SIZE_MAX / 4 || b->n > SIZE_MAX / 4)
+		fail("out of memory");
+	size_t need = b->n + add + 1;
+	if (need <= b->cap)
+		return;
+	size_t cap = b->cap ? b->cap : 256;
+	while (cap < need)
+		cap *= 2;
+	char *p = realloc(b->p, cap);
+	if (!p)
+		fail("out of memory");
+	b->p = p;
+	b->cap = cap;
+}
+
+static void b_add(struct buf *b, const void *d, size_t n)
+{
+	b_room(b, n);
+	if (n)
+		memcpy(b->p + b->n, d, n);
+	b->n += n;
+	b->p[b->n] = 0;
+}
+
+static void b_str(struct buf *b, const char *s) { b_add(b, s, strlen(s)); }
+
+static void b_fmt(struct buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void b_fmt(struct buf *b, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	int k = vsnprintf(NULL, 0, fmt, ap);
+	va_end(ap);
+	if (k < 0)
+		fail("internal formatting error");
+	b_room(b, (size_t)k);
+	va_start(ap, fmt);
+	vsnprintf(b->p + b->n, (size_t)k + 1, fmt, ap);
+	va_end(ap);
+	b->n += (size_t)k;
+}
+
+static void b_free(struct buf *b)
+{
+	free(b->p);
+	b->p = NULL;
+	b->n = b->cap = 0;
+}
+
+/* ------------------------------------------------------------------ strict parsing */
+
+static int is_digit(char c) { return c >= '0' && c <= '9'; }
+static int is_lower(char c) { return c >= 'a' && c <= 'z'; }
+static int is_alnum(char c) { return is_digit(c) || is_lower(c) || (c >= 'A' && c <= 'Z'); }
+
+/* Decimal in [s,e): no sign, no leading zero, at most max. */
+static int parse_num(const char *s, const char *e, unsigned long max, unsigned long *out)
+{
+	if (s >= e || e - s > 10 || (*s == '0' && e - s > 1))
+		return -1;
+	unsigned long v = 0;
+	for (; s < e; s++) {
+		if (!is_digit(*s))
+			return -1;
+		v = v * 10 + (unsigned long)(*s - '0');
+	}
+	if (v > max)
+		return -1;
+	*out = v;
+	return 0;
+}
+
+static int parse_num_z(const char *s, unsigned long max, unsigned long *out)
+{
+	return parse_num(s, s + strlen(s), max, out);
+}
+
+/* Dotted quad in [s,e): exactly four decimal octets, no leading zeros. */
+static int parse_ip(const char *s, const char *e, uint32_t *out)
+{
+	uint32_t v = 0;
+	for (int k = 0; k < 4; k++) {
+		const char *d = s;
+		while (d < e && *d != '.')
+			d++;
+		if ((k < 3) != (d < e))
+			return -1;
+		unsigned long o;
+		if (parse_num(s, d, 255, &o))
+			return -1;
+		v = v << 8 | (uint32_t)o;
+		s = d + 1;
+	}
+	*out = v;
+	return 0;
+}
+
+static int parse_cidr(const char *s, const char *e, uint32_t *ip, unsigned *prefix)
+{
+	const char *slash = memchr(s, '/', (size_t)(e - s));
+	unsigned long p;
+	if (!slash || parse_ip(s, slash, ip) || parse_num(slash + 1, e, 32, &p))
+		return -1;
+	*prefix = (unsigned)p;
+	return 0;
+}
+
+static uint32_t mask_of(unsigned prefix) { return prefix ? 0xffffffffu << (32 - prefix) : 0; }
+
+static void fmt_ip(uint32_t v, char out[16])
+{
+	snprintf(out, 16, "%u.%u.%u.%u", v >> 24, (v >> 16) & 255, (v >> 8) & 255, v & 255);
+}
+
+/* <id>: [A-Za-z0-9][A-Za-z0-9_.-]{0,63} */
+static int valid_id(const char *s)
+{
+	size_t n = strnlen(s, 65);
+	if (n < 1 || n > 64 || !is_alnum(s[0]))
+		return 0;
+	for (size_t i = 1; i < n; i++)
+		if (!is_alnum(s[i]) && s[i] != '_' && s[i] != '.' && s[i] != '-')
+			return 0;
+	return 1;
+}
+
+/* ------------------------------------------------------------------ JSON (validation and lookup only) */
+
+struct jp {
+	const char *s;
+	size_t n, i;
+};
+
+static void j_ws(struct jp *p)
+{
+	while (p->i < p->n && (p->s[p->i] == ' ' || p->s[p->i] == '\t' || p->s[p->i] == '\n' || p->s[p->i] == '\r'))
+		p->i++;
+}
+
+static int j_hex(char c) { return is_digit(c) || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F'); }
+
+/* A string at p->i; decoded (non-ASCII and controls as '?') into out when out != NULL. */
+static int j_str(struct jp *p, struct buf *out)
+{
+	if (p->i >= p->n || p->s[p->i] != '"')
+		return -1;
+	p->i++;
+	while (p->i < p->n) {
+		unsigned char c = (unsigned char)p->s[p->i++];
+		if (c == '"')
+			return 0;
+		if (c < 0x20)
+			return -1;
+		if (c != '\\') {
+			if (out)
+				b_add(out, c < 0x80 ? (const char *)&c : "?", 1);
+			continue;
+		}
+		if (p->i >= p->n)
+			return -1;
+		char e = p->s[p->i++], d = 0;
+		switch (e) {
+		case '"': d = '"'; break;
+		case '\\': d = '\\'; break;
+		case '/': d = '/'; break;
+		case 'b': case 'f': case 'n': case 'r': case 't': d = ' '; break;
+		case 'u': {
+			if (p->n - p->i < 4)
+				return -1;
+			unsigned v = 0;
+			for (int k = 0; k < 4; k++) {
+				char h = p->s[p->i++];
+				if (!j_hex(h))
+					return -1;
+				v = v * 16 + (unsigned)(is_digit(h) ? h - '0' : (h | 0x20) - 'a' + 10);
+			}
+			d = (v >= 0x20 && v < 0x7f) ? (char)v : '?';
+			break;
+		}
+		default:
+			return -1;
+		}
+		if (out)
+			b_add(out, &d, 1);
+	}
+	return -1;
+}
+
+static int j_num(struct jp *p)
+{
+	size_t st;
+	if (p->i < p->n && p->s[p->i] == '-')
+		p->i++;
+	if (p->i >= p->n || !is_digit(p->s[p->i]))
+		return -1;
+	if (p->s[p->i] == '0')
+		p->i++;
+	else
+		while (p->i < p->n && is_digit(p->s[p->i]))
+			p->i++;
+	if (p->i < p->n && p->s[p->i] == '.') {
+		st = ++p->i;
+		while (p->i < p->n && is_digit(p->s[p->i]))
+			p->i++;
+		if (p->i == st)
+			return -1;
+	}
+	if (p->i < p->n && (p->s[p->i] == 'e' || p->s[p->i] == 'E')) {
+		p->i++;
+		if (p->i < p->n && (p->s[p->i] == '+' || p->s[p->i] == '-'))
+			p->i++;
+		st = p->i;
+		while (p->i < p->n && is_digit(p->s[p->i]))
+			p->i++;
+		if (p->i == st)
+			return -1;
+	}
+	return 0;
+}
+
+static int j_val(struct jp *p, int depth)
+{
+	if (depth > 64)
+		return -1;
+	j_ws(p);
+	if (p->i >= p->n)
+		return -1;
+	char c = p->s[p->i];
+	if (c == '{' || c == '[') {
+		char close = c == '{' ? '}' : ']';
+		p->i++;
+		j_ws(p);
+		if (p->i < p->n && p->s[p->i] == close) {
+			p->i++;
+			return 0;
+		}
+		for (;;) {
+			if (c == '{') {
+				j_ws(p);
+				if (j_str(p, NULL))
+					return -1;
+				j_ws(p);
+				if (p->i >= p->n || p->s[p->i++] != ':')
+					return -1;
+			}
+			if (j_val(p, depth + 1))
+				return -1;
+			j_ws(p);
+			if (p->i >= p->n)
+				return -1;
+			char d = p->s[p->i++];
+			if (d == close)
+				return 0;
+			if (d != ',')
+				return -1;
+		}
+	}
+	if (c == '"')
+		return j_str(p, NULL);
+	if (c == '-' || is_digit(c))
+		return j_num(p);
+	static const char *const lit[] = {"true", "false", "null"};
+	for (size_t k = 0; k < 3; k++) {
+		size_t l = strlen(lit[k]);
+		if (p->n - p->i >= l && !memcmp(p->s + p->i, lit[k], l)) {
+			p->i += l;
+			return 0;
+		}
+	}
+	return -1;
+}
+
+/* The whole of s[0,n) is one JSON object. */
+static int j_object_doc(const char *s, size_t n)
+{
+	struct jp p = {s, n, 0};
+	j_ws(&p);
+	if (p.i >= n || s[p.i] != '{' || j_val(&p, 0))
+		return -1;
+	j_ws(&p);
+	return p.i == n ? 0 : -1;
+}
+
+/* In the object s[0,n), the value of member key: 1 found (span [*vs,*ve)), 0 absent, -1 bad or duplicated. */
+static int j_get(const char *s, size_t n, const char *key, size_t *vs, size_t *ve)
+{
+	struct jp p = {s, n, 0};
+	int found = 0;
+	j_ws(&p);
+	if (p.i >= n || s[p.i++] != '{')
+		return -1;
+	j_ws(&p);
+	if (p.i < n && s[p.i] == '}')
+		return 0;
+	for (;;) {
+		struct buf k = {0};
+		j_ws(&p);
+		if (j_str(&p, &k)) {
+			b_free(&k);
+			return -1;
+		}
+		int match = k.n == strlen(key) && !memcmp(k.p, key, k.n);
+		b_free(&k);
+		j_ws(&p);
+		if (p.i >= n || s[p.i++] != ':')
+			return -1;
+		j_ws(&p);
+		size_t st = p.i;
+		if (j_val(&p, 1))
+			return -1;
+		if (match) {
+			if (found)
+				return -1;
+			found = 1;
+			*vs = st;
+			*ve = p.i;
+		}
+		j_ws(&p);
+		if (p.i >= n)
+			return -1;
+		char d = s[p.i++];
+		if (d == '}')
+			return found;
+		if (d != ',')
+			return -1;
+	}
+}
+
+/* The decoded string member key of object s[0,n): 1 found, 0 absent or not a string. */
+static int j_get_str(const char *s, size_t n, const char *key, struct buf *out)
+{
+	size_t vs, ve;
+	if (j_get(s, n, key, &vs, &ve) != 1 || s[vs] != '"')
+		return 0;
+	struct jp p = {s, ve, vs};
+	return j_str(&p, out) ? 0 : 1;
+}
+
+/* ------------------------------------------------------------------ the user's network config */
+
+struct netconf {
+	char bridge[16];
+	uint32_t net, gw;
+	unsigned prefix, port_start, port_end, mtu;
+};
+
+static uint32_t bcast_of(const struct netconf *c) { return c->net | ~mask_of(c->prefix); }
+static int in_subnet(const struct netconf *c, uint32_t ip) { return (ip & mask_of(c->prefix)) == c->net; }
+
+/* NULL when c is a valid config; else why not (and *line). */
+static const char *parse_conf(const char *buf, size_t n, struct netconf *c, unsigned *line)
+{
+	enum { K_BRIDGE = 1, K_SUBNET = 2, K_GATEWAY = 4, K_START = 8, K_END = 16, K_MTU = 32 };
+	unsigned seen = 0;
+	memset(c, 0, sizeof *c);
+	c->mtu = 1500;
+	*line = 0;
+	if (memchr(buf, 0, n))
+		return "contains a NUL byte";
+	const char *s = buf, *end = buf + n;
+	while (s < end) {
+		const char *e = memchr(s, '\n', (size_t)(end - s));
+		if (!e)
+			e = end;
+		++*line;
+		const char *t = s;
+		while (t < e && (*t == ' ' || *t == '\t'))
+			t++;
+		if (t == e || *t == '#') {
+			s = e + 1;
+			continue;
+		}
+		for (const char *q = s; q < e; q++)
+			if ((unsigned char)*q <= ' ' || (unsigned char)*q >= 0x7f)
+				return "whitespace or a control character in a key=value line";
+		const char *eq = memchr(s, '=', (size_t)(e - s));
+		if (!eq)
+			return "not a key=value line";
+		size_t kl = (size_t)(eq - s);
+		const char *v = eq + 1;
+		unsigned long num;
+#define KEY(name) (kl == sizeof(name) - 1 && !memcmp(s, name, kl))
+		unsigned bit;
+		if (KEY("bridge")) {
+			bit = K_BRIDGE;
+			size_t vl = (size_t)(e - v);
+			if (vl < 1 || vl > 15 || !is_lower(v[0]))
+				return "bridge must match [a-z][a-z0-9]{0,14}";
+			for (size_t i = 1; i < vl; i++)
+				if (!is_lower(v[i]) && !is_digit(v[i]))
+					return "bridge must match [a-z][a-z0-9]{0,14}";
+			memcpy(c->bridge, v, vl);
+			c->bridge[vl] = 0;
+		} else if (KEY("subnet")) {
+			bit = K_SUBNET;
+			if (parse_cidr(v, e, &c->net, &c->prefix) || c->prefix < 16 || c->prefix > 28 || (c->net & ~mask_of(c->prefix)))
+				return "subnet must be an IPv4 network address a.b.c.d/nn with 16 <= nn <= 28";
+			if ((c->net >> 24) == 0 || (c->net >> 24) == 127 || (c->net >> 24) >= 224)
+				return "subnet must not be in 0/8, 127/8 or 224.0.0.0/3";
+		} else if (KEY("gateway")) {
+			bit = K_GATEWAY;
+			if (parse_ip(v, e, &c->gw))
+				return "gateway must be an IPv4 address";
+		} else if (KEY("port_start") || KEY("port_end")) {
+			bit = KEY("port_start") ? K_START : K_END;
+			if (parse_num(v, e, 65535, &num))
+				return "ports must be decimal numbers up to 65535";
+			*(bit == K_START ? &c->port_start : &c->port_end) = (unsigned)num;
+		} else if (KEY("mtu")) {
+			bit = K_MTU;
+			if (parse_num(v, e, 9000, &num) || num < 576)
+				return "mtu must be a number from 576 to 9000";
+			c->mtu = (unsigned)num;
+		} else {
+			return "unknown key";
+		}
+#undef KEY
+		if (seen & bit)
+			return "duplicate key";
+		seen |= bit;
+		s = e + 1;
+	}
+	*line = 0;
+	if ((seen & (K_BRIDGE | K_SUBNET | K_GATEWAY | K_START | K_END)) != (K_BRIDGE | K_SUBNET | K_GATEWAY | K_START | K_END))
+		return "bridge, subnet, gateway, port_start and port_end are required";
+	if (!in_subnet(c, c->gw) || c->gw == c->net || c->gw == bcast_of(c))
+		return "gateway must be a host address inside subnet";
+	if (c->port_start < 1024 || c->port_start > c->port_end)
+		return "ports must satisfy 1024 <= port_start <= port_end <= 65535";
+	return NULL;
+}
+
+/* ------------------------------------------------------------------ trusted files and directories */
+
+static char why[600];
+
+static int trusted(const struct stat *st, mode_t type)
+{
+	return (st->st_mode & S_IFMT) == type && st->st_uid == 0 && (st->st_mode & 022) == 0;
+}
+
+static void set_why(const char *path, const struct stat *st, mode_t type)
+{
+	if ((st->st_mode & S_IFMT) != type)
+		snprintf(why, sizeof why, "%s is not a %s", path, type == S_IFDIR ? "directory" : "regular file");
+	else if (st->st_uid != 0)
+		snprintf(why, sizeof why, "%s is owned by uid %u, not root", path, (unsigned)st->st_uid);
+	else
+		snprintf(why, sizeof why, "%s is group- or world-writable", path);
+}
+
+/*
+ * Opens directory name below the verified directory dirfd, never through a symlink, and
+ * verifies it (root-owned, not group/world-writable). create: make it (mode, root) when
+ * missing. Returns the fd; -1 (errno ENOENT) when missing; -2 refused (why is set).
+ */
+static int open_below(int dirfd, const char *name, const char *path, int create, mode_t mode)
+{
+	int fd = openat(dirfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (fd < 0 && errno == ENOENT && create) {
+		if (mkdirat(dirfd, name, 0700) < 0 && errno != EEXIST) {
+			snprintf(why, sizeof why, "cannot create %s: %s", path, strerror(errno));
+			return -2;
+		}
+		fd = openat(dirfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+		if (fd >= 0) {
+			struct stat st;
+			/* only a directory we made ourselves (root, 0700) gets its mode set */
+			if (fstat(fd, &st) == 0 && trusted(&st, S_IFDIR) && (st.st_mode & 07777) == 0700 && fchmod(fd, mode) < 0) {
+				snprintf(why, sizeof why, "cannot chmod %s: %s", path, strerror(errno));
+				close(fd);
+				return -2;
+			}
+		}
+	}
+	if (fd < 0) {
+		if (errno == ENOENT)
+			return -1;
+		if (errno == ELOOP || errno == ENOTDIR)
+			snprintf(why, sizeof why, "%s is a symlink or not a directory", path);
+		else
+			snprintf(why, sizeof why, "cannot open %s: %s", path, strerror(errno));
+		return -2;
+	}
+	struct stat st;
+	memset(&st, 0, sizeof st);
+	if (fstat(fd, &st) < 0 || !trusted(&st, S_IFDIR)) {
+		set_why(path, &st, S_IFDIR);
+		close(fd);
+		return -2;
+	}
+	return fd;
+}
+
+/* The absolute directory path, every component verified. Same returns as open_below. */
+static int open_trusted_dir(const char *path)
+{
+	char p[256], sofar[256] = "";
+	struct stat st;
+	snprintf(p, sizeof p, "%s", path);
+	int fd = open("/", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0 || fstat(fd, &st) < 0 || !trusted(&st, S_IFDIR)) {
+		snprintf(why, sizeof why, "/ is not root-owned or is group/world-writable");
+		return -2;
+	}
+	char *save = NULL;
+	for (char *c = strtok_r(p, "/", &save); c; c = strtok_r(NULL, "/", &save)) {
+		size_t l = strlen(sofar);
+		snprintf(sofar + l, sizeof sofar - l, "/%s", c);
+		int next = open_below(fd, c, sofar, 0, 0);
+		int e = errno;
+		close(fd);
+		if (next < 0) {
+			errno = e;
+			return next;
+		}
+		fd = next;
+	}
+	return fd;
+}
+
+static int read_fd(int fd, struct buf *b, size_t cap)
+{
+	char tmp[16384];
+	for (;;) {
+		ssize_t k = read(fd, tmp, sizeof tmp);
+		if (k < 0 && errno == EINTR)
+			continue;
+		if (k < 0)
+			return -1;
+		if (k == 0)
+			return 0;
+		if (b->n + (size_t)k > cap) {
+			errno = EFBIG;
+			return -1;
+		}
+		b_add(b, tmp, (size_t)k);
+	}
+}
+
+/*
+ * Reads the regular file name below the verified dirfd (no symlink, root-owned, not
+ * group/world-writable, at most cap bytes). 0 read; 1 missing; -1 refused (why set).
+ */
+static int read_trusted_file(int dirfd, const char *name, const char *path, struct buf *b, size_t cap)
+{
+	int fd = openat(dirfd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+	if (fd < 0) {
+		if (errno == ENOENT)
+			return 1;
+		if (errno == ELOOP)
+			snprintf(why, sizeof why, "%s is a symlink", path);
+		else
+			snprintf(why, sizeof why, "cannot open %s: %s", path, strerror(errno));
+		return -1;
+	}
+	struct stat st;
+	memset(&st, 0, sizeof st);
+	if (fstat(fd, &st) < 0 || !trusted(&st, S_IFREG)) {
+		set_why(path, &st, S_IFREG);
+		close(fd);
+		return -1;
+	}
+	if ((size_t)st.st_size > cap || read_fd(fd, b, cap) < 0) {
+		snprintf(why, sizeof why, "cannot read %s (or larger than %zu bytes)", path, cap);
+		close(fd);
+		return -1;
+	}
+	close(fd);
+	return 0;
+}
+
+/* Atomically replaces name below dirfd with data (root, 0600). */
+static int write_state_file(int dirfd, const char *name, const char *data, size_t n)
+{
+	char tmp[128];
+	snprintf(tmp, sizeof tmp, ".%s.tmp", name);
+	if (unlinkat(dirfd, tmp, 0) < 0 && errno != ENOENT)
+		return -1;
+	int fd = openat(dirfd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+	if (fd < 0)
+		return -1;
+	while (n) {
+		ssize_t k = write(fd, data, n);
+		if (k < 0 && errno == EINTR)
+			continue;
+		if (k <= 0) {
+			close(fd);
+			unlinkat(dirfd, tmp, 0);
+			return -1;
+		}
+		data += k;
+		n -= (size_t)k;
+	}
+	if (fsync(fd) < 0 || close(fd) < 0 || renameat(dirfd, tmp, dirfd, name) < 0) {
+		unlinkat(dirfd, tmp, 0);
+		return -1;
+	}
+	fsync(dirfd);
+	return 0;
+}
+
+static int remove_state_file(int dirfd, const char *name)
+{
+	return unlinkat(dirfd, name, 0) < 0 && errno != ENOENT ? -1 : 0;
+}
+
+/* Loads /etc/trellis/net/<uid>.conf; refuses on anything but a valid, trusted file. */
+static void load_conf(unsigned uid, struct netconf *c)
+{
+	char name[32], path[96];
+	snprintf(name, sizeof name, "%u.conf", uid);
+	snprintf(path, sizeof path, CONF_DIR "/%s", name);
+	int dir = open_trusted_dir(CONF_DIR);
+	if (dir == -1)
+		refuse("no network is configured for uid %u: run 'gdn setup' as root", uid);
+	if (dir < 0)
+		refuse("%s: refusing to trust it", why);
+	struct buf b = {0};
+	int r = read_trusted_file(dir, name, path, &b, CONF_CAP);
+	close(dir);
+	if (r == 1)
+		refuse("no network is configured for uid %u: run 'gdn setup' as root", uid);
+	if (r < 0)
+		refuse("%s: refusing to trust it", why);
+	unsigned line;
+	const char *bad = parse_conf(b.p ? b.p : "", b.n, c, &line);
+	b_free(&b);
+	if (bad && line)
+		refuse("%s line %u: %s", path, line, bad);
+	if (bad)
+		refuse("%s: %s", path, bad);
+}
+
+/*
+ * Isolation between users rests on configs that do not overlap: refuse when another
+ * user's valid, trusted config shares the bridge, overlaps the subnet or the port range.
+ */
+static void check_no_overlap(unsigned uid, const struct netconf *c)
+{
+	int dir = open_trusted_dir(CONF_DIR);
+	if (dir < 0)
+		refuse("%s: refusing to trust it", dir == -1 ? CONF_DIR " is missing" : why);
+	DIR *d = fdopendir(dir);
+	if (!d)
+		refuse("cannot list " CONF_DIR ": %s", strerror(errno));
+	struct dirent *e;
+	while ((e = readdir(d))) {
+		const char *dot = strchr(e->d_name, '.');
+		unsigned long other;
+		if (!dot || strcmp(dot, ".conf") || parse_num(e->d_name, dot, UINT_MAX, &other) || other == uid)
+			continue;
+		struct buf b = {0};
+		struct netconf o;
+		unsigned line;
+		char path[300];
+		snprintf(path, sizeof path, CONF_DIR "/%s", e->d_name);
+		if (read_trusted_file(dirfd(d), e->d_name, path, &b, CONF_CAP) == 0 && !parse_conf(b.p ? b.p : "", b.n, &o, &line)) {
+			unsigned pl = c->prefix < o.prefix ? c->prefix : o.prefix;
+			const char *what = NULL;
+			if (!strcmp(o.bridge, c->bridge))
+				what = "bridge";
+			else if ((c->net & mask_of(pl)) == (o.net & mask_of(pl)))
+				what = "subnet";
+			else if (c->port_start <= o.port_end && o.port_start <= c->port_end)
+				what = "port range";
+			if (what) {
+				b_free(&b);
+				refuse("the network config of uid %u shares its %s with uid %lu's: fix " CONF_DIR " as root", uid, what, other);
+			}
+		}
+		b_free(&b);
+	}
+	closedir(d);
+}
+
+static const char *const plugins[] = {"bridge", "host-local", "portmap"};
+
+static void check_plugins(void)
+{
+	int dir = open_trusted_dir(CNI_DIR);
+	if (dir < 0)
+		refuse("%s: refusing to run CNI plugins", dir == -1 ? CNI_DIR " is missing" : why);
+	for (size_t i = 0; i < sizeof plugins / sizeof plugins[0]; i++) {
+		struct stat st;
+		char path[64];
+		snprintf(path, sizeof path, CNI_DIR "/%s", plugins[i]);
+		if (fstatat(dir, plugins[i], &st, AT_SYMLINK_NOFOLLOW) < 0)
+			refuse("%s: %s", path, strerror(errno));
+		if (!trusted(&st, S_IFREG)) {
+			set_why(path, &st, S_IFREG);
+			refuse("%s: refusing to run it", why);
+		}
+		if (!(st.st_mode & S_IXUSR))
+			refuse("%s is not executable", path);
+	}
+	close(dir);
+}
+
+/* ------------------------------------------------------------------ the caller's container */
+
+static int same_file(const struct stat *a, const struct stat *b) { return a->st_dev == b->st_dev && a->st_ino == b->st_ino; }
+
+/*
+ * The network namespace of process pid, as an fd, if the caller owns it through a user
+ * namespace of their own: refuses otherwise.
+ */
+static int container_netns(long pid)
+{
+	char path[64];
+	int pidfd = (int)syscall(SYS_pidfd_open, (pid_t)pid, 0);
+	if (pidfd < 0)
+		refuse("pid %ld: %s", pid, errno == ESRCH ? "no such process" : errno == EINVAL || errno == ENOENT ? "not a process id (a thread id?)" : strerror(errno));
+	snprintf(path, sizeof path, "/proc/%ld/ns/user", pid);
+	int userns = open(path, O_RDONLY | O_CLOEXEC);
+	if (userns < 0)
+		refuse("pid %ld: cannot open its user namespace: %s", pid, strerror(errno));
+	snprintf(path, sizeof path, "/proc/%ld/ns/net", pid);
+	int netns = open(path, O_RDONLY | O_CLOEXEC);
+	if (netns < 0)
+		refuse("pid %ld: cannot open its network namespace: %s", pid, strerror(errno));
+	/* still the process pidfd_open found: the pid was not recycled between the opens */
+	if (syscall(SYS_pidfd_send_signal, pidfd, 0, NULL, 0) != 0)
+		refuse("pid %ld exited", pid);
+	close(pidfd);
+
+	if (ioctl(userns, NS_GET_NSTYPE) != CLONE_NEWUSER || ioctl(netns, NS_GET_NSTYPE) != CLONE_NEWNET)
+		refuse("pid %ld: unexpected namespace types", pid);
+	uid_t owner = (uid_t)-1;
+	if (ioctl(userns, NS_GET_OWNER_UID, &owner) < 0)
+		refuse("pid %ld: cannot read the owner of its user namespace: %s", pid, strerror(errno));
+	if (owner != caller)
+		refuse("pid %ld is not in a user namespace of uid %u", pid, caller);
+
+	/*
+	 * Not the host's: not pid 1's namespaces, not the gate's own (a setuid-root program
+	 * only runs as root in the initial user namespace), and the user namespace has a
+	 * parent (NS_GET_PARENT fails with EPERM only for the initial one, seen from it).
+	 * pid 1's may be unreadable (a sandbox's pid 1): then the other tests stand alone.
+	 */
+	struct stat u, n, hu, hn, su, sn, nu;
+	if (fstat(userns, &u) < 0 || fstat(netns, &n) < 0 || stat("/proc/self/ns/user", &su) < 0 || stat("/proc/self/ns/net", &sn) < 0)
+		refuse("pid %ld: cannot stat namespaces: %s", pid, strerror(errno));
+	int pid1 = stat("/proc/1/ns/user", &hu) == 0 && stat("/proc/1/ns/net", &hn) == 0;
+	if (!pid1 && errno != EACCES && errno != EPERM)
+		refuse("cannot stat the namespaces of pid 1: %s", strerror(errno));
+	int parent = ioctl(userns, NS_GET_PARENT);
+	if (parent < 0 && errno == EPERM)
+		refuse("pid %ld is in the host user namespace", pid);
+	if (parent < 0)
+		refuse("pid %ld: cannot read the parent of its user namespace: %s", pid, strerror(errno));
+	close(parent);
+	if (same_file(&u, &su) || (pid1 && same_file(&u, &hu)))
+		refuse("pid %ld is in the host user namespace", pid);
+	if (same_file(&n, &sn) || (pid1 && same_file(&n, &hn)))
+		refuse("pid %ld is in the host network namespace", pid);
+	int nsuser = ioctl(netns, NS_GET_USERNS);
+	if (nsuser < 0)
+		refuse("pid %ld: cannot read the owner of its network namespace: %s", pid, strerror(errno));
+	if (fstat(nsuser, &nu) < 0 || !same_file(&nu, &u))
+		refuse("pid %ld: its network namespace is not owned by its user namespace", pid);
+	close(nsuser);
+	close(userns);
+	return netns;
+}
+
+/* ------------------------------------------------------------------ running a plugin */
+
+struct run {
+	int status, timed_out, overflow, ok;
+	struct buf out, err;
+};
+
+static long now_ms(void)
+{
+	struct timespec t;
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (long)t.tv_sec * 1000 + t.tv_nsec / 1000000;
+}
+
+/*
+ * Runs /usr/lib/cni/<plugin> as root with exactly the CNI environment, conf on its
+ * stdin; netns < 0 means CNI_NETNS is empty (DEL only).
+ */
+static void run_plugin(const char *plugin, const char *cmd, const char *cid, int netns, const char *cni_args, const struct buf *conf, struct run *r)
+{
+	char path[64], e_cmd[32], e_cid[128], e_ns[48], e_args[96];
+	snprintf(path, sizeof path, CNI_DIR "/%s", plugin);
+	snprintf(e_cmd, sizeof e_cmd, "CNI_COMMAND=%s", cmd);
+	snprintf(e_cid, sizeof e_cid, "CNI_CONTAINERID=%s", cid);
+	if (netns >= 0)
+		snprintf(e_ns, sizeof e_ns, "CNI_NETNS=/proc/self/fd/%d", CHILD_NETNS_FD);
+	else
+		snprintf(e_ns, sizeof e_ns, "CNI_NETNS=");
+	char *envp[8];
+	size_t k = 0;
+	envp[k++] = e_cmd;
+	envp[k++] = e_cid;
+	envp[k++] = e_ns;
+	envp[k++] = "CNI_IFNAME=eth0";
+	envp[k++] = "CNI_PATH=" CNI_DIR;
+	envp[k++] = CHILD_PATH;
+	if (cni_args) {
+		snprintf(e_args, sizeof e_args, "CNI_ARGS=%s", cni_args);
+		envp[k++] = e_args;
+	}
+	envp[k] = NULL;
+	char *argv[] = {path, NULL};
+
+	memset(r, 0, sizeof *r);
+	int in[2], out[2], err[2];
+	if (pipe2(in, O_CLOEXEC) < 0 || pipe2(out, O_CLOEXEC) < 0 || pipe2(err, O_CLOEXEC) < 0)
+		fail("pipe: %s", strerror(errno));
+	pid_t pid = fork();
+	if (pid < 0)
+		fail("fork: %s", strerror(errno));
+	if (pid == 0) {
+		/* the child: root in every id, no session or terminal of the caller, clean signals and fds */
+		sigset_t none;
+		sigemptyset(&none);
+		if (setsid() < 0 || setgroups(0, NULL) < 0 || setgid(0) < 0 || setuid(0) < 0)
+			_exit(127);
+		umask(022);
+		for (int s = 1; s < NSIG; s++)
+			signal(s, SIG_DFL);
+		sigprocmask(SIG_SETMASK, &none, NULL);
+		if (dup2(in[0], 0) < 0 || dup2(out[1], 1) < 0 || dup2(err[1], 2) < 0)
+			_exit(127);
+		unsigned first_closed = CHILD_NETNS_FD;
+		if (netns >= 0) {
+			if (dup2(netns, CHILD_NETNS_FD) < 0 || fcntl(CHILD_NETNS_FD, F_SETFD, 0) < 0)
+				_exit(127);
+			first_closed = CHILD_NETNS_FD + 1;
+		}
+		if (syscall(SYS_close_range, first_closed, ~0U, 0) < 0)
+			for (int fd = (int)first_closed; fd < 65536; fd++)
+				close(fd);
+		execve(path, argv, envp);
+		_exit(127);
+	}
+	close(in[0]);
+	close(out[1]);
+	close(err[1]);
+	int fds[3] = {in[1], out[0], err[0]};
+	for (int i = 0; i < 3; i++)
+		fcntl(fds[i], F_SETFL, O_NONBLOCK);
+	size_t off = 0;
+	if (conf->n == 0) {
+		close(fds[0]);
+		fds[0] = -1;
+	}
+	long deadline = now_ms() + PLUGIN_TIMEOUT_MS;
+	char tmp[65536];
+	while (fds[0] >= 0 || fds[1] >= 0 || fds[2] >= 0) {
+		long left = deadline - now_ms();
+		if (left <= 0) {
+			r->timed_out = 1;
+			kill(-pid, SIGKILL);
+			kill(pid, SIGKILL);
+			break;
+		}
+		struct pollfd pf[3];
+		nfds_t np = 0;
+		int which[3];
+		for (int i = 0; i < 3; i++)
+			if (fds[i] >= 0) {
+				pf[np].fd = fds[i];
+				pf[np].events = i == 0 ? POLLOUT : POLLIN;
+				pf[np].revents = 0;
+				which[np++] = i;
+			}
+		int pr = poll(pf, np, (int)left);
+		if (pr < 0 && errno == EINTR)
+			continue;
+		if (pr < 0)
+			fail("poll: %s", strerror(errno));
+		for (nfds_t j = 0; j < np; j++) {
+			int i = which[j];
+			if (!pf[j].revents)
+				continue;
+			if (i == 0) {
+				ssize_t w = write(fds[0], conf->p + off, conf->n - off);
+				if (w > 0)
+					off += (size_t)w;
+				if ((w < 0 && errno != EAGAIN && errno != EINTR) || off == conf->n) {
+					close(fds[0]);
+					fds[0] = -1;
+				}
+				continue;
+			}
+			ssize_t got = read(fds[i], tmp, sizeof tmp);
+			if (got < 0 && (errno == EAGAIN || errno == EINTR))
+				continue;
+			if (got <= 0) {
+				close(fds[i]);
+				fds[i] = -1;
+				continue;
+			}
+			if (i == 1) {
+				if (r->out.n + (size_t)got > OUT_CAP)
+					r->overflow = 1;
+				else
+					b_add(&r->out, tmp, (size_t)got);
+			} else {
+				b_add(&r->err, tmp, (size_t)got);
+				if (r->err.n > ERR_CAP) {
+					memmove(r->err.p, r->err.p + r->err.n - ERR_CAP / 2, ERR_CAP / 2);
+					r->err.n = ERR_CAP / 2;
+					r->err.p[r->err.n] = 0;
+				}
+			}
+		}
+	}
+	for (int i = 0; i < 3; i++)
+		if (fds[i] >= 0)
+			close(fds[i]);
+	while (waitpid(pid, &r->status, 0) < 0)
+		if (errno != EINTR)
+			fail("waitpid: %s", strerror(errno));
+	r->ok = !r->timed_out && !r->overflow && WIFEXITED(r->status) && WEXITSTATUS(r->status) == 0;
+}
+
+/* The plugin's error: the CNI error's msg and details, else its stderr's last line. */
+static void run_error(const struct run *r, char *m, size_t len)
+{
+	if (r->timed_out) {
+		snprintf(m, len, "timed out after %d s", PLUGIN_TIMEOUT_MS / 1000);
+		return;
+	}
+	if (r->overflow) {
+		snprintf(m, len, "more than %zu bytes of output", OUT_CAP);
+		return;
+	}
+	if (r->out.n && j_object_doc(r->out.p, r->out.n) == 0) {
+		struct buf msg = {0}, det = {0};
+		if (j_get_str(r->out.p, r->out.n, "msg", &msg)) {
+			int d = j_get_str(r->out.p, r->out.n, "details", &det) && det.n;
+			snprintf(m, len, "%s%s%s", msg.p ? msg.p : "", d ? ": " : "", d ? det.p : "");
+			b_free(&msg);
+			b_free(&det);
+			return;
+		}
+		b_free(&msg);
+	}
+	if (r->err.n) {
+		size_t e = r->err.n;
+		while (e && (r->err.p[e - 1] == '\n' || r->err.p[e - 1] == '\r' || r->err.p[e - 1] == ' '))
+			e--;
+		size_t s = e;
+		while (s && r->err.p[s - 1] != '\n')
+			s--;
+		if (e > s) {
+			snprintf(m, len, "%.*s", (int)(e - s > 1000 ? 1000 : e - s), r->err.p + s);
+			return;
+		}
+	}
+	if (WIFEXITED(r->status))
+		snprintf(m, len, "exited with status %d", WEXITSTATUS(r->status));
+	else if (WIFSIGNALED(r->status))
+		snprintf(m, len, "killed by signal %d", WTERMSIG(r->status));
+	else
+		snprintf(m, len, "failed");
+}
+
+static void run_free(struct run *r)
+{
+	b_free(&r->out);
+	b_free(&r->err);
+}
+
+/* ------------------------------------------------------------------ plugin configs (validated values only) */
+
+struct mapping {
+	unsigned host, cont, udp;
+};
+
+struct addr {
+	uint32_t ip;
+	unsigned prefix;
+};
+
+static void conf_bridge(struct buf *b, const struct netconf *c, uint32_t rs, uint32_t re, const struct buf *prev)
+{
+	char net[16], gw[16], a[16], z[16];
+	fmt_ip(c->net, net);
+	fmt_ip(c->gw, gw);
+	b_fmt(b,
+	      "{\"cniVersion\":\"1.0.0\",\"name\":\"trellis-%u\",\"type\":\"bridge\",\"bridge\":\"%s\","
+	      "\"isGateway\":true,\"ipMasq\":true,\"hairpinMode\":true,\"mtu\":%u,"
+	      "\"ipam\":{\"type\":\"host-local\",\"ranges\":[[{\"subnet\":\"%s/%u\",\"gateway\":\"%s\"",
+	      caller, c->bridge, c->mtu, net, c->prefix, gw);
+	if (rs) {
+		fmt_ip(rs, a);
+		fmt_ip(re, z);
+		b_fmt(b, ",\"rangeStart\":\"%s\",\"rangeEnd\":\"%s\"", a, z);
+	}
+	b_fmt(b, "}]],\"routes\":[{\"dst\":\"0.0.0.0/0\"}],\"dataDir\":\"" STATE_DIR "/%u/ipam\"}", caller);
+	if (prev) {
+		b_str(b, ",\"prevResult\":");
+		b_add(b, prev->p, prev->n);
+	}
+	b_str(b, "}");
+}
+
+static void conf_portmap(struct buf *b, const struct mapping *m, size_t n, const struct buf *prev)
+{
+	b_fmt(b,
+	      "{\"cniVersion\":\"1.0.0\",\"name\":\"trellis-%u\",\"type\":\"portmap\","
+	      "\"capabilities\":{\"portMappings\":true},\"snat\":true,\"runtimeConfig\":{\"portMappings\":[",
+	      caller);
+	for (size_t i = 0; i < n; i++)
+		b_fmt(b, "%s{\"hostPort\":%u,\"containerPort\":%u,\"protocol\":\"%s\"}", i ? "," : "", m[i].host, m[i].cont, m[i].udp ? "udp" : "tcp");
+	b_str(b, "]}");
+	if (prev) {
+		b_str(b, ",\"prevResult\":");
+		b_add(b, prev->p, prev->n);
+	}
+	b_str(b, "}");
+}
+
+/* "<host>:<container>/<tcp|udp>" */
+static int parse_mapping(const char *s, const char *e, struct mapping *m)
+{
+	const char *colon = memchr(s, ':', (size_t)(e - s));
+	if (!colon)
+		return -1;
+	const char *slash = memchr(colon, '/', (size_t)(e - colon));
+	unsigned long h, c;
+	if (!slash || parse_num(s, colon, 65535, &h) || parse_num(colon + 1, slash, 65535, &c) || h < 1 || c < 1)
+		return -1;
+	size_t pl = (size_t)(e - slash - 1);
+	if (pl == 3 && !memcmp(slash + 1, "tcp", 3))
+		m->udp = 0;
+	else if (pl == 3 && !memcmp(slash + 1, "udp", 3))
+		m->udp = 1;
+	else
+		return -1;
+	m->host = (unsigned)h;
+	m->cont = (unsigned)c;
+	return 0;
+}
+
+/* A ports/<id> file: one mapping per line. -1 when malformed. */
+static int parse_ports_file(const struct buf *b, struct mapping *m, size_t *n)
+{
+	*n = 0;
+	const char *s = b->p ? b->p : "", *end = s + b->n;
+	if (memchr(s, 0, b->n))
+		return -1;
+	while (s < end) {
+		const char *e = memchr(s, '\n', (size_t)(end - s));
+		if (!e)
+			return -1;
+		if (*n >= MAX_PORTS || parse_mapping(s, e, &m[*n]))
+			return -1;
+		++*n;
+		s = e + 1;
+	}
+	return 0;
+}
+
+/*
+ * The addresses of a stored bridge result. strict: each must be a host address of the
+ * user's subnet, with its prefix (what add accepts); else any IPv4 address/prefix (what
+ * del needs to clean up after a config change).
+ */
+static int result_addrs(const struct buf *res, const struct netconf *c, int strict, struct addr *a, size_t *n)
+{
+	size_t vs, ve;
+	*n = 0;
+	if (!res->n || j_object_doc(res->p, res->n))
+		return -1;
+	if (j_get(res->p, res->n, "ips", &vs, &ve) != 1 || res->p[vs] != '[')
+		return -1;
+	struct jp p = {res->p, ve, vs + 1};
+	j_ws(&p);
+	if (p.i < p.n && res->p[p.i] == ']')
+		return -1;
+	for (;;) {
+		j_ws(&p);
+		size_t es = p.i;
+		if (j_val(&p, 1))
+			return -1;
+		size_t ee = p.i;
+		struct buf s = {0};
+		if (res->p[es] != '{' || !j_get_str(res->p + es, ee - es, "address", &s) || *n >= MAX_IPS ||
+		    parse_cidr(s.p, s.p + s.n, &a[*n].ip, &a[*n].prefix)) {
+			b_free(&s);
+			return -1;
+		}
+		b_free(&s);
+		uint32_t ip = a[*n].ip;
+		if (strict && (a[*n].prefix != c->prefix || !in_subnet(c, ip) || ip == c->net || ip == c->gw || ip == bcast_of(c)))
+			return -1;
+		if (!strict && a[*n].prefix < 1)
+			return -1;
+		++*n;
+		j_ws(&p);
+		if (p.i >= p.n)
+			return -1;
+		char d = res->p[p.i++];
+		if (d == ']')
+			return 0;
+		if (d != ',')
+			return -1;
+	}
+}
+
+/* ------------------------------------------------------------------ a throwaway netns holding the container's addresses */
+
+static int nl_attr(struct nlmsghdr *h, size_t cap, unsigned short type, const void *data, size_t len, struct rtattr **at)
+{
+	size_t off = NLMSG_ALIGN(h->nlmsg_len), rl = RTA_LENGTH(len);
+	if (off + RTA_ALIGN(rl) > cap)
+		return -1;
+	struct rtattr *a = (struct rtattr *)(void *)((char *)h + off);
+	a->rta_type = type;
+	a->rta_len = (unsigned short)rl;
+	if (len)
+		memcpy(RTA_DATA(a), data, len);
+	h->nlmsg_len = (uint32_t)(off + RTA_ALIGN(rl));
+	if (at)
+		*at = a;
+	return 0;
+}
+
+static int nl_do(int fd, struct nlmsghdr *h)
+{
+	static uint32_t seq;
+	h->nlmsg_seq = ++seq;
+	h->nlmsg_flags |= NLM_F_REQUEST | NLM_F_ACK;
+	struct sockaddr_nl sa;
+	memset(&sa, 0, sizeof sa);
+	sa.nl_family = AF_NETLINK;
+	if (sendto(fd, h, h->nlmsg_len, 0, (struct sockaddr *)&sa, sizeof sa) < 0)
+		return -1;
+	for (;;) {
+		union {
+			struct nlmsghdr h;
+			char b[8192];
+		} r;
+		ssize_t got = recv(fd, &r, sizeof r, 0);
+		if (got < 0 && errno == EINTR)
+			continue;
+		if (got < 0)
+			return -1;
+		char *p = r.b;
+		size_t left = (size_t)got;
+		while (left >= sizeof(struct nlmsghdr)) {
+			struct nlmsghdr *m = (struct nlmsghdr *)(void *)p;
+			if (m->nlmsg_len < sizeof *m || m->nlmsg_len > left)
+				break;
+			if (m->nlmsg_seq == seq && m->nlmsg_type == NLMSG_ERROR) {
+				struct nlmsgerr e;
+				if (m->nlmsg_len < NLMSG_LENGTH(sizeof e)) {
+					errno = EPROTO;
+					return -1;
+				}
+				memcpy(&e, NLMSG_DATA(m), sizeof e);
+				if (e.error) {
+					errno = -e.error;
+					return -1;
+				}
+				return 0;
+			}
+			size_t adv = NLMSG_ALIGN(m->nlmsg_len);
+			if (adv >= left)
+				break;
+			p += adv;
+			left -= adv;
+		}
+	}
+}
+
+/* In the current (fresh) netns: a link "eth0" carrying the addresses. */
+static int ghost_eth0(const struct addr *a, size_t n)
+{
+	int fd = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE);
+	if (fd < 0)
+		return -1;
+	union {
+		struct nlmsghdr h;
+		char b[512];
+	} q;
+	struct rtattr *li = NULL;
+	memset(&q, 0, sizeof q);
+	q.h.nlmsg_len = NLMSG_LENGTH(sizeof(struct ifinfomsg));
+	q.h.nlmsg_type = RTM_NEWLINK;
+	q.h.nlmsg_flags = NLM_F_CREATE | NLM_F_EXCL;
+	((struct ifinfomsg *)NLMSG_DATA(&q.h))->ifi_family = AF_UNSPEC;
+	/* a bridge: the bridge plugin needs that driver anyway (dummy may be missing) */
+	if (nl_attr(&q.h, sizeof q, IFLA_IFNAME, "eth0", 5, NULL) || nl_attr(&q.h, sizeof q, IFLA_LINKINFO, NULL, 0, &li) ||
+	    nl_attr(&q.h, sizeof q, IFLA_INFO_KIND, "bridge", 7, NULL))
+		goto bad;
+	li->rta_len = (unsigned short)((char *)&q.h + q.h.nlmsg_len - (char *)li);
+	if (nl_do(fd, &q.h))
+		goto bad;
+	unsigned idx = if_nametoindex("eth0");
+	if (!idx)
+		goto bad;
+	for (size_t i = 0; i < n; i++) {
+		memset(&q, 0, sizeof q);
+		q.h.nlmsg_len = NLMSG_LENGTH(sizeof(struct ifaddrmsg));
+		q.h.nlmsg_type = RTM_NEWADDR;
+		q.h.nlmsg_flags = NLM_F_CREATE | NLM_F_EXCL;
+		struct ifaddrmsg *ifa = NLMSG_DATA(&q.h);
+		ifa->ifa_family = AF_INET;
+		ifa->ifa_prefixlen = (unsigned char)a[i].prefix;
+		ifa->ifa_scope = RT_SCOPE_UNIVERSE;
+		ifa->ifa_index = idx;
+		uint32_t be = htonl(a[i].ip);
+		if (nl_attr(&q.h, sizeof q, IFA_LOCAL, &be, 4, NULL) || nl_attr(&q.h, sizeof q, IFA_ADDRESS, &be, 4, NULL) || nl_do(fd, &q.h))
+			goto bad;
+	}
+	close(fd);
+	return 0;
+bad:
+	close(fd);
+	return -1;
+}
+
+/*
+ * The bridge plugin cleans up a container's IP masquerade rules only when DEL finds an
+ * eth0 with the container's addresses in CNI_NETNS; with an empty CNI_NETNS (container
+ * gone) it releases the lease and leaves the rules. So DEL gets a fresh netns of ours
+ * holding an eth0 with the stored addresses. Returns its fd, or -1.
+ */
+static int ghost_netns(const struct addr *a, size_t n)
+{
+	struct stat before, after;
+	int host = open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC);
+	if (host < 0 || fstat(host, &before) < 0)
+		return -1;
+	if (unshare(CLONE_NEWNET) < 0) {
+		close(host);
+		return -1;
+	}
+	int fd = ghost_eth0(a, n) == 0 ? open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC) : -1;
+	if (setns(host, CLONE_NEWNET) < 0 || stat("/proc/self/ns/net", &after) < 0 || !same_file(&before, &after))
+		fail("cannot return to the host network namespace");
+	close(host);
+	return fd;
+}
+
+/* ------------------------------------------------------------------ state */
+
+struct state {
+	int dir, ipam, res, ports, lock;
+};
+
+/* Opens (creating when create) /var/lib/trellis/net/<uid>/{ipam,results,ports} and locks it. 1: missing. */
+static int state_open(int create, struct state *s)
+{
+	char uidname[16], path[96];
+	snprintf(uidname, sizeof uidname, "%u", caller);
+	int fd = open_trusted_dir(STATE_PARENT);
+	if (fd < 0)
+		refuse("%s: refusing to keep state there", fd == -1 ? STATE_PARENT " is missing" : why);
+	static const char *const chain[] = {"trellis", "net", NULL};
+	static const mode_t modes[] = {0755, 0700};
+	char sofar[96] = STATE_PARENT;
+	for (size_t i = 0; i < 3; i++) {
+		const char *name = chain[i] ? chain[i] : uidname;
+		size_t l = strlen(sofar);
+		snprintf(sofar + l, sizeof sofar - l, "/%s", name);
+		int next = open_below(fd, name, sofar, create, i < 2 ? modes[i] : 0700);
+		close(fd);
+		if (next == -1)
+			return 1;
+		if (next < 0)
+			refuse("%s: refusing to keep state there", why);
+		fd = next;
+	}
+	s->dir = fd;
+	/* the subdirectories are harmless to create in a verified root-owned state dir */
+	static const char *const subs[] = {"ipam", "results", "ports"};
+	int *dst[] = {&s->ipam, &s->res, &s->ports};
+	for (size_t i = 0; i < 3; i++) {
+		snprintf(path, sizeof path, STATE_DIR "/%u/%s", caller, subs[i]);
+		*dst[i] = open_below(s->dir, subs[i], path, 1, 0700);
+		if (*dst[i] < 0)
+			refuse("%s: refusing to keep state there", why);
+	}
+	snprintf(path, sizeof path, STATE_DIR "/%u/lock", caller);
+	s->lock = openat(s->dir, "lock", O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK, 0600);
+	struct stat st;
+	if (s->lock < 0 || fstat(s->lock, &st) < 0 || !trusted(&st, S_IFREG))
+		refuse("%s: not a root-owned regular file", path);
+	while (flock(s->lock, LOCK_EX) < 0)
+		if (errno != EINTR)
+			refuse("cannot lock %s: %s", path, strerror(errno));
+	return 0;
+}
+
+/* A stored state file (results/<id>.json or ports/<id>): 0 read, 1 missing; refuses when untrustworthy. */
+static int read_state(int dirfd, const char *sub, const char *name, struct buf *b, size_t cap)
+{
+	char path[160];
+	snprintf(path, sizeof path, STATE_DIR "/%u/%s/%s", caller, sub, name);
+	int r = read_trusted_file(dirfd, name, path, b, cap);
+	if (r < 0)
+		refuse("%s: refusing to trust it", why);
+	return r;
+}
+
+/* ------------------------------------------------------------------ the commands */
+
+static struct netconf conf;
+static char cid[96];          /* u<uid>-<id>: one user can never name another's container */
+static const char *cont_id;   /* <id> */
+static char res_name[80];     /* <id>.json */
+
+static int plugin(const char *name, const char *cmd, int netns, const char *args, const struct buf *in, char *err, size_t errlen)
+{
+	struct run r;
+	run_plugin(name, cmd, cid, netns, args, in, &r);
+	int ok = r.ok;
+	if (!ok) {
+		char m[1200];
+		run_error(&r, m, sizeof m);
+		snprintf(err, errlen, "%s %s failed: %s", name, cmd, m);
+	}
+	run_free(&r);
+	return ok ? 0 : -1;
+}
+
+/*
+ * Removes "eth0" from the container's network namespace (which removes the veth pair),
+ * from a child so that the gate itself never enters a namespace the user controls.
+ */
+static int remove_container_eth0(int netns)
+{
+	pid_t pid = fork();
+	if (pid < 0)
+		return -1;
+	if (pid == 0) {
+		union {
+			struct nlmsghdr h;
+			char b[256];
+		} q;
+		memset(&q, 0, sizeof q);
+		int fd = setns(netns, CLONE_NEWNET) < 0 ? -1 : socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE);
+		if (fd < 0)
+			_exit(1);
+		q.h.nlmsg_len = NLMSG_LENGTH(sizeof(struct ifinfomsg));
+		q.h.nlmsg_type = RTM_DELLINK;
+		((struct ifinfomsg *)NLMSG_DATA(&q.h))->ifi_family = AF_UNSPEC;
+		if (nl_attr(&q.h, sizeof q, IFLA_IFNAME, "eth0", 5, NULL))
+			_exit(1);
+		_exit(nl_do(fd, &q.h) == 0 || errno == ENODEV ? 0 : 1);
+	}
+	int st;
+	while (waitpid(pid, &st, 0) < 0)
+		if (errno != EINTR)
+			return -1;
+	return WIFEXITED(st) && WEXITSTATUS(st) == 0 ? 0 : -1;
+}
+
+/*
+ * Whether the container's network namespace has an "eth0" (1), not (0), or unknown (-1):
+ * add refuses rather than let the bridge plugin fail and its rollback DEL remove an eth0
+ * that belongs to another container of the user.
+ */
+static int container_has_eth0(int netns)
+{
+	pid_t pid = fork();
+	if (pid < 0)
+		return -1;
+	if (pid == 0) {
+		union {
+			struct nlmsghdr h;
+			char b[256];
+		} q;
+		memset(&q, 0, sizeof q);
+		int fd = setns(netns, CLONE_NEWNET) < 0 ? -1 : socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE);
+		if (fd < 0)
+			_exit(2);
+		q.h.nlmsg_len = NLMSG_LENGTH(sizeof(struct ifinfomsg));
+		q.h.nlmsg_type = RTM_GETLINK;
+		((struct ifinfomsg *)NLMSG_DATA(&q.h))->ifi_family = AF_UNSPEC;
+		if (nl_attr(&q.h, sizeof q, IFLA_IFNAME, "eth0", 5, NULL))
+			_exit(2);
+		/* with NLM_F_ACK the reply is the link then an ACK, or just an error */
+		if (nl_do(fd, &q.h) == 0)
+			_exit(1);
+		_exit(errno == ENODEV ? 0 : 2);
+	}
+	int st;
+	while (waitpid(pid, &st, 0) < 0)
+		if (errno != EINTR)
+			return -1;
+	return WIFEXITED(st) && WEXITSTATUS(st) < 2 ? WEXITSTATUS(st) : -1;
+}
+
+/*
+ * bridge DEL; when it fails only because the container's masquerade chain is already
+ * gone (bridge 1.1.1 with iptables-nft does not treat "Chain ... does not exist" as
+ * done: a repeated DEL, or one after a reboot), DEL again with an empty CNI_NETNS,
+ * which only releases the lease.
+ */
+static int bridge_del(int netns, const struct buf *c, char *err, size_t errlen)
+{
+	if (plugin("bridge", "DEL", netns, NULL, c, err, errlen) == 0)
+		return 0;
+	if (netns < 0 || (!strstr(err, "does not exist") && !strstr(err, "No chain/target/match by that name")))
+		return -1;
+	return plugin("bridge", "DEL", -1, NULL, c, err, errlen);
+}
+
+/*
+ * Everything of the container that bridge DEL can clean. Masquerade rules and lease are
+ * released with a ghost netns holding exactly the stored addresses (never through what
+ * the user may have put on eth0 in their own netns); the container's eth0 is removed by
+ * the gate. Without stored addresses: DEL in the container's netns (a failed ADD), or
+ * with an empty CNI_NETNS (lease only).
+ */
+static int bridge_teardown(int netns, const struct addr *a, size_t na, char *err, size_t errlen)
+{
+	struct buf c = {0};
+	conf_bridge(&c, &conf, 0, 0, NULL);
+	int rc;
+	if (na == 0) {
+		rc = bridge_del(netns, &c, err, errlen);
+	} else {
+		rc = 0;
+		if (netns >= 0 && remove_container_eth0(netns) < 0) {
+			snprintf(err, errlen, "cannot remove eth0 from the container's network namespace");
+			rc = -1;
+		}
+		if (rc == 0) {
+			int ghost = ghost_netns(a, na);
+			rc = bridge_del(ghost, &c, err, errlen);
+			if (ghost >= 0)
+				close(ghost);
+		}
+	}
+	b_free(&c);
+	return rc;
+}
+
+static int write_stdout(const char *p, size_t n)
+{
+	long deadline = now_ms() + STDOUT_TIMEOUT_MS;
+	while (n) {
+		ssize_t k = write(1, p, n);
+		if (k > 0) {
+			p += k;
+			n -= (size_t)k;
+			continue;
+		}
+		if (k < 0 && errno == EINTR)
+			continue;
+		if (k < 0 && errno == EAGAIN) {
+			long left = deadline - now_ms();
+			struct pollfd pf = {1, POLLOUT, 0};
+			if (left <= 0 || poll(&pf, 1, (int)left) < 0)
+				return -1;
+			continue;
+		}
+		return -1;
+	}
+	return 0;
+}
+
+static void cmd_add(int netns, uint32_t req_ip, uint32_t rs, uint32_t re)
+{
+	int has = container_has_eth0(netns);
+	if (has != 0)
+		refuse(has > 0 ? "the container's network namespace already has an eth0" : "cannot inspect the container's network namespace");
+	struct state s;
+	state_open(1, &s);
+	struct stat st;
+	if (fstatat(s.res, res_name, &st, AT_SYMLINK_NOFOLLOW) == 0 || errno != ENOENT)
+		refuse("container %s already has a network: del it first", cont_id);
+
+	char args[64] = "", ipbuf[16], err[1400], rb[1400];
+	if (req_ip) {
+		fmt_ip(req_ip, ipbuf);
+		snprintf(args, sizeof args, "IgnoreUnknown=1;IP=%s", ipbuf);
+	}
+	struct buf c = {0};
+	conf_bridge(&c, &conf, rs, re, NULL);
+	struct run r;
+	run_plugin("bridge", "ADD", cid, netns, req_ip ? args : NULL, &c, &r);
+	b_free(&c);
+	const char *problem = NULL;
+	struct addr a[MAX_IPS];
+	size_t na = 0;
+	if (!r.ok) {
+		char m[1200];
+		run_error(&r, m, sizeof m);
+		snprintf(err, sizeof err, "bridge ADD failed: %s", m);
+		problem = err;
+	} else if (result_addrs(&r.out, &conf, 1, a, &na)) {
+		problem = "bridge ADD returned a result without a usable address in the subnet";
+	} else if (req_ip && (na != 1 || a[0].ip != req_ip)) {
+		problem = "bridge ADD did not assign the requested address";
+	} else if (rs && (na != 1 || a[0].ip < rs || a[0].ip > re)) {
+		problem = "bridge ADD assigned an address outside the requested range";
+	} else if (write_state_file(s.res, res_name, r.out.p, r.out.n)) {
+		snprintf(err, sizeof err, "cannot store " STATE_DIR "/%u/results/%s: %s", caller, res_name, strerror(errno));
+		problem = err;
+	} else if (write_stdout(r.out.p, r.out.n)) {
+		remove_state_file(s.res, res_name);
+		problem = "cannot write the result to stdout";
+	}
+	run_free(&r);
+	if (!problem)
+		exit(0);
+	/* roll back: no lease, veth or rule is left */
+	if (bridge_teardown(netns, a, na, rb, sizeof rb))
+		fail("%s; rollback also failed: %s", problem, rb);
+	fail("%s (rolled back)", problem);
+}
+
+static void cmd_del(int netns)
+{
+	struct state s;
+	if (state_open(0, &s) == 1)
+		exit(0); /* nothing was ever stored for this user */
+	struct buf res = {0}, ports = {0};
+	int have_res = read_state(s.res, "results", res_name, &res, OUT_CAP) == 0;
+	int have_ports = read_state(s.ports, "ports", cont_id, &ports, PORTS_FILE_CAP) == 0;
+	struct addr a[MAX_IPS];
+	size_t na = 0;
+	if (have_res && result_addrs(&res, &conf, 0, a, &na)) {
+		/* unreadable result: still release what DEL can find by container id */
+		have_res = 0;
+		na = 0;
+	}
+	char err[1400];
+	if (have_ports) {
+		struct mapping m[MAX_PORTS];
+		size_t nm;
+		/* portmap DEL tears down everything of the container id; any non-empty list does */
+		if (parse_ports_file(&ports, m, &nm) || nm == 0) {
+			m[0].host = conf.port_start;
+			m[0].cont = 1;
+			m[0].udp = 0;
+			nm = 1;
+		}
+		struct buf c = {0};
+		conf_portmap(&c, m, nm, have_res ? &res : NULL);
+		if (plugin("portmap", "DEL", netns, NULL, &c, err, sizeof err))
+			fail("%s", err);
+		b_free(&c);
+		if (remove_state_file(s.ports, cont_id))
+			fail("cannot remove " STATE_DIR "/%u/ports/%s: %s", caller, cont_id, strerror(errno));
+	}
+	if (bridge_teardown(netns, a, na, err, sizeof err))
+		fail("%s", err);
+	if (remove_state_file(s.res, res_name))
+		fail("cannot remove " STATE_DIR "/%u/results/%s: %s", caller, res_name, strerror(errno));
+	exit(0);
+}
+
+static void cmd_check(int netns)
+{
+	struct state s;
+	struct buf res = {0};
+	if (state_open(0, &s) == 1 || read_state(s.res, "results", res_name, &res, OUT_CAP) == 1)
+		refuse("container %s has no network", cont_id);
+	struct addr a[MAX_IPS];
+	size_t na;
+	if (result_addrs(&res, &conf, 1, a, &na))
+		refuse("the stored result of container %s does not fit the current network config", cont_id);
+	struct buf c = {0};
+	char err[1400];
+	conf_bridge(&c, &conf, 0, 0, &res);
+	if (plugin("bridge", "CHECK", netns, NULL, &c, err, sizeof err))
+		fail("%s", err);
+	exit(0);
+}
+
+/*
+ * portmap 1.1.1 with snat sets route_localnet=1 on the bridge (so the host's own
+ * 127.0.0.1:<hostport> reaches the container). That also lets a container reach every
+ * service bound to the host's 127.0.0.1 (CVE-2020-8558): turn it off again. Cost: the
+ * host reaches mapped ports through the gateway or another host address, not 127.0.0.1.
+ */
+static int no_route_localnet(void)
+{
+	char path[96];
+	snprintf(path, sizeof path, "/proc/sys/net/ipv4/conf/%s/route_localnet", conf.bridge);
+	int fd = open(path, O_WRONLY | O_NOFOLLOW | O_CLOEXEC);
+	if (fd < 0)
+		return -1;
+	ssize_t w = write(fd, "0\n", 2);
+	return close(fd) < 0 || w != 2 ? -1 : 0;
+}
+
+/* portmap ADD, then route_localnet off again (else the ADD counts as failed) */
+static int portmap_add(int netns, const struct buf *c, char *err, size_t errlen)
+{
+	if (plugin("portmap", "ADD", netns, NULL, c, err, errlen))
+		return -1;
+	if (no_route_localnet() == 0)
+		return 0;
+	snprintf(err, errlen, "cannot reset route_localnet on %s: %s", conf.bridge, strerror(errno));
+	return -1;
+}
+
+static void cmd_ports(const char *id, int netns, const struct mapping *m, size_t nm)
+{
+	struct state s;
+	struct buf res = {0}, old = {0};
+	if (state_open(0, &s) == 1 || read_state(s.res, "results", res_name, &res, OUT_CAP) == 1)
+		refuse("container %s has no network: add it first", id);
+	struct addr a[MAX_IPS];
+	size_t na;
+	if (result_addrs(&res, &conf, 1, a, &na))
+		refuse("the stored result of container %s does not fit the current network config", id);
+
+	/* no host port+protocol mapped by another container of this user */
+	int lfd = openat(s.ports, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	DIR *d = lfd < 0 ? NULL : fdopendir(lfd);
+	if (!d)
+		refuse("cannot list " STATE_DIR "/%u/ports: %s", caller, strerror(errno));
+	struct dirent *e;
+	while ((e = readdir(d))) {
+		if (!valid_id(e->d_name) || !strcmp(e->d_name, id))
+			continue;
+		struct buf b = {0};
+		struct mapping om[MAX_PORTS];
+		size_t on;
+		if (read_state(s.ports, "ports", e->d_name, &b, PORTS_FILE_CAP) == 1)
+			continue;
+		if (parse_ports_file(&b, om, &on))
+			refuse(STATE_DIR "/%u/ports/%s is corrupt", caller, e->d_name);
+		b_free(&b);
+		for (size_t i = 0; i < nm; i++)
+			for (size_t j = 0; j < on; j++)
+				if (m[i].host == om[j].host && m[i].udp == om[j].udp)
+					refuse("host port %u/%s is already mapped by container %s", m[i].host, m[i].udp ? "udp" : "tcp", e->d_name);
+	}
+	closedir(d);
+
+	struct mapping om[MAX_PORTS];
+	size_t on = 0;
+	int have_old = read_state(s.ports, "ports", id, &old, PORTS_FILE_CAP) == 0;
+	int old_valid = have_old && parse_ports_file(&old, om, &on) == 0 && on > 0;
+	if (have_old && !old_valid) {
+		om[0].host = conf.port_start;
+		om[0].cont = 1;
+		om[0].udp = 0;
+		on = 1;
+	}
+
+	char err[1400], err2[1400];
+	struct buf c = {0};
+	if (have_old) {
+		conf_portmap(&c, om, on, &res);
+		if (plugin("portmap", "DEL", netns, NULL, &c, err, sizeof err))
+			fail("%s", err);
+		b_free(&c);
+	}
+	if (nm == 0) {
+		if (remove_state_file(s.ports, id))
+			fail("cannot remove " STATE_DIR "/%u/ports/%s: %s", caller, id, strerror(errno));
+		exit(0);
+	}
+	struct buf file = {0};
+	for (size_t i = 0; i < nm; i++)
+		b_fmt(&file, "%u:%u/%s\n", m[i].host, m[i].cont, m[i].udp ? "udp" : "tcp");
+	conf_portmap(&c, m, nm, &res);
+	int rc = portmap_add(netns, &c, err, sizeof err);
+	if (rc == 0 && write_state_file(s.ports, id, file.p, file.n) == 0)
+		exit(0);
+	if (rc == 0)
+		snprintf(err, sizeof err, "cannot store " STATE_DIR "/%u/ports/%s: %s", caller, id, strerror(errno));
+	/* roll back to the old mappings: remove what ADD made, re-add the old set */
+	if (plugin("portmap", "DEL", netns, NULL, &c, err2, sizeof err2))
+		fail("%s; rollback failed: %s", err, err2);
+	b_free(&c);
+	if (old_valid) {
+		conf_portmap(&c, om, on, &res);
+		if (portmap_add(netns, &c, err2, sizeof err2) == 0)
+			fail("%s (the previous mappings are restored)", err);
+		plugin("portmap", "DEL", netns, NULL, &c, err2, sizeof err2);
+	}
+	remove_state_file(s.ports, id);
+	fail("%s (the container has no port mappings now)", err);
+}
+
+/* ------------------------------------------------------------------ setup and argument validation */
+
+static void harden(void)
+{
+	/* fds 0-2 exist (so nothing of ours lands on them); nothing else is inherited */
+	for (int fd = 0; fd < 3; fd++)
+		if (fcntl(fd, F_GETFD) < 0 && open("/dev/null", O_RDWR) != fd)
+			_exit(2);
+	if (syscall(SYS_close_range, 3U, ~0U, 0) < 0)
+		for (int fd = 3; fd < 65536; fd++)
+			close(fd);
+	prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+	struct rlimit zero = {0, 0};
+	setrlimit(RLIMIT_CORE, &zero);
+
+	caller = (unsigned)getuid();
+	if (geteuid() != 0)
+		refuse("not running as root: install me root-owned with mode 4755");
+	/*
+	 * Root in every id from here on: the caller can no longer signal (kill or stop) the
+	 * gate half-way through an operation. Plugin runs are bounded by a timeout instead.
+	 */
+	if (setresgid(0, 0, 0) < 0 || setgroups(0, NULL) < 0 || setresuid(0, 0, 0) < 0)
+		refuse("cannot become root: %s", strerror(errno));
+	prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+
+	/* resource limits of our own choosing, not the caller's (children inherit them) */
+	struct {
+		int res;
+		rlim_t soft, hard;
+	} lim[] = {
+	    {RLIMIT_CORE, 0, 0},
+	    {RLIMIT_CPU, RLIM_INFINITY, RLIM_INFINITY},
+	    {RLIMIT_FSIZE, RLIM_INFINITY, RLIM_INFINITY},
+	    {RLIMIT_DATA, RLIM_INFINITY, RLIM_INFINITY},
+	    {RLIMIT_AS, RLIM_INFINITY, RLIM_INFINITY},
+	    {RLIMIT_RSS, RLIM_INFINITY, RLIM_INFINITY},
+	    {RLIMIT_STACK, 8 << 20, RLIM_INFINITY},
+	    {RLIMIT_NOFILE, 1024, 4096},
+	    {RLIMIT_NPROC, RLIM_INFINITY, RLIM_INFINITY},
+	    {RLIMIT_MEMLOCK, 8 << 20, 8 << 20},
+	    {RLIMIT_LOCKS, RLIM_INFINITY, RLIM_INFINITY},
+	};
+	for (size_t i = 0; i < sizeof lim / sizeof lim[0]; i++) {
+		__rlimit_resource_t res = (__rlimit_resource_t)lim[i].res;
+		struct rlimit l = {lim[i].soft, lim[i].hard}, cur;
+		if (setrlimit(res, &l) == 0)
+			continue;
+		/* raising a hard limit needs CAP_SYS_RESOURCE: else as close as the caller's hard limit allows */
+		if (getrlimit(res, &cur) < 0)
+			refuse("getrlimit: %s", strerror(errno));
+		l.rlim_max = cur.rlim_max;
+		if (l.rlim_cur > l.rlim_max)
+			l.rlim_cur = l.rlim_max;
+		if (setrlimit(res, &l) < 0)
+			refuse("setrlimit: %s", strerror(errno));
+	}
+	umask(077);
+	if (chdir("/") < 0)
+		refuse("chdir /: %s", strerror(errno));
+
+	/* signals: default, none blocked; terminal and pipe signals ignored */
+	for (int s = 1; s < NSIG; s++)
+		signal(s, SIG_DFL);
+	static const int ign[] = {SIGPIPE, SIGHUP, SIGINT, SIGQUIT, SIGTSTP, SIGTTIN, SIGTTOU, SIGXFSZ};
+	for (size_t i = 0; i < sizeof ign / sizeof ign[0]; i++)
+		signal(ign[i], SIG_IGN);
+	sigset_t none;
+	sigemptyset(&none);
+	sigprocmask(SIG_SETMASK, &none, NULL);
+
+	struct statfs sf;
+	if (statfs("/proc", &sf) < 0 || sf.f_type != PROC_SUPER_MAGIC)
+		refuse("/proc is not procfs");
+}
+
+static const char usage[] =
+    "usage: cni-gate add <id> <pid> [ip=A.B.C.D|range=A.B.C.D/NN] | del <id> [<pid>] | check <id> <pid> | "
+    "ports <id> <pid> [<hostport>:<containerport>/<tcp|udp> ...]";
+
+static long parse_pid(const char *s)
+{
+	unsigned long v;
+	if (parse_num_z(s, INT_MAX, &v) || v < 2)
+		refuse("bad pid '%.20s': a decimal process id greater than 1", s);
+	return (long)v;
+}
+
+int main(int argc, char **argv)
+{
+	clearenv();
+	harden();
+
+	if (argc < 2 || !argv[1])
+		refuse("%s", usage);
+	const char *cmd = argv[1];
+	enum { ADD, DEL, CHECK, PORTS } op;
+	int min, max;
+	if (!strcmp(cmd, "add"))
+		op = ADD, min = 4, max = 5;
+	else if (!strcmp(cmd, "del"))
+		op = DEL, min = 3, max = 4;
+	else if (!strcmp(cmd, "check"))
+		op = CHECK, min = 4, max = 4;
+	else if (!strcmp(cmd, "ports"))
+		op = PORTS, min = 4, max = 4 + MAX_PORTS;
+	else
+		refuse("unknown command '%.20s': %s", cmd, usage);
+	if (argc < min)
+		refuse("too few arguments: %s", usage);
+	if (argc > max && op == PORTS)
+		refuse("too many arguments: at most %d port mappings", MAX_PORTS);
+	if (argc > max)
+		refuse("too many arguments: %s", usage);
+	const char *id = argv[2];
+	if (!valid_id(id))
+		refuse("bad container id '%.70s': [A-Za-z0-9][A-Za-z0-9_.-]{0,63}", id);
+	long pid = argc > 3 ? parse_pid(argv[3]) : 0;
+	cont_id = id;
+	snprintf(cid, sizeof cid, "u%u-%s", caller, id);
+	snprintf(res_name, sizeof res_name, "%s.json", id);
+
+	/* the syntax of the rest */
+	uint32_t req_ip = 0, rnet = 0;
+	unsigned rprefix = 0;
+	int has_range = 0;
+	struct mapping m[MAX_PORTS];
+	size_t nm = 0;
+	if (op == ADD && argc == 5) {
+		const char *a = argv[4];
+		if (!strncmp(a, "ip=", 3)) {
+			if (parse_ip(a + 3, a + strlen(a), &req_ip))
+				refuse("bad ip= '%.40s': an IPv4 address", a + 3);
+		} else if (!strncmp(a, "range=", 6)) {
+			if (parse_cidr(a + 6, a + strlen(a), &rnet, &rprefix) || (rnet & ~mask_of(rprefix)))
+				refuse("bad range= '%.40s': an IPv4 network a.b.c.d/nn", a + 6);
+			has_range = 1;
+		} else {
+			refuse("bad argument '%.40s': ip=A.B.C.D or range=A.B.C.D/NN", a);
+		}
+	}
+	if (op == PORTS)
+		for (int i = 4; i < argc; i++) {
+			const char *a = argv[i];
+			if (parse_mapping(a, a + strlen(a), &m[nm]))
+				refuse("bad port mapping '%.40s': <hostport>:<containerport>/<tcp|udp>", a);
+			nm++;
+		}
+
+	/* the root-owned inputs */
+	load_conf(caller, &conf);
+	check_no_overlap(caller, &conf);
+	check_plugins();
+
+	/* the rest against the config */
+	uint32_t rs = 0, re = 0;
+	if (req_ip && (!in_subnet(&conf, req_ip) || req_ip == conf.net || req_ip == conf.gw || req_ip == bcast_of(&conf)))
+		refuse("ip=%s is not a host address of your subnet (or is the gateway)", argv[4] + 3);
+	if (has_range) {
+		if (rprefix < conf.prefix || (rnet & mask_of(conf.prefix)) != conf.net)
+			refuse("range=%s is not inside your subnet", argv[4] + 6);
+		rs = rnet;
+		re = rnet | ~mask_of(rprefix);
+		/* network, broadcast and gateway are never handed out */
+		while (rs <= re && (rs == conf.net || rs == conf.gw))
+			rs++;
+		while (re >= rs && (re == bcast_of(&conf) || re == conf.gw))
+			re--;
+		if (rs > re)
+			refuse("range=%s holds no usable address", argv[4] + 6);
+	}
+	for (size_t i = 0; i < nm; i++) {
+		if (m[i].host < conf.port_start || m[i].host > conf.port_end)
+			refuse("host port %u is outside your range %u-%u", m[i].host, conf.port_start, conf.port_end);
+		for (size_t j = 0; j < i; j++)
+			if (m[j].host == m[i].host && m[j].udp == m[i].udp)
+				refuse("host port %u/%s is mapped twice", m[i].host, m[i].udp ? "udp" : "tcp");
+	}
+
+	/* the container */
+	int netns = pid ? container_netns(pid) : -1;
+
+	switch (op) {
+	case ADD:
+		cmd_add(netns, req_ip, rs, re);
+		break;
+	case DEL:
+		cmd_del(netns);
+		break;
+	case CHECK:
+		cmd_check(netns);
+		break;
+	case PORTS:
+		cmd_ports(id, netns, m, nm);
+		break;
+	}
+	return 1;
+}

@@ -1,0 +1,271 @@
+// The external networker (spec/plugins.md §3), unprivileged. Addresses, the veth
+// and port mappings come from the setuid gate (CNI bridge, host-local, portmap as
+// root, inside the user's own network and port range); egress rules are written by
+// this process into the container's own network namespace, entered through the
+// user's ownership of the container's user namespace.
+import { createHash } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { mkdir, readFile, readdir, rename, rm, writeFile } from 'node:fs/promises';
+import { isIPv4 } from 'node:net';
+import { join } from 'node:path';
+import { execa } from 'execa';
+import { pino, type Logger } from 'pino';
+import { ExternalFailure, InvalidArgument, TrellisError, errorMessage } from '../../src/errors.js';
+import { inSubnet, type UserNetwork } from './config.js';
+import type { Gate, PortMapping } from './gate.js';
+import { ipv4Table, ipv6Table, parseCidr, parseRule, type NetOutRule } from './netout.js';
+
+export interface NetworkerOptions {
+  network: UserNetwork;
+  gate: Gate;
+  /** Per-container state (JSON); survives daemon restarts (it lives as long as the containers). */
+  stateDir: string;
+  allowNetworks?: string[];
+  denyNetworks?: string[];
+  /** Resolvers the containers may reach; default: the host's, but loopback ones. */
+  dnsServers?: string[];
+  logger?: Logger;
+}
+
+interface State {
+  handle: string;
+  id: string;
+  pid: number;
+  ip: string;
+  rules: NetOutRule[];
+  mappings: PortMapping[];
+}
+
+export interface UpInput {
+  Pid: number;
+  Properties?: Record<string, string>;
+  netout_rules?: unknown[];
+  netin?: { host_port?: number; container_port?: number }[];
+  /** Trellis: the create spec's `network` (an IP, or a CIDR inside the user's subnet). */
+  network?: string;
+}
+
+export interface UpOutput {
+  properties: Record<string, string>;
+  dns_servers: string[];
+}
+
+/** The gate's container id: the user's own name space, any handle. */
+export function gateId(handle: string): string {
+  return `n${createHash('sha256').update(handle).digest('hex').slice(0, 32)}`;
+}
+
+export function hostResolvers(text: string): string[] {
+  const out: string[] = [];
+  for (const line of text.split('\n')) {
+    const m = /^\s*nameserver\s+(\S+)/.exec(line);
+    if (m && isIPv4(m[1] as string) && !(m[1] as string).startsWith('127.')) out.push(m[1] as string);
+  }
+  return out;
+}
+
+/** `a.b.c.d` → a static IP; `a.b.c.d/nn` → that range (network address) or that IP (host address). */
+export function parseRequest(spec: string | undefined, net: UserNetwork): { ip?: string; range?: string } {
+  if (spec === undefined || spec === '') return {};
+  const [addr, bits] = spec.split('/');
+  if (addr === undefined || !isIPv4(addr) || (bits !== undefined && !/^\d{1,2}$/.test(bits))) {
+    throw new InvalidArgument(`invalid network \`${spec}\`: want an IPv4 address or CIDR`);
+  }
+  const outside = (): InvalidArgument =>
+    new InvalidArgument(`network \`${spec}\` is outside this user's subnet ${net.subnet} (gdn setup decides the subnet)`);
+  if (bits === undefined || bits === '32') {
+    if (!inSubnet(addr, net.subnet) || addr === net.gateway) throw outside();
+    return { ip: addr };
+  }
+  let exact = true;
+  try {
+    parseCidr(spec);
+  } catch {
+    exact = false;
+  }
+  if (!exact) {
+    if (!inSubnet(addr, net.subnet) || addr === net.gateway) throw outside();
+    return { ip: addr };
+  }
+  const { prefix } = parseCidr(spec);
+  const user = parseCidr(net.subnet);
+  if (prefix < user.prefix || !inSubnet(addr, net.subnet) && addr !== user.network) throw outside();
+  return { range: spec };
+}
+
+export class Networker {
+  private readonly log: Logger;
+  private readonly dns: string[];
+  private portLock: Promise<unknown> = Promise.resolve();
+
+  constructor(private readonly o: NetworkerOptions) {
+    this.log = o.logger ?? pino({ level: 'silent' });
+    this.dns = o.dnsServers ?? [];
+    for (const c of [...(o.allowNetworks ?? []), ...(o.denyNetworks ?? [])]) parseCidr(c);
+  }
+
+  private statePath(id: string): string {
+    return join(this.o.stateDir, `${id}.json`);
+  }
+
+  private async load(handle: string): Promise<State | undefined> {
+    try {
+      return JSON.parse(await readFile(this.statePath(gateId(handle)), 'utf8')) as State;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+      throw err;
+    }
+  }
+
+  private async must(handle: string): Promise<State> {
+    const s = await this.load(handle);
+    if (!s) throw new TrellisError('ERR_TRELLIS_NETWORK_NOT_FOUND', `cannot find container [${handle}]`);
+    return s;
+  }
+
+  private async save(s: State): Promise<void> {
+    await mkdir(this.o.stateDir, { recursive: true, mode: 0o700 });
+    const p = this.statePath(s.id);
+    await writeFile(`${p}.tmp`, JSON.stringify(s), { mode: 0o600 });
+    await rename(`${p}.tmp`, p);
+  }
+
+  /** Writes the whole table into the container's netns (iptables-restore replaces it atomically). */
+  private async applyFirewall(s: State): Promise<void> {
+    const v4 = ipv4Table({
+      subnet: this.o.network.subnet,
+      gateway: this.o.network.gateway,
+      dnsServers: this.dns,
+      allowNetworks: this.o.allowNetworks ?? [],
+      denyNetworks: this.o.denyNetworks ?? [],
+      rules: s.rules,
+    });
+    for (const [bin, input] of [['iptables-restore', v4], ['ip6tables-restore', ipv6Table()]] as const) {
+      const r = await execa('nsenter', ['--preserve-credentials', '--target', String(s.pid), '--user', '--net', bin], {
+        input,
+        reject: false,
+        extendEnv: false,
+        env: { PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' },
+      });
+      if (r.exitCode !== 0) {
+        throw new ExternalFailure(bin, `${bin} in the container's network namespace: ${r.stderr.trim().split('\n').pop() || `exit status ${r.exitCode}`}`);
+      }
+    }
+  }
+
+  async up(handle: string, input: UpInput): Promise<UpOutput> {
+    const log = this.log.child({ session: 'up', handle });
+    if (!Number.isInteger(input.Pid) || input.Pid <= 1) throw new InvalidArgument(`invalid pid ${String(input.Pid)}`);
+    // Everything is checked before anything changes.
+    const rules = (input.netout_rules ?? []).map(parseRule);
+    const netin = (input.netin ?? []).map((n) => this.checkNetIn(n.host_port ?? 0, n.container_port ?? 0));
+    const request = parseRequest(input.network, this.o.network);
+    const id = gateId(handle);
+    log.info({ id, pid: input.Pid }, 'up.start');
+    const result = await this.o.gate.add(id, input.Pid, request);
+    const address = result.ips?.[0]?.address?.split('/')[0];
+    const s: State = { handle, id, pid: input.Pid, ip: address ?? '', rules, mappings: [] };
+    try {
+      if (!address || !isIPv4(address)) throw new ExternalFailure('cni-gate', 'the bridge plugin gave the container no IPv4 address');
+      await this.save(s);
+      await this.applyFirewall(s);
+      for (const [h, c] of netin) await this.addMapping(s, h, c);
+    } catch (err) {
+      log.error({ error: errorMessage(err) }, 'up.failed');
+      await this.o.gate.del(id, input.Pid).catch(() => undefined);
+      await rm(this.statePath(id), { force: true });
+      throw err;
+    }
+    log.info({ ip: s.ip }, 'up.finished');
+    return {
+      properties: {
+        'garden.network.container-ip': s.ip,
+        'garden.network.host-ip': this.o.network.gateway,
+        'garden.network.mapped-ports': JSON.stringify(s.mappings.map((m) => ({ HostPort: m.hostPort, ContainerPort: m.containerPort }))),
+      },
+      dns_servers: this.dns,
+    };
+  }
+
+  /** Idempotent: everything up made goes (veth, lease, NAT and filter rules); unknown handles are fine. */
+  async down(handle: string): Promise<void> {
+    const s = await this.load(handle);
+    const id = gateId(handle);
+    const alive = s !== undefined && existsSync(`/proc/${s.pid}/ns/net`);
+    await this.o.gate.del(id, alive ? s.pid : undefined).catch(async (err: unknown) => {
+      // The process may have died between the check and the call: try once without its netns.
+      if (alive) await this.o.gate.del(id);
+      else throw err;
+    });
+    await rm(this.statePath(id), { force: true });
+    this.log.info({ handle }, 'down.finished');
+  }
+
+  private checkNetIn(hostPort: number, containerPort: number): [number, number] {
+    for (const [v, what] of [[hostPort, 'host port'], [containerPort, 'container port']] as const) {
+      if (!Number.isInteger(v) || v < 0 || v > 65535) throw new InvalidArgument(`invalid ${what} ${v}`);
+    }
+    const { portStart, portEnd } = this.o.network;
+    if (hostPort !== 0 && (hostPort < portStart || hostPort > portEnd)) {
+      throw new InvalidArgument(`host port ${hostPort} is outside this user's range ${portStart}-${portEnd}`);
+    }
+    return [hostPort, containerPort];
+  }
+
+  private async usedPorts(): Promise<Set<number>> {
+    const used = new Set<number>();
+    for (const f of await readdir(this.o.stateDir).catch(() => [] as string[])) {
+      if (!f.endsWith('.json')) continue;
+      try {
+        const s = JSON.parse(await readFile(join(this.o.stateDir, f), 'utf8')) as State;
+        for (const m of s.mappings) used.add(m.hostPort);
+      } catch {
+        // a state file being rewritten
+      }
+    }
+    return used;
+  }
+
+  private async addMapping(s: State, hostPort: number, containerPort: number): Promise<PortMapping> {
+    const run = async (): Promise<PortMapping> => {
+      let h = hostPort;
+      if (h === 0) {
+        const used = await this.usedPorts();
+        for (let p = this.o.network.portStart; p <= this.o.network.portEnd; p++) {
+          if (!used.has(p)) {
+            h = p;
+            break;
+          }
+        }
+        if (h === 0) throw new TrellisError('ERR_TRELLIS_NO_PORTS', `no free host port left in ${this.o.network.portStart}-${this.o.network.portEnd}`);
+      }
+      const m: PortMapping = { hostPort: h, containerPort: containerPort === 0 ? h : containerPort, protocol: 'tcp' };
+      const next = [...s.mappings, m];
+      await this.o.gate.ports(s.id, s.pid, next);
+      s.mappings = next;
+      await this.save(s);
+      return m;
+    };
+    // Port choice and the gate call go one at a time, so two net-ins never pick the same port.
+    const p = this.portLock.then(run, run);
+    this.portLock = p.catch(() => undefined);
+    return p;
+  }
+
+  async netIn(handle: string, input: { HostPort?: number; ContainerPort?: number }): Promise<{ host_port: number; container_port: number }> {
+    const [h, c] = this.checkNetIn(input.HostPort ?? 0, input.ContainerPort ?? 0);
+    const s = await this.must(handle);
+    const m = await this.addMapping(s, h, c);
+    this.log.info({ handle, hostPort: m.hostPort, containerPort: m.containerPort }, 'net-in.finished');
+    return { host_port: m.hostPort, container_port: m.containerPort };
+  }
+
+  async netOut(handle: string, rules: unknown[]): Promise<void> {
+    const parsed = rules.map(parseRule);
+    const s = await this.must(handle);
+    const next: State = { ...s, rules: [...s.rules, ...parsed] };
+    await this.applyFirewall(next);
+    await this.save(next);
+    this.log.info({ handle, rules: parsed.length }, 'net-out.finished');
+  }
+}
