@@ -17,7 +17,7 @@ import { Gardener } from '../src/gardener/gardener.js';
 import { ExecImagePlugin, InProcessImagePlugin, type ImagePlugin } from '../src/image/plugin.js';
 import { buildMappings, primaryRange, readSubIdFile } from '../src/idmap/subid.js';
 import { ExecNetworkPlugin, InProcessNetwork, LoopbackOnly, type NetworkPlugin } from '../src/network/plugin.js';
-import { DEFAULT_GATE, NET_CONF_DIR } from '../plugins/networker/config.js';
+import { DEFAULT_GATE, NET_CONF_DIR, loadUserNetwork } from '../plugins/networker/config.js';
 import { defaultDnsServers, networkerFor } from '../plugins/networker/wiring.js';
 import { userPaths } from '../src/paths.js';
 import { planCgroups, probeOverlayInUserns, requireBinary, requireSetuid, requireWritableDir, requireSetuidRoot } from '../src/probe.js';
@@ -188,12 +188,15 @@ async function server(args: ServerArgs): Promise<void> {
     );
   }
   let network: NetworkPlugin;
+  // Where the host reaches mapped ports: with the built-in networker, its bridge address.
+  let externalIp = args['external-ip'] ?? '127.0.0.1';
   if (args['network-plugin'] !== undefined) {
     network = new ExecNetworkPlugin(args['network-plugin'], args['network-plugin-extra-arg'], log.child({ component: 'network-plugin' }));
   } else if (existsSync(join(NET_CONF_DIR, `${uid}.conf`))) {
     const gate = args['network-gate'];
     requireSetuidRoot(gate);
     const dns = [...(args['dns-server'].length > 0 ? args['dns-server'] : defaultDnsServers()), ...args['additional-dns-server']];
+    if (args['external-ip'] === undefined) externalIp = loadUserNetwork(uid).gateway;
     network = new InProcessNetwork(
       networkerFor(uid, { gate, allowNetworks: args['allow-network'], denyNetworks: args['deny-network'], dnsServers: dns }, log.child({ component: 'networker' })),
     );
@@ -211,6 +214,7 @@ async function server(args: ServerArgs): Promise<void> {
     containerizer: new Containerizer(depot, runc, conmon),
     image,
     network,
+    externalIp,
     log,
     uidMappings,
     gidMappings,
@@ -228,7 +232,7 @@ async function server(args: ServerArgs): Promise<void> {
   });
   await gardener.restore();
 
-  const deps = { gardener, network, log, storePath: paths.store, externalIp: args['external-ip'] ?? '127.0.0.1' };
+  const deps = { gardener, network, log, storePath: paths.store, externalIp };
   const http = createHttpServer({ requestTimeout: 0, headersTimeout: 60_000, keepAliveTimeout: 5_000 }, buildApp(deps));
   // Container root is this user: whoever can drive the API can act as this user (a bind
   // mount of its home is enough), so only this user (and root) is served on loopback.

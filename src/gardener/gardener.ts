@@ -86,6 +86,8 @@ export interface GardenerConfig {
   containerizer: Containerizer;
   image: ImagePlugin;
   network: NetworkPlugin;
+  /** spec/plugins.md §3.3: the host address for net-in, set as `garden.network.external-ip` before `up`. */
+  externalIp?: string;
   log: Logger;
   uidMappings: IdMapping[];
   gidMappings: IdMapping[];
@@ -262,6 +264,7 @@ export class Gardener {
       record.initPid = initPid;
 
       const props = propertyMap(spec.properties);
+      if (this.cfg.externalIp) props['garden.network.external-ip'] = this.cfg.externalIp;
       const up = await this.step('network', () =>
         this.cfg.network.up(handle, initPid, props, { netoutRules: spec.netoutRules, netin: spec.netin, network: spec.network }),
       );
