@@ -5,7 +5,7 @@
 // writes land, what stats says, and what destroy and clean leave behind.
 
 import { expect } from 'chai';
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
 import { lstat, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { userInfo } from 'node:os';
@@ -14,7 +14,7 @@ import { execa } from 'execa';
 import {
   cleanupServer, dumpLogsIfFailed, entries, leftovers, REPO, runAndWait, runtimeDir, type Server, sh, spec, startServer, STORE,
 } from './harness.js';
-import { busyboxLayerEntries, type Entry, gzip, layerTar, writeOciLayout, type WrittenLayout } from './images.js';
+import { busyboxLayerEntries, type Entry, gzip, layerTar, writeOciLayout, type WrittenLayout, subuidStart, chainIds } from './images.js';
 import { type Registry, startRegistry, stopAllRegistries } from './registry.js';
 
 const GROOTFS = join(REPO, 'dist/plugins/grootfs/main.js');
@@ -24,26 +24,7 @@ const RUN = `${Date.now().toString(36)}${randomBytes(3).toString('hex')}`;
 /** A btrfs subvolume's root directory always has inode 256. */
 const SUBVOLUME_ROOT_INO = 256;
 
-function subuidStart(): number {
-  const names = [userInfo().username, String(process.getuid?.())];
-  for (const line of readFileSync('/etc/subuid', 'utf8').split('\n')) {
-    const [name, start] = line.split(':');
-    if (name !== undefined && names.includes(name)) return Number(start);
-  }
-  throw new Error(`no /etc/subuid entry for ${names.join('/')}`);
-}
 const SUBUID = subuidStart();
-
-/** cli.md §6.5: layer 0 is its diff id's hex; layer n is sha256 hex of "<chain id n-1> <diff id n hex>". */
-function chainIds(diffIds: string[]): string[] {
-  const out: string[] = [];
-  for (const d of diffIds) {
-    const hex = d.replace(/^sha256:/, '');
-    const prev = out[out.length - 1];
-    out.push(prev === undefined ? hex : createHash('sha256').update(`${prev} ${hex}`).digest('hex'));
-  }
-  return out;
-}
 
 async function grootfs(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
   const r = await execa(process.execPath, [GROOTFS, '--store', BTRFS_STORE, ...args], {

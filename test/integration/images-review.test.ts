@@ -3,7 +3,7 @@
 // and btrfs stores, and through gdn where only a container can set the scene.
 
 import { expect } from 'chai';
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { closeSync, constants as fsc, existsSync, openSync, readFileSync } from 'node:fs';
 import { lstat, mkdir, mkdtemp, readdir, readFile, rm, symlink, writeFile } from 'node:fs/promises';
 import { homedir, userInfo } from 'node:os';
@@ -14,7 +14,7 @@ import { requireRootOwnedChain } from '../../plugins/grootfs/store.js';
 import {
   cleanupServer, dumpLogsIfFailed, entries, leftovers, processes, REPO, runAndWait, runtimeDir, type Server, sh, spec, startServer, STORE,
 } from './harness.js';
-import { busyboxLayerEntries, type Entry, gzip, layerTar, MEDIA, REF_NAME, sha256, writeOciLayout } from './images.js';
+import { busyboxLayerEntries, type Entry, gzip, layerTar, MEDIA, REF_NAME, sha256, writeOciLayout, chainIds } from './images.js';
 
 const GROOTFS = join(REPO, 'dist/plugins/grootfs/main.js');
 /** Made by `gdn setup --store-driver btrfs` (scripts/test). */
@@ -35,17 +35,6 @@ const SUBUID = subidStart('/etc/subuid');
 const SUBGID = subidStart('/etc/subgid');
 /** As the store's namespace root (what the unpack helper runs as). */
 const UNSHARE = ['--user', '--map-root-user', `--map-users=${SUBUID},1,65536`, `--map-groups=${SUBGID},1,65536`];
-
-/** cli.md §6.5: layer 0 is its diff id's hex; layer n is sha256 hex of "<chain id n-1> <diff id n hex>". */
-function chainIds(diffIds: string[]): string[] {
-  const out: string[] = [];
-  for (const d of diffIds) {
-    const hex = d.replace(/^sha256:/, '');
-    const prev = out[out.length - 1];
-    out.push(prev === undefined ? hex : createHash('sha256').update(`${prev} ${hex}`).digest('hex'));
-  }
-  return out;
-}
 
 interface CliResult {
   code: number;

@@ -6,10 +6,10 @@
 
 import { expect } from 'chai';
 import { spawn } from 'node:child_process';
-import { createHash, randomBytes } from 'node:crypto';
-import { existsSync, readFileSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { existsSync } from 'node:fs';
 import { lstat, mkdtemp, readFile, readlink, realpath, rm, writeFile } from 'node:fs/promises';
-import { userInfo } from 'node:os';
+
 import { join, resolve } from 'node:path';
 import { execa } from 'execa';
 import { GardenError } from '../../src/client/errors.js';
@@ -19,36 +19,15 @@ import {
   startServer, STORE,
 } from './harness.js';
 import {
-  busyboxLayerEntries, type Entry, gzip, hostPlatform, type ImageSpec, layerTar, rootfsTarball, writeOciLayout, type WrittenLayout,
-} from './images.js';
+  busyboxLayerEntries, type Entry, gzip, hostPlatform, type ImageSpec, layerTar, rootfsTarball, writeOciLayout, type WrittenLayout, subuidStart, chainIds } from './images.js';
 import { type Registry, startRegistry, stopAllRegistries } from './registry.js';
 
 const GROOTFS = join(REPO, 'dist/plugins/grootfs/main.js');
 /** Unique per run: the store outlives the suite, so "never pulled" layers need fresh bytes. */
 const RUN = `${Date.now().toString(36)}${randomBytes(3).toString('hex')}`;
 
-/** Container uid N (N ≥ 1) is host uid start+N-1; container root is the user. */
-function subuidStart(): number {
-  const names = [userInfo().username, String(process.getuid?.())];
-  for (const line of readFileSync('/etc/subuid', 'utf8').split('\n')) {
-    const [name, start] = line.split(':');
-    if (name !== undefined && names.includes(name)) return Number(start);
-  }
-  throw new Error(`no /etc/subuid entry for ${names.join('/')}`);
-}
 const SUBUID = subuidStart();
 const hostUid = (containerUid: number): number => (containerUid === 0 ? process.getuid!() : SUBUID + containerUid - 1);
-
-/** cli.md §6.5: layer 0 is its diff id's hex; layer n is sha256 hex of "<chain id n-1> <diff id n hex>". */
-function chainIds(diffIds: string[]): string[] {
-  const out: string[] = [];
-  for (const d of diffIds) {
-    const hex = d.replace(/^sha256:/, '');
-    const prev = out[out.length - 1];
-    out.push(prev === undefined ? hex : createHash('sha256').update(`${prev} ${hex}`).digest('hex'));
-  }
-  return out;
-}
 
 interface CliResult {
   code: number;

@@ -5,6 +5,7 @@
 import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { mkdir, writeFile } from 'node:fs/promises';
+import { userInfo } from 'node:os';
 import { dirname, join } from 'node:path';
 import { gunzipSync, gzipSync } from 'node:zlib';
 
@@ -356,4 +357,25 @@ export async function rootfsTarball(path: string, entries: Entry[], opts: { gzip
   await mkdir(dirname(path), { recursive: true });
   const tar = layerTar(entries);
   await writeFile(path, opts.gzip ? gzip(tar) : tar);
+}
+
+/** The test user's /etc/subuid start: container uid N (N >= 1) is host uid start+N-1. */
+export function subuidStart(): number {
+  const names = [userInfo().username, String(process.getuid?.())];
+  for (const line of readFileSync('/etc/subuid', 'utf8').split('\n')) {
+    const [name, start] = line.split(':');
+    if (name !== undefined && names.includes(name)) return Number(start);
+  }
+  throw new Error(`no /etc/subuid entry for ${names.join('/')}`);
+}
+
+/** cli.md §6.5: layer 0 is its diff id's hex; layer n is sha256 hex of "<chain id n-1> <diff id n hex>". */
+export function chainIds(diffIds: string[]): string[] {
+  const out: string[] = [];
+  for (const d of diffIds) {
+    const hex = d.replace(/^sha256:/, '');
+    const prev = out[out.length - 1];
+    out.push(prev === undefined ? hex : createHash('sha256').update(`${prev} ${hex}`).digest('hex'));
+  }
+  return out;
 }
