@@ -4,7 +4,7 @@
 // this process into the container's own network namespace, entered through the
 // user's ownership of the container's user namespace.
 import { createHash } from 'node:crypto';
-import { existsSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { mkdir, readFile, readdir, rename, rm, writeFile } from 'node:fs/promises';
 import { isIPv4 } from 'node:net';
 import { join } from 'node:path';
@@ -31,6 +31,8 @@ interface State {
   handle: string;
   id: string;
   pid: number;
+  /** The init's start time (/proc/<pid>/stat field 22): a recycled pid never passes for it. */
+  startTime?: string;
   ip: string;
   rules: NetOutRule[];
   mappings: PortMapping[];
@@ -93,10 +95,42 @@ export function parseRequest(spec: string | undefined, net: UserNetwork): { ip?:
   return { range: spec };
 }
 
+/** Field 22 of /proc/<pid>/stat (after the parenthesised name, which may hold anything). */
+export function processStartTime(pid: number): string | undefined {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19];
+  } catch {
+    return undefined;
+  }
+}
+
 export class Networker {
   private readonly log: Logger;
   private readonly dns: string[];
   private portLock: Promise<unknown> = Promise.resolve();
+  /** One change at a time per container: rules and mappings are read, changed and written back. */
+  private readonly handleLocks = new Map<string, Promise<unknown>>();
+
+  private serial<T>(handle: string, fn: () => Promise<T>): Promise<T> {
+    const prev = this.handleLocks.get(handle) ?? Promise.resolve();
+    const next = prev.then(fn, fn);
+    const settled = next.catch(() => undefined);
+    this.handleLocks.set(handle, settled);
+    void settled.then(() => {
+      if (this.handleLocks.get(handle) === settled) this.handleLocks.delete(handle);
+    });
+    return next;
+  }
+
+  /** The container's init, if it is still the process `up` was given (not a recycled pid). */
+  private alive(s: State): boolean {
+    return s.startTime !== undefined && processStartTime(s.pid) === s.startTime;
+  }
+
+  private requireAlive(s: State): void {
+    if (!this.alive(s)) throw new TrellisError('ERR_TRELLIS_CONTAINER_GONE', `the init process of container [${s.handle}] is gone`);
+  }
 
   constructor(private readonly o: NetworkerOptions) {
     this.log = o.logger ?? pino({ level: 'silent' });
@@ -161,10 +195,12 @@ export class Networker {
     const netin = (input.netin ?? []).map((n) => this.checkNetIn(n.host_port ?? 0, n.container_port ?? 0));
     const request = parseRequest(input.network, this.o.network);
     const id = gateId(handle);
+    const startTime = processStartTime(input.Pid);
+    if (startTime === undefined) throw new InvalidArgument(`no process ${input.Pid}`);
     log.info({ id, pid: input.Pid }, 'up.start');
     const result = await this.o.gate.add(id, input.Pid, request);
     const address = result.ips?.[0]?.address?.split('/')[0];
-    const s: State = { handle, id, pid: input.Pid, ip: address ?? '', rules, mappings: [] };
+    const s: State = { handle, id, pid: input.Pid, startTime, ip: address ?? '', rules, mappings: [] };
     try {
       if (!address || !isIPv4(address)) throw new ExternalFailure('cni-gate', 'the bridge plugin gave the container no IPv4 address');
       await this.save(s);
@@ -189,9 +225,13 @@ export class Networker {
 
   /** Idempotent: everything up made goes (veth, lease, NAT and filter rules); unknown handles are fine. */
   async down(handle: string): Promise<void> {
+    return this.serial(handle, () => this.downNow(handle));
+  }
+
+  private async downNow(handle: string): Promise<void> {
     const s = await this.load(handle);
     const id = gateId(handle);
-    const alive = s !== undefined && existsSync(`/proc/${s.pid}/ns/net`);
+    const alive = s !== undefined && this.alive(s);
     await this.o.gate.del(id, alive ? s.pid : undefined).catch(async (err: unknown) => {
       // The process may have died between the check and the call: try once without its netns.
       if (alive) await this.o.gate.del(id);
@@ -254,18 +294,24 @@ export class Networker {
 
   async netIn(handle: string, input: { HostPort?: number; ContainerPort?: number }): Promise<{ host_port: number; container_port: number }> {
     const [h, c] = this.checkNetIn(input.HostPort ?? 0, input.ContainerPort ?? 0);
-    const s = await this.must(handle);
-    const m = await this.addMapping(s, h, c);
+    const m = await this.serial(handle, async () => {
+      const s = await this.must(handle);
+      this.requireAlive(s);
+      return this.addMapping(s, h, c);
+    });
     this.log.info({ handle, hostPort: m.hostPort, containerPort: m.containerPort }, 'net-in.finished');
     return { host_port: m.hostPort, container_port: m.containerPort };
   }
 
   async netOut(handle: string, rules: unknown[]): Promise<void> {
     const parsed = rules.map(parseRule);
-    const s = await this.must(handle);
-    const next: State = { ...s, rules: [...s.rules, ...parsed] };
-    await this.applyFirewall(next);
-    await this.save(next);
+    await this.serial(handle, async () => {
+      const s = await this.must(handle);
+      this.requireAlive(s);
+      const next: State = { ...s, rules: [...s.rules, ...parsed] };
+      await this.applyFirewall(next);
+      await this.save(next);
+    });
     this.log.info({ handle, rules: parsed.length }, 'net-out.finished');
   }
 }

@@ -79,7 +79,12 @@ export function sameUserPeerCheck(ownUid: number): PeerCheck {
   return async (sock) => {
     const { remoteAddress, remotePort, localAddress, localPort } = sock;
     if (remoteAddress === undefined || remotePort === undefined || localAddress === undefined || localPort === undefined) return undefined;
-    if (!isLoopback(remoteAddress)) return undefined;
+    if (!isLoopback(remoteAddress)) {
+      // A non-loopback peer on a loopback address is a forged or martian packet (a container
+      // sending to 127.0.0.1 through a bridge, CVE-2020-8558): never the operator's remote client.
+      if (isLoopback(localAddress)) return `permission denied: a connection to ${localAddress} from ${remoteAddress}`;
+      return undefined;
+    }
     const uid = await loopbackPeerUid({ address: remoteAddress, port: remotePort }, { address: localAddress, port: localPort });
     if (uid === ownUid || uid === 0) return undefined;
     return uid === undefined

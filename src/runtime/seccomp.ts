@@ -50,6 +50,41 @@ function kernelAtLeast(min: string, running: string): boolean {
   return a1! > b1! || (a1 === b1 && a2! >= b2!);
 }
 
+/**
+ * Packet sockets (AF_PACKET, and the old SOCK_PACKET type) send and see frames below
+ * netfilter: with CAP_NET_RAW (Garden's set has it, for ping) a container's root could
+ * step around the egress rules in its netns and forge ARP for its neighbours. libseccomp
+ * lets an unconditional allow of `socket` win over any conditional errno, so the allow
+ * itself is narrowed: any family but AF_PACKET (17), with a real socket type (stream,
+ * dgram, raw, rdm, seqpacket, dccp), never SOCK_PACKET (10). Raw IP sockets stay: they
+ * pass through the netns's OUTPUT chain.
+ */
+export function narrowSocket(syscalls: OciSeccomp['syscalls']): OciSeccomp['syscalls'] {
+  let allowed = false;
+  const out: OciSeccomp['syscalls'] = [];
+  for (const r of syscalls) {
+    if (r.action === 'SCMP_ACT_ALLOW' && !r.args?.length && r.names.includes('socket')) {
+      allowed = true;
+      const names = r.names.filter((n) => n !== 'socket');
+      if (names.length > 0) out.push({ ...r, names });
+      continue;
+    }
+    out.push(r);
+  }
+  if (!allowed) return syscalls;
+  for (const type of [1, 2, 3, 4, 5, 6]) {
+    out.push({
+      names: ['socket'],
+      action: 'SCMP_ACT_ALLOW',
+      args: [
+        { index: 0, value: 17, valueTwo: 0, op: 'SCMP_CMP_NE' },
+        { index: 1, value: 0xf, valueTwo: type, op: 'SCMP_CMP_MASKED_EQ' },
+      ],
+    });
+  }
+  return out;
+}
+
 export function toOci(profile: DockerProfile, caps: string[], nodeArch = process.arch, kernel = release()): OciSeccomp {
   const arch = ARCH[nodeArch] ?? { docker: nodeArch, scmp: '' };
   const map = profile.archMap?.find((m) => m.architecture === arch.scmp);
@@ -71,7 +106,7 @@ export function toOci(profile: DockerProfile, caps: string[], nodeArch = process
     if (r.args && r.args.length > 0) rule.args = r.args;
     syscalls.push(rule);
   }
-  const out: OciSeccomp = { defaultAction: profile.defaultAction, architectures, syscalls };
+  const out: OciSeccomp = { defaultAction: profile.defaultAction, architectures, syscalls: narrowSocket(syscalls) };
   if (profile.defaultErrnoRet !== undefined) out.defaultErrnoRet = profile.defaultErrnoRet;
   return out;
 }

@@ -118,9 +118,61 @@ function ensureBridge(n: UserNetwork): 'created' | 'already present' | 'fixed' {
   return outcome;
 }
 
+function iptables(args: string[]): boolean {
+  try {
+    execFileSync('iptables', ['-w', ...args], { stdio: ['ignore', 'ignore', 'pipe'] });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Appends (or inserts first) a rule unless it is already there. */
+function ensureRule(table: string, chain: string, rule: string[], first = false): boolean {
+  if (iptables(['-t', table, '-C', chain, ...rule])) return false;
+  if (!iptables(['-t', table, first ? '-I' : '-A', chain, ...(first ? ['1'] : []), ...rule])) {
+    throw new FailedPrecondition('ERR_TRELLIS_IPTABLES', `iptables -t ${table} ${first ? '-I' : '-A'} ${chain} ${rule.join(' ')} failed`);
+  }
+  return true;
+}
+
+export const FORWARD_CHAIN = 'TRELLIS-FORWARD';
+
+/**
+ * Host rules, once per user, that containers' own netns rules cannot give:
+ * nothing from a Trellis bridge reaches the host's 127.0.0.0/8 (CVE-2020-8558); no
+ * user's containers reach another user's bridge; nothing enters a bridge unless it is
+ * a reply or a net-in mapping; and one static MASQUERADE per user for egress (the
+ * gate runs the bridge plugin with ipMasq off, so no per-container NAT chain exists).
+ */
+export function ensureHostRules(n: UserNetwork): 'created' | 'already present' {
+  let changed = ensureRule('raw', 'PREROUTING', ['-i', 'tr+', '-d', '127.0.0.0/8', '-j', 'DROP'], true);
+  if (!iptables(['-t', 'filter', '-S', FORWARD_CHAIN])) {
+    if (!iptables(['-t', 'filter', '-N', FORWARD_CHAIN])) throw new FailedPrecondition('ERR_TRELLIS_IPTABLES', `iptables -N ${FORWARD_CHAIN} failed`);
+    changed = true;
+  }
+  changed = ensureRule('filter', 'FORWARD', ['-j', FORWARD_CHAIN], true) || changed;
+  const b = n.bridge;
+  for (const rule of [
+    ['-i', b, '-o', b, '-j', 'ACCEPT'],
+    ['-i', b, '-o', 'tr+', '-j', 'DROP'],
+    ['-o', b, '-m', 'conntrack', '--ctstate', 'ESTABLISHED,RELATED,DNAT', '-j', 'ACCEPT'],
+    ['-o', b, '-j', 'DROP'],
+  ]) {
+    changed = ensureRule('filter', FORWARD_CHAIN, rule) || changed;
+  }
+  changed = ensureRule('nat', 'POSTROUTING', ['-s', n.subnet, '!', '-o', b, '-j', 'MASQUERADE']) || changed;
+  return changed ? 'created' : 'already present';
+}
+
 function installGate(source: string, dest: string): 'installed' | 'already present' {
   if (!existsSync(source)) {
     throw new FailedPrecondition('ERR_TRELLIS_GATE_NOT_BUILT', `the CNI gate was not built (${source})`, "run 'npm run build' (it compiles plugins/networker/gate with gcc)");
+  }
+  const src = statSync(source);
+  if (src.uid !== 0 || (src.mode & 0o022) !== 0) {
+    // It becomes setuid root: only a build nobody else could have changed.
+    throw new FailedPrecondition('ERR_TRELLIS_GATE_SOURCE', `${source} must be owned by root and writable by nobody else before it is installed setuid`);
   }
   ensureRootDir(dirname(dirname(dest)), { uid: 0, gid: 0 }, 0o755);
   ensureRootDir(dirname(dest), { uid: 0, gid: 0 }, 0o755);
@@ -171,6 +223,7 @@ export function ensureNetwork(opts: NetworkSetupOptions, info: (line: string) =>
   }
   info(`network ${path}: bridge ${net.bridge}, subnet ${net.subnet}, gateway ${net.gateway}, host ports ${net.portStart}-${net.portEnd} (${outcome})`);
   info(`bridge ${net.bridge} ${net.gateway}/${parseCidr(net.subnet).prefix} (${ensureBridge(net)})`);
+  info(`host rules for ${net.bridge}: no 127.0.0.0/8 from bridges, no other user's bridge, only replies and net-in in, masquerade out (${ensureHostRules(net)})`);
   const fwd = readFileSync('/proc/sys/net/ipv4/ip_forward', 'utf8').trim();
   if (fwd !== '1') execFileSync('sysctl', ['-q', '-w', 'net.ipv4.ip_forward=1']);
   info(`IPv4 forwarding on (${fwd === '1' ? 'already present' : 'enabled'})`);

@@ -1116,7 +1116,7 @@ static void conf_bridge(struct buf *b, const struct netconf *c, uint32_t rs, uin
 	fmt_ip(c->gw, gw);
 	b_fmt(b,
 	      "{\"cniVersion\":\"1.0.0\",\"name\":\"trellis-%u\",\"type\":\"bridge\",\"bridge\":\"%s\","
-	      "\"isGateway\":true,\"ipMasq\":true,\"hairpinMode\":true,\"mtu\":%u,"
+	      "\"isGateway\":true,\"ipMasq\":false,\"hairpinMode\":true,\"mtu\":%u,"
 	      "\"ipam\":{\"type\":\"host-local\",\"ranges\":[[{\"subnet\":\"%s/%u\",\"gateway\":\"%s\"",
 	      caller, c->bridge, c->mtu, net, c->prefix, gw);
 	if (rs) {
@@ -1136,7 +1136,7 @@ static void conf_portmap(struct buf *b, const struct mapping *m, size_t n, const
 {
 	b_fmt(b,
 	      "{\"cniVersion\":\"1.0.0\",\"name\":\"trellis-%u\",\"type\":\"portmap\","
-	      "\"capabilities\":{\"portMappings\":true},\"snat\":true,\"runtimeConfig\":{\"portMappings\":[",
+	      "\"capabilities\":{\"portMappings\":true},\"snat\":false,\"runtimeConfig\":{\"portMappings\":[",
 	      caller);
 	for (size_t i = 0; i < n; i++)
 		b_fmt(b, "%s{\"hostPort\":%u,\"containerPort\":%u,\"protocol\":\"%s\"}", i ? "," : "", m[i].host, m[i].cont, m[i].udp ? "udp" : "tcp");
@@ -1705,8 +1705,11 @@ static void cmd_check(int netns)
 /*
  * portmap 1.1.1 with snat sets route_localnet=1 on the bridge (so the host's own
  * 127.0.0.1:<hostport> reaches the container). That also lets a container reach every
- * service bound to the host's 127.0.0.1 (CVE-2020-8558): turn it off again. Cost: the
- * host reaches mapped ports through the gateway or another host address, not 127.0.0.1.
+ * service bound to the host's 127.0.0.1 (CVE-2020-8558), even for the moment the
+ * plugin runs: the gate sends snat:false, and still makes sure it is off afterwards,
+ * whether the ADD worked or not. (Masquerading is one static rule per user that
+ * gdn setup installs: ipMasq:false, so no per-container chain can be left behind.)
+ * Cost: the host reaches mapped ports through the gateway or another host address.
  */
 static int no_route_localnet(void)
 {
@@ -1722,8 +1725,10 @@ static int no_route_localnet(void)
 /* portmap ADD, then route_localnet off again (else the ADD counts as failed) */
 static int portmap_add(int netns, const struct buf *c, char *err, size_t errlen)
 {
-	if (plugin("portmap", "ADD", netns, NULL, c, err, errlen))
+	if (plugin("portmap", "ADD", netns, NULL, c, err, errlen)) {
+		no_route_localnet();
 		return -1;
+	}
 	if (no_route_localnet() == 0)
 		return 0;
 	snprintf(err, errlen, "cannot reset route_localnet on %s: %s", conf.bridge, strerror(errno));
@@ -1837,6 +1842,11 @@ static void harden(void)
 	if (setresgid(0, 0, 0) < 0 || setgroups(0, NULL) < 0 || setresuid(0, 0, 0) < 0)
 		refuse("cannot become root: %s", strerror(errno));
 	prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+
+	/* the caller's scheduling (SCHED_IDLE, nice 19) must not starve a half-done operation */
+	struct sched_param sp = {0};
+	sched_setscheduler(0, SCHED_OTHER, &sp);
+	setpriority(PRIO_PROCESS, 0, 0);
 
 	/* resource limits of our own choosing, not the caller's (children inherit them) */
 	struct {
