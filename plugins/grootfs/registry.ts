@@ -217,7 +217,7 @@ export function parseWwwAuthenticate(header: string): AuthChallenge[] {
       i++;
       continue;
     }
-    const challenge: AuthChallenge = { scheme: scheme.toLowerCase(), params: {} };
+    const challenge: AuthChallenge = { scheme: scheme.toLowerCase(), params: Object.create(null) as Record<string, string> };
     out.push(challenge);
     for (;;) {
       skip(' \t,');

@@ -174,7 +174,7 @@ export class Networker {
       denyNetworks: this.o.denyNetworks ?? [],
       rules: s.rules,
     });
-    for (const [bin, input] of [['iptables-restore', v4], ['ip6tables-restore', ipv6Table()]] as const) {
+    await Promise.all(([['iptables-restore', v4], ['ip6tables-restore', ipv6Table()]] as const).map(async ([bin, input]) => {
       const r = await execa('nsenter', ['--preserve-credentials', '--target', String(s.pid), '--user', '--net', bin], {
         input,
         reject: false,
@@ -184,7 +184,7 @@ export class Networker {
       if (r.exitCode !== 0) {
         throw new ExternalFailure(bin, `${bin} in the container's network namespace: ${r.stderr.trim().split('\n').pop() || `exit status ${r.exitCode}`}`);
       }
-    }
+    }));
   }
 
   async up(handle: string, input: UpInput): Promise<UpOutput> {
@@ -198,13 +198,16 @@ export class Networker {
     const startTime = processStartTime(input.Pid);
     if (startTime === undefined) throw new InvalidArgument(`no process ${input.Pid}`);
     log.info({ id, pid: input.Pid }, 'up.start');
-    const result = await this.o.gate.add(id, input.Pid, request);
-    const address = result.ips?.[0]?.address?.split('/')[0];
-    const s: State = { handle, id, pid: input.Pid, startTime, ip: address ?? '', rules, mappings: [] };
+    const s: State = { handle, id, pid: input.Pid, startTime, ip: '', rules, mappings: [] };
+    // The egress table does not depend on the address: write it while the gate works.
+    const [added, firewall] = await Promise.allSettled([this.o.gate.add(id, input.Pid, request), this.applyFirewall(s)]);
+    if (added.status === 'rejected') throw added.reason;
+    const address = added.value.ips?.[0]?.address?.split('/')[0];
+    s.ip = address ?? '';
     try {
+      if (firewall.status === 'rejected') throw firewall.reason;
       if (!address || !isIPv4(address)) throw new ExternalFailure('cni-gate', 'the bridge plugin gave the container no IPv4 address');
       await this.save(s);
-      await this.applyFirewall(s);
       for (const [h, c] of netin) await this.addMapping(s, h, c);
     } catch (err) {
       log.error({ error: errorMessage(err) }, 'up.failed');
@@ -268,23 +271,34 @@ export class Networker {
 
   private async addMapping(s: State, hostPort: number, containerPort: number): Promise<PortMapping> {
     const run = async (): Promise<PortMapping> => {
-      let h = hostPort;
-      if (h === 0) {
-        const used = await this.usedPorts();
-        for (let p = this.o.network.portStart; p <= this.o.network.portEnd; p++) {
-          if (!used.has(p)) {
-            h = p;
-            break;
+      const used = await this.usedPorts();
+      for (;;) {
+        let h = hostPort;
+        if (h === 0) {
+          for (let p = this.o.network.portStart; p <= this.o.network.portEnd; p++) {
+            if (!used.has(p)) {
+              h = p;
+              break;
+            }
           }
+          if (h === 0) throw new TrellisError('ERR_TRELLIS_NO_PORTS', `no free host port left in ${this.o.network.portStart}-${this.o.network.portEnd}`);
         }
-        if (h === 0) throw new TrellisError('ERR_TRELLIS_NO_PORTS', `no free host port left in ${this.o.network.portStart}-${this.o.network.portEnd}`);
+        const m: PortMapping = { hostPort: h, containerPort: containerPort === 0 ? h : containerPort, protocol: 'tcp' };
+        const next = [...s.mappings, m];
+        try {
+          await this.o.gate.ports(s.id, s.pid, next);
+        } catch (err) {
+          // Another server of this user (another state dir) holds it: the gate knows them all.
+          if (hostPort === 0 && /already mapped/.test(errorMessage(err))) {
+            used.add(h);
+            continue;
+          }
+          throw err;
+        }
+        s.mappings = next;
+        await this.save(s);
+        return m;
       }
-      const m: PortMapping = { hostPort: h, containerPort: containerPort === 0 ? h : containerPort, protocol: 'tcp' };
-      const next = [...s.mappings, m];
-      await this.o.gate.ports(s.id, s.pid, next);
-      s.mappings = next;
-      await this.save(s);
-      return m;
     };
     // Port choice and the gate call go one at a time, so two net-ins never pick the same port.
     const p = this.portLock.then(run, run);

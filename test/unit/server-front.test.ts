@@ -2,7 +2,7 @@
 
 import { expect } from 'chai';
 import fc from 'fast-check';
-import { decodeSegment, matchHijack, parseHead } from '../../src/api/front.js';
+import { decodeSegment, matchHijack, parseHead, sameUserPeerCheck } from '../../src/api/front.js';
 import { InvalidArgument } from '../../src/errors.js';
 
 describe('parseHead', () => {
@@ -136,5 +136,19 @@ describe('matchHijack', () => {
     expect(matchHijack('POST', '/containers//processes')).to.equal(undefined);
     expect(matchHijack('GET', '/containers/c1/processes/')).to.equal(undefined);
     expect(matchHijack('GET', '/containers/c1/processes//attaches/1/stdout')).to.equal(undefined);
+  });
+});
+
+describe('sameUserPeerCheck (issue #4 review: CVE-2020-8558)', () => {
+  const sock = (remoteAddress: string, localAddress: string) =>
+    ({ remoteAddress, remotePort: 40000, localAddress, localPort: 7777 }) as unknown as import('node:net').Socket;
+
+  it('refuses a non-loopback peer that reached a loopback address (a container through route_localnet)', async () => {
+    const denied = await sameUserPeerCheck(1001)(sock('10.88.0.5', '127.0.0.1'));
+    expect(denied).to.match(/permission denied: a connection to 127\.0\.0\.1 from 10\.88\.0\.5/);
+  });
+
+  it('leaves remote peers on a non-loopback bind to the operator', async () => {
+    expect(await sameUserPeerCheck(1001)(sock('192.0.2.9', '192.0.2.1'))).to.equal(undefined);
   });
 });

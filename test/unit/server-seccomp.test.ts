@@ -1,6 +1,6 @@
 import { expect } from 'chai';
 import { existsSync } from 'node:fs';
-import { DEFAULT_PROFILE, loadProfile, toOci, type DockerProfile } from '../../src/runtime/seccomp.js';
+import { DEFAULT_PROFILE, loadProfile, narrowSocket, toOci, type DockerProfile } from '../../src/runtime/seccomp.js';
 import { UNPRIVILEGED_CAPS } from '../../src/runtime/bundle.js';
 
 const profile: DockerProfile = {
@@ -57,5 +57,25 @@ describe('seccomp profile conversion', function () {
     expect(all).to.include.members(['read', 'execve', 'exit_group']);
     const allowed = real.syscalls.filter((s) => s.action === 'SCMP_ACT_ALLOW').flatMap((s) => s.names);
     expect(allowed).to.not.include.members(['kexec_load', 'mount', 'bpf']);
+  });
+});
+
+describe('packet sockets (issue #4 review)', () => {
+  it('narrows an unconditional socket allow so AF_PACKET and SOCK_PACKET fall to the default', () => {
+    const out = narrowSocket([{ names: ['read', 'socket'], action: 'SCMP_ACT_ALLOW' }]);
+    expect(out[0]).to.deep.equal({ names: ['read'], action: 'SCMP_ACT_ALLOW' });
+    const sockets = out.filter((r) => r.names.includes('socket'));
+    expect(sockets).to.have.length(6);
+    for (const r of sockets) {
+      expect(r.action).to.equal('SCMP_ACT_ALLOW');
+      expect(r.args?.[0]).to.deep.equal({ index: 0, value: 17, valueTwo: 0, op: 'SCMP_CMP_NE' });
+      expect(r.args?.[1]?.op).to.equal('SCMP_CMP_MASKED_EQ');
+      expect(r.args?.[1]?.valueTwo).to.not.equal(10);
+    }
+  });
+
+  it('leaves a profile that never allowed socket alone', () => {
+    const rules = [{ names: ['read'], action: 'SCMP_ACT_ALLOW' }];
+    expect(narrowSocket(rules)).to.equal(rules);
   });
 });
