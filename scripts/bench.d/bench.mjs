@@ -17,7 +17,8 @@ const REPO = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
 const TARGET_CRD = 1.5;
 const TARGET_RUN = 1.5;
 
-const USAGE = `usage: scripts/bench [user] [-n N] [--warmup W] [--containers K] [--cache-n N] [--unpack-n N] [--no-images] [--runc-only] [--gdn-flag=F]...
+const USAGE = `usage: scripts/bench [user] [-n N] [--warmup W] [--containers K] [--cache-n N] [--unpack-n N] [--no-images]
+                     [--net-n N] [--net-mib M] [--updown-n N] [--no-network] [--runc-only] [--gdn-flag=F]...
   user            only as root: re-run as that user (runuser, XDG_RUNTIME_DIR=/run/user/<uid>)
   -n N            measured iterations per case (default 30; the issue asks for >= 20)
   --warmup W      unmeasured iterations per case first (default 3)
@@ -25,7 +26,11 @@ const USAGE = `usage: scripts/bench [user] [-n N] [--warmup W] [--containers K] 
   --cache-n N     creates of each image for create-from-cached-registry-image vs directory image (default 20)
   --unpack-n N    cold unpacks of a ~100 MiB 5-layer image on each side, Trellis vs podman import (default 5)
   --no-images     skip both image measurements (they need docker-registry, skopeo and podman)
-  --runc-only     measure bare runc only (no gdn server, no image measurements)
+  --net-n N       TCP transfers per path and direction: Trellis, podman (slirp4netns), loopback (default 5)
+  --net-mib M     MiB per transfer (default 1024)
+  --updown-n N    create + destroy pairs on each server, networker vs /bin/true, and gate add/del (default 20)
+  --no-network    skip the network measurements (they need gdn setup's network, gcc with a static libc, podman)
+  --runc-only     measure bare runc only (no gdn server, no image or network measurements)
   --gdn-flag=F    extra argument for 'gdn server' (repeatable; use the = form for flags)`;
 
 let opt;
@@ -38,6 +43,10 @@ try {
     'cache-n': { type: 'string', default: '20' },
     'unpack-n': { type: 'string', default: '5' },
     'no-images': { type: 'boolean', default: false },
+    'net-n': { type: 'string', default: '5' },
+    'net-mib': { type: 'string', default: '1024' },
+    'updown-n': { type: 'string', default: '20' },
+    'no-network': { type: 'boolean', default: false },
     'runc-only': { type: 'boolean', default: false },
     'gdn-flag': { type: 'string', multiple: true, default: [] },
     help: { type: 'boolean', short: 'h', default: false },
@@ -57,7 +66,12 @@ const K = Number(opt.containers);
 const CACHE_N = Number(opt['cache-n']);
 const UNPACK_N = Number(opt['unpack-n']);
 const IMAGES = !opt['no-images'] && !opt['runc-only'];
-if (![N, WARMUP, K, CACHE_N, UNPACK_N].every((x) => Number.isInteger(x) && x >= 0) || N < 1 || (IMAGES && (CACHE_N < 1 || UNPACK_N < 1))) {
+const NET_N = Number(opt['net-n']);
+const NET_MIB = Number(opt['net-mib']);
+const UPDOWN_N = Number(opt['updown-n']);
+const NETWORK = !opt['no-network'] && !opt['runc-only'];
+if (![N, WARMUP, K, CACHE_N, UNPACK_N, NET_N, NET_MIB, UPDOWN_N].every((x) => Number.isInteger(x) && x >= 0) || N < 1
+  || (IMAGES && (CACHE_N < 1 || UNPACK_N < 1)) || (NETWORK && (NET_N < 1 || NET_MIB < 1 || UPDOWN_N < 1))) {
   console.error(USAGE);
   process.exit(2);
 }
@@ -271,8 +285,10 @@ async function runcExec() {
 // ---------------------------------------------------------------- Trellis
 
 let GardenClient;
-let server; // { child, pid, log, socket }
+let server; // { child, pid, log, socket, client, cmd }: the bench's own gdn server
+const servers = new Set(); // every gdn server launched and not yet stopped (network.mjs starts a second)
 let images; // scripts/bench.d/images.mjs's ImageBench, unless --no-images
+let network; // scripts/bench.d/network.mjs's NetworkBench, unless --no-network
 let client;
 const trellisHandles = new Set();
 let handleSeq = 0;
@@ -328,34 +344,59 @@ function tail(path, lines = 20) {
   }
 }
 
-async function startServer(extraFlags = []) {
+/** A gdn server of ours: socket, depot and log under TMP/<name>. Resolves once it answers ping. */
+async function launchServer(name, extraFlags = []) {
   ({ GardenClient } = await import(join(REPO, 'dist/src/client/client.js')));
   const gdn = join(REPO, 'dist/cmd/gdn.js');
   if (!existsSync(gdn)) throw new Error(`${gdn} missing: run 'npm run build'`);
-  const socket = join(TMP, 'gdn.sock');
-  const log = join(TMP, 'gdn.log');
-  const args = [gdn, 'server', '--bind-socket', socket, '--depot', join(TMP, 'depot'), '--log-level', 'error', ...extraFlags, ...opt['gdn-flag']];
+  const dir = name ? join(TMP, name) : TMP;
+  mkdirSync(dir, { recursive: true });
+  const socket = join(dir, 'gdn.sock');
+  const log = join(dir, 'gdn.log');
+  const args = [gdn, 'server', '--bind-socket', socket, '--depot', join(dir, 'depot'), '--log-level', 'error', ...extraFlags, ...opt['gdn-flag']];
   const fd = openSync(log, 'a');
   const child = spawn(process.execPath, args, { env: ENV, stdio: ['ignore', fd, fd] });
   closeSync(fd);
   let exited;
   child.once('exit', (code, sig) => (exited = `exited ${code ?? sig}`));
-  server = { child, pid: child.pid, log, socket };
+  const s = { child, pid: child.pid, log, socket, cmd: `node ${args.map((a) => a.replace(REPO + '/', '')).join(' ')}` };
+  servers.add(s);
   const deadline = Date.now() + 60_000;
   for (;;) {
     if (exited) throw new Error(`gdn server ${exited} before it served:\n${tail(log)}`);
     if (existsSync(socket)) {
       try {
-        client = new GardenClient(socket);
-        await client.ping();
-        return `node ${args.map((a) => a.replace(REPO + '/', '')).join(' ')}`;
+        const c = new GardenClient(socket);
+        await c.ping();
+        s.client = c;
+        return s;
       } catch {
         // not ready yet
       }
     }
-    if (Date.now() > deadline) throw new Error(`gdn server did not answer ping within 60 s:\n${tail(log)}`);
+    if (Date.now() > deadline) {
+      await stopServer(s);
+      throw new Error(`gdn server did not answer ping within 60 s:\n${tail(log)}`);
+    }
     await sleep(50);
   }
+}
+
+async function stopServer(s) {
+  servers.delete(s);
+  if (s.child.exitCode !== null || s.child.signalCode !== null) return;
+  const gone = new Promise((res) => s.child.once('exit', res));
+  s.child.kill('SIGTERM');
+  if (await Promise.race([gone.then(() => true), sleep(10_000).then(() => false)]) === false) {
+    s.child.kill('SIGKILL');
+    await gone;
+  }
+}
+
+async function startServer(extraFlags = []) {
+  server = await launchServer('', extraFlags);
+  client = server.client;
+  return server.cmd;
 }
 
 // ---------------------------------------------------------------- memory
@@ -429,6 +470,7 @@ async function cleanup() {
   cleaning = (async () => {
     const problems = [];
     if (images) problems.push(...(await images.cleanup()));
+    if (network) problems.push(...(await network.cleanup()));
     if (client) {
       for (const h of [...trellisHandles]) {
         try {
@@ -439,14 +481,8 @@ async function cleanup() {
         }
       }
     }
-    if (server && server.child.exitCode === null && server.child.signalCode === null) {
-      const gone = new Promise((res) => server.child.once('exit', res));
-      server.child.kill('SIGTERM');
-      if (await Promise.race([gone.then(() => true), sleep(10_000).then(() => false)]) === false) {
-        server.child.kill('SIGKILL');
-        await gone;
-      }
-    }
+    if (server) await stopServer(server);
+    for (const s of [...servers]) await stopServer(s);
     if (RUNC_ROOT && existsSync(RUNC_ROOT)) {
       try {
         const list = JSON.parse((await run(RUNC, ['--root', RUNC_ROOT, 'list', '--format', 'json'])).out || 'null') ?? [];
@@ -572,6 +608,17 @@ async function main() {
   const bareProcs = processesOf(bare);
   for (const id of bare) await runc('delete', '--force', id);
 
+  // Network: throughput on every path, then what the networker's up and down cost.
+  if (NETWORK && client) {
+    const { NetworkBench } = await import('./network.mjs');
+    network = new NetworkBench({
+      repo: REPO, tmp: TMP, env: ENV, tag: TAG, subuid: SUBUID, subgid: SUBGID, rootfs: ROOTFS, launchServer, stopServer,
+    });
+    await network.prepare();
+    await network.measureThroughput(client, NET_N, NET_MIB * 1048576);
+    await network.measureUpDown(client, UPDOWN_N);
+  }
+
   // Images: create from a cached registry image, then the cold unpacks (the bulky part) last.
   if (images) {
     await images.measureCachedCreate(client, CACHE_N);
@@ -588,6 +635,7 @@ async function main() {
   console.log('  (runc 1.1 delete --force of a running container polls in 100 ms steps, hence the delete -f row)');
   if (serverCmd) console.log(`  server: ${serverCmd}`);
   if (images) for (const line of images.header()) console.log(line);
+  if (network) for (const line of network.header()) console.log(line);
   console.log('');
   console.log(`${pad('', W)}${lpad('median', 10)}${lpad('p90', 10)}${lpad('ratio', 8)}  target`);
   const verdicts = [];
@@ -617,6 +665,7 @@ async function main() {
   }
   if (!client) console.log('  (Trellis not measured: --runc-only)');
   if (images) verdicts.push(...images.report(W));
+  if (network) verdicts.push(...network.report(W));
 
   console.log('');
   console.log('memory (VmRSS from /proc/<pid>/status; Pss from smaps_rollup shares libraries fairly)');
