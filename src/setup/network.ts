@@ -2,6 +2,7 @@
 // (root-owned /etc/trellis/net/<uid>.conf, the only thing the setuid gate trusts),
 // IP forwarding, and the gate itself, installed root-owned with the setuid bit.
 import { execFileSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import { chmodSync, chownSync, existsSync, readdirSync, readFileSync, renameSync, statSync, copyFileSync, rmSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -97,6 +98,12 @@ function ip(args: string[]): string {
   return execFileSync('ip', args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
 }
 
+/** A locally administered unicast MAC, the same for a bridge name every time. */
+export function bridgeMac(bridge: string): string {
+  const h = createHash('sha256').update(`trellis-bridge-${bridge}`).digest();
+  return ['02', ...[0, 1, 2, 3, 4].map((i) => (h[i] as number).toString(16).padStart(2, '0'))].join(':');
+}
+
 function ensureBridge(n: UserNetwork): 'created' | 'already present' | 'fixed' {
   const { prefix } = parseCidr(n.subnet);
   let outcome: 'created' | 'already present' | 'fixed' = 'already present';
@@ -106,6 +113,15 @@ function ensureBridge(n: UserNetwork): 'created' | 'already present' | 'fixed' {
   } catch {
     ip(['link', 'add', n.bridge, 'type', 'bridge']);
     outcome = 'created';
+  }
+  // A fixed MAC: left to itself a bridge borrows its lowest port's, so destroying that
+  // container would change the gateway's MAC under every other container's ARP cache.
+  const mac = bridgeMac(n.bridge);
+  const assigned = readFileSync(`/sys/class/net/${n.bridge}/addr_assign_type`, 'utf8').trim();
+  const current = readFileSync(`/sys/class/net/${n.bridge}/address`, 'utf8').trim();
+  if (assigned !== '3' || current !== mac) {
+    ip(['link', 'set', n.bridge, 'address', mac]);
+    if (outcome === 'already present') outcome = 'fixed';
   }
   const addrs = (info[0]?.addr_info ?? []).filter((a) => a.family === 'inet');
   if (!addrs.some((a) => a.local === n.gateway && a.prefixlen === prefix)) {

@@ -1677,7 +1677,12 @@ static void cmd_del(int netns)
 		if (remove_state_file(s.ports, cont_id))
 			fail("cannot remove " STATE_DIR "/%u/ports/%s: %s", caller, cont_id, strerror(errno));
 	}
-	if (bridge_teardown(netns, a, na, err, sizeof err))
+	/*
+	 * Without a stored result this id never had a network (or it is gone): release what DEL
+	 * finds by container id, and never touch the namespace of the pid given, which may be
+	 * another container's.
+	 */
+	if (bridge_teardown(have_res ? netns : -1, a, na, err, sizeof err))
 		fail("%s", err);
 	if (remove_state_file(s.res, res_name))
 		fail("cannot remove " STATE_DIR "/%u/results/%s: %s", caller, res_name, strerror(errno));
