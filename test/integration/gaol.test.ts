@@ -2,41 +2,14 @@
 // over its unix socket: output, exit codes and error lines.
 
 import { expect } from 'chai';
-import { spawn } from 'node:child_process';
 import {
-  cleanupServer, dumpLogsIfFailed, eventually, GAOL, leftovers, type Server, startServer,
-} from './harness.js';
+  cleanupServer, dumpLogsIfFailed, eventually, GAOL, leftovers, type Server, startServer, runGaol, type GaolResult } from './harness.js';
 
-interface GaolResult {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
 
-function gaolWith(socket: string, args: string[], stdin = '', timeoutMs = 60_000): Promise<GaolResult> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [GAOL, '-t', socket, ...args], { stdio: ['pipe', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.setEncoding('utf8').on('data', (s: string) => (stdout += s));
-    child.stderr.setEncoding('utf8').on('data', (s: string) => (stderr += s));
-    const timer = setTimeout(() => {
-      child.kill('SIGKILL');
-      reject(new Error(`gaol ${args.join(' ')} did not finish in ${timeoutMs} ms; stdout ${JSON.stringify(stdout)} stderr ${JSON.stringify(stderr)}`));
-    }, timeoutMs);
-    child.on('error', reject);
-    child.on('close', (code) => {
-      clearTimeout(timer);
-      resolve({ code, stdout, stderr });
-    });
-    child.stdin.on('error', () => {});
-    child.stdin.end(stdin);
-  });
-}
 
 describe('gaol CLI (integration)', function () {
   let server: Server;
-  const gaol = (args: string[], stdin?: string): Promise<GaolResult> => gaolWith(server.socketPath, args, stdin);
+  const gaol = (args: string[], stdin?: string): Promise<GaolResult> => runGaol(server.socketPath, args, { stdin: stdin ?? '' });
 
   before(async function () {
     server = await startServer();

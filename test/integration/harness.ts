@@ -485,3 +485,33 @@ export async function eventually(check: () => Promise<boolean> | boolean, ms: nu
   }
 }
 
+export interface GaolResult {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+/** The real gaol binary against a server's socket; stdin is closed unless given. */
+export function runGaol(socket: string, args: string[], opts: { stdin?: string; timeoutMs?: number } = {}): Promise<GaolResult> {
+  const timeoutMs = opts.timeoutMs ?? 60_000;
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [GAOL, '-t', socket, ...args], { stdio: [opts.stdin === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout!.setEncoding('utf8').on('data', (s: string) => (stdout += s));
+    child.stderr!.setEncoding('utf8').on('data', (s: string) => (stderr += s));
+    const timer = setTimeout(() => {
+      child.kill('SIGKILL');
+      reject(new Error(`gaol ${args.join(' ')} did not finish in ${timeoutMs} ms; stdout ${JSON.stringify(stdout)} stderr ${JSON.stringify(stderr)}`));
+    }, timeoutMs);
+    child.on('error', reject);
+    child.on('close', (code) => {
+      clearTimeout(timer);
+      resolve({ code, stdout, stderr });
+    });
+    if (child.stdin) {
+      child.stdin.on('error', () => {});
+      child.stdin.end(opts.stdin);
+    }
+  });
+}

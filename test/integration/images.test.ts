@@ -5,7 +5,6 @@
 // behind, and what clean removes.
 
 import { expect } from 'chai';
-import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { lstat, mkdtemp, readFile, readlink, realpath, rm, writeFile } from 'node:fs/promises';
@@ -16,8 +15,7 @@ import { GardenError } from '../../src/client/errors.js';
 import { ContainerNotFound } from '../../src/errors.js';
 import {
   cleanupServer, dumpLogsIfFailed, entries, GAOL, leftovers, REPO, runAndWait, runtimeDir, type Server, sh, sleep, spec,
-  startServer, STORE,
-} from './harness.js';
+  startServer, STORE, runGaol } from './harness.js';
 import {
   busyboxLayerEntries, type Entry, gzip, hostPlatform, type ImageSpec, layerTar, rootfsTarball, writeOciLayout, type WrittenLayout, subuidStart, chainIds } from './images.js';
 import { type Registry, startRegistry, stopAllRegistries } from './registry.js';
@@ -40,24 +38,6 @@ async function grootfs(args: string[]): Promise<CliResult> {
   return { code: r.exitCode ?? -1, stdout: r.stdout, stderr: r.stderr };
 }
 
-function gaolWith(socket: string, args: string[], timeoutMs = 90_000): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolvePromise, reject) => {
-    const child = spawn(process.execPath, [GAOL, '-t', socket, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.setEncoding('utf8').on('data', (s: string) => (stdout += s));
-    child.stderr.setEncoding('utf8').on('data', (s: string) => (stderr += s));
-    const timer = setTimeout(() => {
-      child.kill('SIGKILL');
-      reject(new Error(`gaol ${args.join(' ')} did not finish in ${timeoutMs} ms; stdout ${JSON.stringify(stdout)} stderr ${JSON.stringify(stderr)}`));
-    }, timeoutMs);
-    child.on('error', reject);
-    child.on('close', (code) => {
-      clearTimeout(timer);
-      resolvePromise({ code, stdout, stderr });
-    });
-  });
-}
 
 /** An xattr's value on the host, undefined when the file has none of that name. */
 async function xattr(path: string, name: string): Promise<string | undefined> {
@@ -155,7 +135,7 @@ describe('images: grootfs store, overlay driver (integration, issue #3)', functi
         layer([{ name: 'home/alice/notes.txt', type: 'file', content: notes, uid: 1000, gid: 1000 }]),
       ]);
       const handle = `img-gaol-${RUN}`;
-      const gaol = (args: string[]) => gaolWith(server.socketPath, args);
+      const gaol = (args: string[]) => runGaol(server.socketPath, args);
       try {
         expect(await gaol(['create', '-n', handle, '-r', `docker://${registry.host}/busybox`])).to.deep.equal({ code: 0, stdout: `${handle}\n`, stderr: '' });
         const r = await gaol(['run', '-a', '-c', "sh -c 'ls -ln /home/alice; id'", handle]);

@@ -13,7 +13,7 @@
 // from a leak (an address or host port that cannot be handed out again).
 
 import { expect } from 'chai';
-import { execFileSync, spawn } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import dgram from 'node:dgram';
 import { mkdir, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
 import { readFileSync } from 'node:fs';
@@ -26,8 +26,7 @@ import { inSubnet, intToIp, ipToInt, loadUserNetwork } from '../../plugins/netwo
 import { gateId, hostResolvers } from '../../plugins/networker/networker.js';
 import {
   cleanupServer, dumpLogsIfFailed, eventually, GAOL, gardenError, leftovers, PATHS, rawRequest, REPO, restartServer,
-  runAndWait, runtimeDir, type Server, sh, sleep, spec, startServer,
-} from './harness.js';
+  runAndWait, runtimeDir, type Server, sh, sleep, spec, startServer, runGaol } from './harness.js';
 
 const uid = process.getuid?.() ?? 0;
 /** What `gdn setup` gave this user (/etc/trellis/net/<uid>.conf). */
@@ -195,30 +194,7 @@ async function vethPeer(client: GardenClient, handle: string): Promise<number> {
   return Number(m[1]);
 }
 
-interface GaolResult {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
 
-function gaol(socket: string, args: string[], timeoutMs = 60_000): Promise<GaolResult> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [GAOL, '-t', socket, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.setEncoding('utf8').on('data', (s: string) => (stdout += s));
-    child.stderr.setEncoding('utf8').on('data', (s: string) => (stderr += s));
-    const timer = setTimeout(() => {
-      child.kill('SIGKILL');
-      reject(new Error(`gaol ${args.join(' ')} did not finish in ${timeoutMs} ms`));
-    }, timeoutMs);
-    child.on('error', reject);
-    child.on('close', (code) => {
-      clearTimeout(timer);
-      resolve({ code, stdout, stderr });
-    });
-  });
-}
 
 const isIPv4 = (s: string | undefined): boolean => s !== undefined && net.isIPv4(s);
 
@@ -313,7 +289,7 @@ describe('network (integration, issue #4)', function () {
     try {
       const ip1 = (await server.client.info(c1)).ContainerIP;
       expect(await tcpFrom(server.client, c1, GW, a.port), 'before any rule').to.equal('refused');
-      const out = await gaol(server.socketPath, [
+      const out = await runGaol(server.socketPath, [
         'net-out', '--ip-start', GW, '--ip-end', GW, '--port-start', String(a.port), '--port-end', String(a.port), '-p', 'tcp', c1,
       ]);
       expect(out).to.deep.equal({ code: 0, stdout: 'applied\n', stderr: '' });
@@ -354,7 +330,7 @@ describe('network (integration, issue #4)', function () {
     const h = await server.client.create(spec({ handle: 'net-in' }));
     try {
       await peerServer(server.client, h, 8080);
-      const r = await gaol(server.socketPath, ['net-in', '-p', '8080', h]);
+      const r = await runGaol(server.socketPath, ['net-in', '-p', '8080', h]);
       expect(r.code, r.stderr).to.equal(0);
       const m = /^[^:\s]+:(\d+)\n$/.exec(r.stdout);
       expect(m, `gaol net-in output ${JSON.stringify(r.stdout)}`).to.not.equal(null);
@@ -757,29 +733,29 @@ describe('network: the seed walkthrough networking steps (integration, issue #4)
   });
 
   it('gaol create, gaol net-out (all tcp, as in the seed), gaol run -a -c "nc ..." reaches the server; net-in works; destroy leaves no veth', async function () {
-    expect(await gaol(server.socketPath, ['create', '-n', 'net-cake'])).to.deep.equal({ code: 0, stdout: 'net-cake\n', stderr: '' });
+    expect(await runGaol(server.socketPath, ['create', '-n', 'net-cake'])).to.deep.equal({ code: 0, stdout: 'net-cake\n', stderr: '' });
     const info = await server.client.info('net-cake');
     expect(inSubnet(info.ContainerIP, NET.subnet), `ContainerIP ${info.ContainerIP}`).to.equal(true);
     const veth = await vethPeer(server.client, 'net-cake');
     const nc = ['run', '-a', '-c', `sh -c 'echo hi | nc -w 3 ${GW} ${internet.port}'`, 'net-cake'];
-    const closed = await gaol(server.socketPath, nc);
+    const closed = await runGaol(server.socketPath, nc);
     expect(closed.code, 'before net-out').to.not.equal(0);
     expect(closed.stderr).to.include('Connection refused');
 
-    const out = await gaol(server.socketPath, [
+    const out = await runGaol(server.socketPath, [
       'net-out', 'net-cake', '--ip-start=0.0.0.0', '--ip-end=255.255.255.255', '--port-start=0', '--port-end=65535', '--protocol=tcp',
     ]);
     expect(out).to.deep.equal({ code: 0, stdout: 'applied\n', stderr: '' });
-    expect(await gaol(server.socketPath, nc)).to.deep.equal({ code: 0, stdout: `${REPLY}\n`, stderr: '' });
+    expect(await runGaol(server.socketPath, nc)).to.deep.equal({ code: 0, stdout: `${REPLY}\n`, stderr: '' });
 
     await peerServer(server.client, 'net-cake', 8080);
-    const netIn = await gaol(server.socketPath, ['net-in', '-p', '8080', 'net-cake']);
+    const netIn = await runGaol(server.socketPath, ['net-in', '-p', '8080', 'net-cake']);
     expect(netIn.code, netIn.stderr).to.equal(0);
     const hostPort = Number(/:(\d+)\n$/.exec(netIn.stdout)?.[1]);
     expect(hostPort).to.be.within(NET.portStart, NET.portEnd);
     expect((await hostConnect(GW, hostPort)).text).to.include(`${info.ContainerIP}:8080`);
 
-    expect(await gaol(server.socketPath, ['destroy', 'net-cake'])).to.deep.equal({ code: 0, stdout: '', stderr: '' });
+    expect(await runGaol(server.socketPath, ['destroy', 'net-cake'])).to.deep.equal({ code: 0, stdout: '', stderr: '' });
     expect(bridgeVeths().has(veth), 'veth after destroy').to.equal(false);
     expect(await eventually(async () => !(await entries(NETWORKER_STATE)).includes(`${gateId('net-cake')}.json`), 2000)).to.equal(true);
   });
