@@ -12,6 +12,7 @@ import { Writable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { parseArgs } from 'node:util';
+import { median, now, p90 } from './stats.mjs';
 
 const REPO = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
 const TARGET_CRD = 1.5;
@@ -196,7 +197,6 @@ async function runcDetached(b, id, what) {
 
 const runc = (...args) => must(RUNC, ['--root', RUNC_ROOT, ...args], `runc ${args[0]}`);
 
-const now = () => Number(process.hrtime.bigint()) / 1e6;
 
 // ---------------------------------------------------------------- the cases
 
@@ -447,16 +447,6 @@ function byComm(procs) {
 
 // ---------------------------------------------------------------- stats and output
 
-function median(xs) {
-  const s = xs.filter((x) => !Number.isNaN(x)).sort((a, b) => a - b);
-  if (s.length === 0) return NaN;
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
-}
-function p90(xs) {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.min(s.length - 1, Math.ceil(0.9 * s.length) - 1)];
-}
 const ms = (x) => (Number.isNaN(x) ? '-' : `${x.toFixed(1)} ms`);
 const mib = (kb) => (Number.isNaN(kb) ? '-' : `${(kb / 1024).toFixed(1)} MiB`);
 const pad = (s, n) => String(s).padEnd(n);

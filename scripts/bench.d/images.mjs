@@ -12,6 +12,7 @@ import { chmodSync, existsSync, linkSync, mkdirSync, openSync, closeSync, readFi
 import { gzip as gzipCb } from 'node:zlib';
 import { promisify } from 'node:util';
 import { join } from 'node:path';
+import { median, now, p90 } from './stats.mjs';
 
 const gzipAsync = promisify(gzipCb);
 
@@ -28,17 +29,6 @@ const LIMITS = { bandwidth_limits: {}, cpu_limits: {}, disk_limits: {}, memory_l
 
 // ---------------------------------------------------------------- small helpers (bench.mjs's style)
 
-const now = () => Number(process.hrtime.bigint()) / 1e6;
-function median(xs) {
-  const s = xs.filter((x) => !Number.isNaN(x)).sort((a, b) => a - b);
-  if (s.length === 0) return NaN;
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
-}
-function p90(xs) {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length ? s[Math.min(s.length - 1, Math.ceil(0.9 * s.length) - 1)] : NaN;
-}
 const ms = (x) => (Number.isNaN(x) ? '-' : `${x.toFixed(1)} ms`);
 const pad = (s, n) => String(s).padEnd(n);
 const lpad = (s, n) => String(s).padStart(n);

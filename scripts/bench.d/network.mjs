@@ -15,6 +15,7 @@ import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { median, now, p90 } from './stats.mjs';
 
 export const TARGET_THROUGHPUT = 3; // Trellis / slirp4netns, at least
 export const TARGET_UP_MS = 30; // what up adds to create, under
@@ -157,17 +158,6 @@ int main(int argc, char **argv) {
 
 // ---------------------------------------------------------------- small helpers (bench.mjs's style)
 
-const now = () => Number(process.hrtime.bigint()) / 1e6;
-function median(xs) {
-  const s = xs.filter((x) => !Number.isNaN(x)).sort((a, b) => a - b);
-  if (s.length === 0) return NaN;
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
-}
-function p90(xs) {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length ? s[Math.min(s.length - 1, Math.ceil(0.9 * s.length) - 1)] : NaN;
-}
 const ms = (x) => (Number.isNaN(x) ? '-' : `${x.toFixed(1)} ms`);
 const gbit = (x) => (x === undefined || Number.isNaN(x) ? '-' : `${x.toFixed(1)} Gb/s`);
 const pad = (s, n) => String(s).padEnd(n);
