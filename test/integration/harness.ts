@@ -81,7 +81,8 @@ function serverArgs(s: { socketPath: string; depot: string; propertiesPath?: str
   return args;
 }
 
-function waitExit(proc: ChildProcess, ms: number): Promise<boolean> {
+/** Whether a child exits within `ms` (true at once if it already has). */
+export function waitExit(proc: ChildProcess, ms: number): Promise<boolean> {
   if (proc.exitCode !== null || proc.signalCode !== null) return Promise.resolve(true);
   return new Promise((resolve) => {
     const t = setTimeout(() => resolve(false), ms);

@@ -11,7 +11,7 @@ import { createServer, type IncomingMessage, type Server as HttpServer, type Ser
 import net from 'node:net';
 import { join } from 'node:path';
 import { execa } from 'execa';
-import { runtimeDir, sleep } from './harness.js';
+import { runtimeDir, sleep, waitExit } from './harness.js';
 
 export const REGISTRY_BIN = '/usr/bin/docker-registry';
 export const SKOPEO_BIN = '/usr/bin/skopeo';
@@ -135,16 +135,6 @@ export function freePort(): Promise<number> {
   });
 }
 
-function waitExit(proc: ChildProcess, ms: number): Promise<boolean> {
-  if (proc.exitCode !== null || proc.signalCode !== null) return Promise.resolve(true);
-  return new Promise((resolve) => {
-    const t = setTimeout(() => resolve(false), ms);
-    proc.once('exit', () => {
-      clearTimeout(t);
-      resolve(true);
-    });
-  });
-}
 
 // ---------------------------------------------------------------------------
 // Token auth

@@ -1455,10 +1455,11 @@ static int plugin(const char *name, const char *cmd, int netns, const char *args
 }
 
 /*
- * Removes "eth0" from the container's network namespace (which removes the veth pair),
- * from a child so that the gate itself never enters a namespace the user controls.
+ * One netlink request about "eth0" (RTM_GETLINK, RTM_DELLINK) in the container's network
+ * namespace, made from a child so that the gate itself never enters a namespace the user
+ * controls: 0 done, 1 no such link, 2 any other failure, -1 the child could not run.
  */
-static int remove_container_eth0(int netns)
+static int eth0_request(int netns, uint16_t type)
 {
 	pid_t pid = fork();
 	if (pid < 0)
@@ -1471,19 +1472,29 @@ static int remove_container_eth0(int netns)
 		memset(&q, 0, sizeof q);
 		int fd = setns(netns, CLONE_NEWNET) < 0 ? -1 : socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE);
 		if (fd < 0)
-			_exit(1);
+			_exit(2);
 		q.h.nlmsg_len = NLMSG_LENGTH(sizeof(struct ifinfomsg));
-		q.h.nlmsg_type = RTM_DELLINK;
+		q.h.nlmsg_type = type;
 		((struct ifinfomsg *)NLMSG_DATA(&q.h))->ifi_family = AF_UNSPEC;
 		if (nl_attr(&q.h, sizeof q, IFLA_IFNAME, "eth0", 5, NULL))
-			_exit(1);
-		_exit(nl_do(fd, &q.h) == 0 || errno == ENODEV ? 0 : 1);
+			_exit(2);
+		/* with NLM_F_ACK the reply is an ACK (after the link, for GETLINK), or just an error */
+		if (nl_do(fd, &q.h) == 0)
+			_exit(0);
+		_exit(errno == ENODEV ? 1 : 2);
 	}
 	int st;
 	while (waitpid(pid, &st, 0) < 0)
 		if (errno != EINTR)
 			return -1;
-	return WIFEXITED(st) && WEXITSTATUS(st) == 0 ? 0 : -1;
+	return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+/* Removes "eth0" from the container's network namespace (which removes the veth pair). */
+static int remove_container_eth0(int netns)
+{
+	int r = eth0_request(netns, RTM_DELLINK);
+	return r == 0 || r == 1 ? 0 : -1;
 }
 
 /*
@@ -1493,33 +1504,8 @@ static int remove_container_eth0(int netns)
  */
 static int container_has_eth0(int netns)
 {
-	pid_t pid = fork();
-	if (pid < 0)
-		return -1;
-	if (pid == 0) {
-		union {
-			struct nlmsghdr h;
-			char b[256];
-		} q;
-		memset(&q, 0, sizeof q);
-		int fd = setns(netns, CLONE_NEWNET) < 0 ? -1 : socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE);
-		if (fd < 0)
-			_exit(2);
-		q.h.nlmsg_len = NLMSG_LENGTH(sizeof(struct ifinfomsg));
-		q.h.nlmsg_type = RTM_GETLINK;
-		((struct ifinfomsg *)NLMSG_DATA(&q.h))->ifi_family = AF_UNSPEC;
-		if (nl_attr(&q.h, sizeof q, IFLA_IFNAME, "eth0", 5, NULL))
-			_exit(2);
-		/* with NLM_F_ACK the reply is the link then an ACK, or just an error */
-		if (nl_do(fd, &q.h) == 0)
-			_exit(1);
-		_exit(errno == ENODEV ? 0 : 2);
-	}
-	int st;
-	while (waitpid(pid, &st, 0) < 0)
-		if (errno != EINTR)
-			return -1;
-	return WIFEXITED(st) && WEXITSTATUS(st) < 2 ? WEXITSTATUS(st) : -1;
+	int r = eth0_request(netns, RTM_GETLINK);
+	return r == 0 ? 1 : r == 1 ? 0 : -1;
 }
 
 /*
