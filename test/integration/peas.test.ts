@@ -220,7 +220,7 @@ describe('peas: processes with their own image (integration)', function () {
 
   it('shares the container memory limit unless it overrides it; an overriding pea has its own limit and metrics', async function () {
     this.timeout(120_000);
-    const c = await server.client.create(spec({ handle: 'pea-limits', limits: { memory_limits: { limit_in_bytes: 32 * MiB } } }));
+    const c = await server.client.create(spec({ handle: 'pea-limits', limits: { memory_limits: { limit_in_bytes: 32 * MiB }, pid_limits: { max: 20 } } }));
     // tmpfs pages count against the memory cgroup they were written from
     const fill = (mb: number) => sh(`dd if=/dev/zero of=/dev/shm/fill bs=1M count=${mb} 2>&1; rc=$?; rm -f /dev/shm/fill; exit $rc`);
     expect((await runAndWait(server.client, c, pea(fill(8)))).code, 'within the container limit').to.equal(0);
@@ -228,6 +228,21 @@ describe('peas: processes with their own image (integration)', function () {
     expect((await runAndWait(server.client, c, pea({ ...fill(48), limits: {} }))).code, 'empty override: not limited by the container').to.equal(0);
     const own = await runAndWait(server.client, c, pea({ ...fill(24), limits: { memory_limits: { limit_in_bytes: 16 * MiB } } }));
     expect(own.code, 'its own 16 MiB limit').to.not.equal(0);
+    // the container's pid limit (20) holds a sharing pea, not an overriding one
+    const forks = (limits?: object) => pea({ ...sh('for i in $(seq 30); do sleep 5 & done 2>/dev/null; jobs -p > /tmp/jobs; while read p; do kill $p; done < /tmp/jobs; wait; wc -l < /tmp/jobs'), ...(limits ? { limits } : {}) });
+    expect(Number((await runAndWait(server.client, c, forks())).stdout.trim()), 'sharing pea').to.be.lessThan(20);
+    expect(Number((await runAndWait(server.client, c, forks({}))).stdout.trim()), 'overriding pea').to.equal(30);
+
+    // a pea sharing the container's limits is still reported under its own id
+    const shared = new Collector();
+    const sp = await server.client.run(c, pea({ id: 'pea-shared-metrics', ...sh('echo started; while true; do ls -la / >/dev/null; sleep 0.05; done') }), { stdout: shared, stderr: new Collector() });
+    expect(await eventually(() => shared.text().includes('started'), 10_000)).to.equal(true);
+    expect(await eventually(async () => {
+      const e = (await server.client.bulkMetrics(['pea-shared-metrics']))['pea-shared-metrics'];
+      return e !== undefined && !e.Err && Number(e.Metrics.MemoryStat.TotalUsageTowardLimit) > 0;
+    }, 15_000), 'TotalUsageTowardLimit of a sharing pea').to.equal(true);
+    await sp.signal(1);
+    expect(await sp.wait()).to.equal(137);
 
     // bulk metrics take the pea's process id as a handle
     const out = new Collector();
