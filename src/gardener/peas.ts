@@ -98,7 +98,7 @@ export function imageLayers(image: Pick<ImageResult, 'rootfsPath' | 'mounts'>): 
 }
 
 /** Reads a small file of an image before anything is mounted: the topmost layer that has it wins, a whiteout hides it. */
-async function readImageFile(layers: string[], path: string): Promise<string | undefined> {
+export async function readImageFile(layers: string[], path: string): Promise<string | undefined> {
   for (const layer of layers) {
     const text = await readContainerFile(layer, path);
     if (text !== undefined) return text;

@@ -24,6 +24,8 @@ export interface PeaBundleInput extends Omit<BundleInput, 'limits' | 'handle'> {
 }
 
 export function buildPeaBundle(input: PeaBundleInput): OciConfig {
+  // The sandbox's id maps stay in: rootless runc 1.1 refuses a user namespace without them
+  // ("no uid mappings found") even when it joins one by path, and then writes none.
   const config = buildBundle({ ...input, handle: '', limits: input.limits ?? {} });
   config.process = buildProcess(input.process);
   // The uts namespace is the sandbox's: its hostname is already set there.

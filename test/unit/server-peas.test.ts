@@ -4,7 +4,10 @@
 import { expect } from 'chai';
 import fc from 'fast-check';
 import { decodeRun } from '../../src/api/codec.js';
-import { imageLayers, peaCgroupPath, peaImageKey } from '../../src/gardener/peas.js';
+import { mkdir, mkdtemp, rm, symlink, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { imageLayers, peaCgroupPath, peaImageKey, readImageFile } from '../../src/gardener/peas.js';
 import { buildBundle, INIT_PATH, type ProcessInput } from '../../src/runtime/bundle.js';
 import { containerKey } from '../../src/runtime/depot.js';
 import { buildPeaBundle, JOINED_NAMESPACES, type PeaBundleInput } from '../../src/runtime/pea.js';
@@ -125,5 +128,35 @@ describe('decodeRun: OverrideContainerLimits', () => {
     expect(decodeRun(b('{"path":"sh","limits":{"cpu_limits":{"limit_in_shares":512},"memory_limits":{"limit_in_bytes":33554432}},"image":{}}')).overrideLimits)
       .to.deep.equal({ memoryBytes: 33554432n, cpuShares: 512n });
     expect(decodeRun(b('{"path":"sh","limits":{"cpu_limits":{"weight":100},"memory_limits":{}},"image":{}}')).overrideLimits?.cpuShares).to.equal(100n);
+  });
+});
+
+describe('readImageFile (the pea image\'s /etc/passwd before anything is mounted)', () => {
+  let root: string;
+  beforeEach(async () => {
+    root = await mkdtemp(join(tmpdir(), 'pea-layers-'));
+    for (const l of ['upper', 'top', 'base']) await mkdir(join(root, l, 'etc'), { recursive: true });
+  });
+  afterEach(async () => {
+    await rm(root, { recursive: true, force: true });
+  });
+  const layers = () => ['upper', 'top', 'base'].map((l) => join(root, l));
+
+  it('takes the topmost layer that has the file, and is undefined when none has it', async () => {
+    await writeFile(join(root, 'base/etc/passwd'), 'base\n');
+    expect(await readImageFile(layers(), '/etc/passwd')).to.equal('base\n');
+    await writeFile(join(root, 'top/etc/passwd'), 'top\n');
+    expect(await readImageFile(layers(), '/etc/passwd')).to.equal('top\n');
+    expect(await readImageFile(layers(), '/etc/group')).to.equal(undefined);
+  });
+
+  it('stops at something that is not a regular file (a whiteout, a directory, a symlink): nothing below counts, nothing is followed', async () => {
+    await writeFile(join(root, 'base/etc/passwd'), 'base\n');
+    await writeFile(join(root, 'outside'), 'host file\n');
+    await symlink(join(root, 'outside'), join(root, 'top/etc/passwd'));
+    expect(await readImageFile(layers(), '/etc/passwd')).to.equal(undefined);
+    await rm(join(root, 'top/etc/passwd'));
+    await mkdir(join(root, 'upper/etc/passwd'));
+    expect(await readImageFile(layers(), '/etc/passwd')).to.equal(undefined);
   });
 });
