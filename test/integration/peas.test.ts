@@ -191,6 +191,8 @@ describe('peas: processes with their own image (integration)', function () {
     const noExe = await fail(pea({ id: 'pea-noexe', path: 'does-not-exist' }));
     expect(noExe).to.be.instanceOf(ExecutableNotFound);
     expect(noExe.message).to.include('executable file not found in $PATH');
+    const noExeUser = await fail(pea({ id: 'pea-noexe-user', path: 'does-not-exist', user: 'peauser' }));
+    expect(noExeUser, 'as a non-root user').to.be.instanceOf(ExecutableNotFound);
     const noImage = await fail({ id: 'pea-noimage', path: 'true', image: { uri: join(dir, 'no-such-image.tar') } });
     expect(noImage.message).to.match(/no-such-image\.tar/);
     const noUser = await fail(pea({ id: 'pea-nouser', path: 'true', user: 'alice' }));
@@ -199,7 +201,7 @@ describe('peas: processes with their own image (integration)', function () {
     expect(noUserNoPasswd.message).to.include('unable to find user operator: no matching entries in passwd file');
     expect(await noPeaTraces(), 'pea images or cgroups left').to.deep.equal([]);
     expect((await processDirs()).filter((d) => !before.has(d)), 'process dirs left').to.deep.equal([]);
-    expect((await server.client.info(h)).ProcessIDs).to.not.include.members(['pea-noexe', 'pea-noimage', 'pea-nouser', 'pea-nouser2']);
+    expect((await server.client.info(h)).ProcessIDs).to.not.include.members(['pea-noexe', 'pea-noexe-user', 'pea-noimage', 'pea-nouser', 'pea-nouser2']);
     // the sandbox still runs processes, and ids of failed runs are free again
     expect((await runAndWait(server.client, h, pea({ id: 'pea-noexe', path: 'true' }))).code).to.equal(0);
   });

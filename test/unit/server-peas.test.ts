@@ -8,7 +8,7 @@ import { mkdir, mkdtemp, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { imageLayers, peaCgroupPath, peaImageKey, readImageFile } from '../../src/gardener/peas.js';
-import { buildBundle, INIT_PATH, type ProcessInput } from '../../src/runtime/bundle.js';
+import { buildBundle, buildProcess, INIT_PATH, type ProcessInput } from '../../src/runtime/bundle.js';
 import { containerKey } from '../../src/runtime/depot.js';
 import { buildPeaBundle, JOINED_NAMESPACES, type PeaBundleInput } from '../../src/runtime/pea.js';
 
@@ -65,9 +65,13 @@ describe('buildPeaBundle', () => {
   });
 
   it('runs the process itself as the container\'s init: args, user, env, cwd, terminal', () => {
-    const c = buildPeaBundle(input({ process: proc({ terminal: true, windowSize: { rows: 30, columns: 90 }, cwd: '/tmp' }) }));
-    expect(c.process.args).to.deep.equal(['sh', '-c', 'echo hi']);
-    expect(c.process.user).to.include({ uid: 1001, gid: 1002 });
+    const p = proc({ terminal: true, windowSize: { rows: 30, columns: 90 }, cwd: '/tmp' });
+    const c = buildPeaBundle(input({ process: p }));
+    // whatever buildProcess makes of a user (a launcher for non-root users, say) is what the pea runs
+    expect(c.process).to.deep.equal(buildProcess(p));
+    const root = buildPeaBundle(input({ process: proc({ uid: 0, gid: 0, username: 'root' }) }));
+    expect(root.process.args).to.deep.equal(['sh', '-c', 'echo hi']);
+    expect(root.process.user).to.include({ uid: 0, gid: 0 });
     expect(c.process.env).to.include.members(['IMAGE=1', 'SPEC=1', 'USER=peauser']);
     expect(c.process.cwd).to.equal('/tmp');
     expect(c.process.terminal).to.equal(true);
