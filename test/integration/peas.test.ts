@@ -7,6 +7,7 @@ import { expect } from 'chai';
 import { existsSync } from 'node:fs';
 import { mkdtemp, readdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
+import { PassThrough } from 'node:stream';
 import { ExecutableNotFound } from '../../src/errors.js';
 import type { GardenClient } from '../../src/client/client.js';
 import {
@@ -26,7 +27,7 @@ function peaEntries(): Entry[] {
   const base = busyboxLayerEntries().filter((e) => e.name !== 'etc/passwd' && e.name !== 'etc/group');
   return [
     ...base,
-    ...['dd', 'tty', 'seq', 'sh'].filter((a) => !base.some((e) => e.name === `bin/${a}`))
+    ...['dd', 'tty', 'stty', 'seq', 'sh'].filter((a) => !base.some((e) => e.name === `bin/${a}`))
       .map((a): Entry => ({ name: `bin/${a}`, type: 'symlink', linkname: 'busybox' })),
     { name: 'etc/passwd', type: 'file', content: PEA_PASSWD },
     { name: 'etc/group', type: 'file', content: PEA_GROUP },
@@ -148,6 +149,17 @@ describe('peas: processes with their own image (integration)', function () {
     const t = await runAndWait(server.client, h, pea({ path: 'sh', args: ['-c', '[ -t 0 ] && [ -t 1 ] && tty'], tty: { window_size: { columns: 90, rows: 30 } } }));
     expect(t.code).to.equal(0);
     expect(t.stdout).to.match(/^\/dev\/pts\/\d+\r?\n$/);
+    // an interactive shell on the pea's pty: the size given, then a resize
+    const stdout = new Collector();
+    const stdin = new PassThrough();
+    const p = await server.client.run(h, pea({ path: 'sh', args: [], tty: { window_size: { columns: 100, rows: 40 } } }), { stdin, stdout, stderr: new Collector() });
+    stdin.write('stty size; echo first-done\n');
+    await stdout.waitFor('\nfirst-done\r\n');
+    await p.setTTY({ window_size: { columns: 132, rows: 50 } });
+    stdin.write('stty size; exit 4\n');
+    expect(await p.wait()).to.equal(4);
+    expect(stdout.text()).to.include('40 100\r\n');
+    expect(stdout.text()).to.include('50 132\r\n');
   });
 
   it('binds the sandbox /etc/hosts and /etc/resolv.conf: an edit in the pea shows in the sandbox', async function () {
