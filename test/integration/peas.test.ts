@@ -11,7 +11,7 @@ import { PassThrough } from 'node:stream';
 import { ExecutableNotFound } from '../../src/errors.js';
 import type { GardenClient } from '../../src/client/client.js';
 import {
-  cleanupServer, Collector, dumpLogsIfFailed, eventually, restartServer, runAndWait, runtimeDir, type Server, sh, sleep, spec,
+  cleanupServer, Collector, dumpLogsIfFailed, eventually, processes, restartServer, runAndWait, runtimeDir, type Server, sh, sleep, spec,
   startServer, STORE,
 } from './harness.js';
 import { busyboxLayerEntries, type Entry, rootfsTarball } from './images.js';
@@ -214,6 +214,8 @@ describe('peas: processes with their own image (integration)', function () {
     expect(await noPeaTraces(), 'pea images or cgroups left').to.deep.equal([]);
     expect((await processDirs()).filter((d) => !before.has(d)), 'process dirs left').to.deep.equal([]);
     expect((await server.client.info(h)).ProcessIDs).to.not.include.members(['pea-noexe', 'pea-noexe-user', 'pea-noimage', 'pea-nouser', 'pea-nouser2']);
+    const monitors = (await processes()).filter((x) => x.state !== 'Z' && /pea-no(exe|image|user)/.test(x.cmdline.join(' ')));
+    expect(monitors, 'conmon or runc left for a failed pea').to.deep.equal([]);
     // the sandbox still runs processes, and ids of failed runs are free again
     expect((await runAndWait(server.client, h, pea({ id: 'pea-noexe', path: 'true' }))).code).to.equal(0);
   });
@@ -236,7 +238,6 @@ describe('peas: processes with their own image (integration)', function () {
     expect(await noPeaTraces(), 'pea images or cgroups left after destroy').to.deep.equal([]);
     expect(existsSync(join(server.depot, 'pea-destroy')), 'depot entry').to.equal(false);
     expect(existsSync(join(MEMORY_CGROUP, 'pea-destroy')), 'sandbox cgroup').to.equal(false);
-    const { processes } = await import('./harness.js');
     const left = (await processes()).filter((x) => x.state !== 'Z' && /sleep 1000[01]/.test(x.cmdline.join(' ')));
     expect(left, 'pea processes left').to.deep.equal([]);
   });
