@@ -825,12 +825,33 @@ export function propertyMap(from: Record<string, string> = {}): Record<string, s
   return out;
 }
 
-/** Handles become directory names and URL segments: refuse the ones that would escape. */
+/**
+ * Characters a Garden client cannot put back into a URL path after create (issue #12): Go
+ * clients paste the handle into the path unescaped, and the server decodes `+` as a space
+ * and `%XX` as a byte, so `+`, `%` and a space never round-trip; `?` and `#` end the path;
+ * control characters (C0, DEL, C1) are refused by Go's URL parser or mangled on the way.
+ */
+const UNADDRESSABLE = /[+% ?#\u0000-\u001f\u007f-\u009f]/u;
+
+function describeChar(ch: string): string {
+  if (ch === ' ') return 'a space';
+  const code = ch.codePointAt(0)!;
+  if (code < 0x20 || (code >= 0x7f && code <= 0x9f)) return `the control character U+${code.toString(16).toUpperCase().padStart(4, '0')}`;
+  return `'${ch}'`;
+}
+
+/** Handles become directory names and URL segments: refuse the ones that would escape or that clients cannot address. */
 export function validateHandle(handle: string): void {
   if (handle.includes('/')) throw new InvalidArgument(`invalid handle '${handle}': must not contain '/'`);
   if (handle === '.' || handle === '..' || handle.includes('..')) throw new InvalidArgument(`invalid handle '${handle}': must not contain '..'`);
   if (handle.includes('\0')) throw new InvalidArgument('invalid handle: must not contain NUL');
   if (Buffer.byteLength(handle) > 512) throw new InvalidArgument('invalid handle: longer than 512 bytes');
+  const bad = UNADDRESSABLE.exec(handle);
+  if (bad !== null) {
+    throw new InvalidArgument(
+      `invalid handle ${JSON.stringify(handle)}: must not contain ${describeChar(bad[0])} (Garden clients could not address the container in a URL path; avoid '+', '%', '?', '#', spaces and control characters)`,
+    );
+  }
 }
 
 export { NS_PER_MS };

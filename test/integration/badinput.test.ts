@@ -187,6 +187,22 @@ describe('bad input (integration)', function () {
     });
   }
 
+  // issue #12: a handle Garden clients cannot put back into a URL path is refused at create.
+  for (const handle of ['a+b', 'x y', '100%', 'a?b', 'a#b', 'tab\there', 'bell\u0007']) {
+    it(`issue #12: handle ${JSON.stringify(handle)} is refused at create with a clear Garden error, nothing left behind`, async function () {
+      const r = await rawRequest(server.socketPath, 'POST', '/containers', `{"handle":${JSON.stringify(handle)},"image":{},"limits":{}}\n`);
+      const e = expectError(r, 500, { Type: '', Handle: '', ProcessID: '' });
+      expect(e.Message, 'names the handle').to.include(JSON.stringify(handle));
+      expect(e.Message, 'says why').to.match(/^invalid handle .*must not contain .*Garden clients could not address/);
+      await unchangedAndAlive();
+      // And through the client library, as a Go client would see it.
+      let err: unknown;
+      await server.client.create(spec({ handle })).catch((x: unknown) => { err = x; });
+      expect(String(err)).to.match(/invalid handle/);
+      await unchangedAndAlive();
+    });
+  }
+
   for (const field of ['image', 'rootfs'] as const) {
     it(`a ${field} that does not exist → 500 naming it, nothing left behind`, async function () {
       const handle = `bad-rootfs-${field}`;
