@@ -1,23 +1,16 @@
 // One process in a container, as the daemon sees it: output read from conmon's log
 // from where the last reader stopped, the exit code from conmon (sync pipe while we
 // started it, its exit file otherwise), stdin through conmon's attach socket.
-import { createRequire } from 'node:module';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { constants, existsSync, openSync, closeSync, watch, writeFileSync, writeSync, type FSWatcher } from 'node:fs';
 import { open, readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { parseK8sLog } from './k8slog.js';
 
-const require = createRequire(import.meta.url);
-// conmon's attach socket is SOCK_SEQPACKET, which node:net cannot open.
-const { SeqpacketSocket } = require('node-unix-socket') as {
-  SeqpacketSocket: new () => {
-    connect(path: string, cb?: () => void): void;
-    write(buf: Buffer, offset?: number, length?: number, cb?: () => void): void;
-    end(cb?: () => void): void;
-    destroy(): void;
-    on(ev: string, cb: (...args: unknown[]) => void): void;
-  };
-};
+// conmon's attach socket is SOCK_SEQPACKET, which node:net cannot open: a small C relay
+// (built beside this file) connects to it and copies its stdin there; no native addon.
+const CONMON_ATTACH = fileURLToPath(new URL('./attach/conmon-attach', import.meta.url));
 
 export interface OutputSink {
   stdout(data: Buffer): void;
@@ -70,12 +63,11 @@ export class ProcessHandle {
   private offsetTimer: NodeJS.Timeout | undefined;
   private stdinHolders = 0;
   private stdinClosed = false;
-  private stdinSock: InstanceType<typeof SeqpacketSocket> | undefined;
+  private stdinRelay: ChildProcess | undefined;
   private stdinQueue: Buffer[] = [];
   /** Bytes handed to writeStdin that the kernel has not taken yet. */
   private stdinPending = 0;
   private stdinDrainWaiters: Array<() => void> = [];
-  private stdinConnecting = false;
   private finishedAt: number | undefined;
   private waitingForDrain = false;
 
@@ -158,8 +150,8 @@ export class ProcessHandle {
     this.finishedAt = Date.now();
     this.dirWatcher?.close();
     this.dirWatcher = undefined;
-    this.stdinSock?.destroy();
-    this.stdinSock = undefined;
+    this.stdinRelay?.stdin?.destroy();
+    this.stdinRelay = undefined;
     this.stdinClosed = true;
     for (const w of this.stdinDrainWaiters.splice(0)) w();
     // conmon drains the pipes into the log before it reports the exit.
@@ -409,38 +401,26 @@ export class ProcessHandle {
   }
 
   private flushStdin(): void {
-    if (this.stdinSock === undefined) {
-      if (this.stdinConnecting) return;
-      this.stdinConnecting = true;
-      const sock = new SeqpacketSocket();
-      sock.on('error', () => {
-        this.stdinSock = undefined;
-      });
-      // The socket path can be longer than sun_path allows; go through the directory's fd.
-      let dirFd: number | undefined;
-      try {
-        dirFd = openSync(this.files.dir, 'r');
-        if (!existsSync(join(this.files.dir, 'attach'))) throw new Error('no attach socket');
-        sock.connect(`/proc/self/fd/${dirFd}/attach`, () => {
-          if (dirFd !== undefined) closeSync(dirFd);
-          dirFd = undefined;
-          this.stdinSock = sock;
-          this.stdinConnecting = false;
-          this.flushStdin();
-        });
-      } catch {
-        if (dirFd !== undefined) closeSync(dirFd);
-        this.stdinConnecting = false;
-      }
-      return;
+    if (this.stdinRelay === undefined) {
+      if (!existsSync(join(this.files.dir, 'attach'))) return;
+      // Relative to its working directory: a depot path can be longer than sun_path allows.
+      const relay = spawn(CONMON_ATTACH, ['attach'], { cwd: this.files.dir, stdio: ['pipe', 'ignore', 'ignore'] });
+      const lost = () => {
+        if (this.stdinRelay === relay) this.stdinRelay = undefined;
+      };
+      relay.on('error', lost);
+      relay.on('exit', lost);
+      relay.stdin!.on('error', lost);
+      this.stdinRelay = relay;
     }
+    const sink = this.stdinRelay.stdin!;
     for (const b of this.stdinQueue.splice(0)) {
       const copy = Buffer.from(b);
-      this.stdinSock.write(copy, 0, copy.length, () => this.stdinWritten(copy.length));
+      sink.write(copy, () => this.stdinWritten(copy.length));
     }
     if (this.stdinClosed) {
-      this.stdinSock.end();
-      this.stdinSock = undefined;
+      sink.end();
+      this.stdinRelay = undefined;
     }
   }
 
@@ -470,7 +450,7 @@ export class ProcessHandle {
   close(): void {
     this.watcher?.close();
     this.dirWatcher?.close();
-    this.stdinSock?.destroy();
+    this.stdinRelay?.stdin?.destroy();
     if (this.offsetTimer !== undefined) clearTimeout(this.offsetTimer);
     void this.flushOffset();
   }
