@@ -1,24 +1,26 @@
 #!/usr/bin/env node
 // gdn: `gdn server` (an ordinary user) and `gdn setup` (root, once). The composition
 // root: flags in, plain constructors wired together, nothing else.
-import { createServer as createHttpServer } from 'node:http';
+import { createServer as createHttpServer, type Server as HttpServer } from 'node:http';
+import { isIP } from 'node:net';
 import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, unlinkSync } from 'node:fs';
 import { userInfo, tmpdir } from 'node:os';
 import { join } from 'node:path';
-import pino from 'pino';
+import pino, { type Logger } from 'pino';
 import yargs, { type Argv } from 'yargs';
 import { hideBin } from 'yargs/helpers';
 import { buildApp, buildHijack } from '../src/api/routes.js';
 import { createFront, sameUserPeerCheck } from '../src/api/front.js';
 import { isLoopback } from '../src/api/peer.js';
 import { parseGoDuration } from '../src/client/duration.js';
-import { TrellisError, errorMessage } from '../src/errors.js';
+import { InvalidArgument, TrellisError, errorMessage } from '../src/errors.js';
 import { Gardener } from '../src/gardener/gardener.js';
 import { ExecImagePlugin, InProcessImagePlugin, type ImagePlugin } from '../src/image/plugin.js';
 import { buildMappings, primaryRange, readSubIdFile } from '../src/idmap/subid.js';
 import { ExecNetworkPlugin, InProcessNetwork, LoopbackOnly, type NetworkPlugin } from '../src/network/plugin.js';
 import { DEFAULT_GATE, NET_CONF_DIR, loadUserNetwork } from '../plugins/networker/config.js';
 import { defaultDnsServers, networkerFor } from '../plugins/networker/wiring.js';
+import { Metrics, metricsHandler } from '../src/metrics/metrics.js';
 import { userPaths } from '../src/paths.js';
 import { planCgroups, probeOverlayInUserns, requireBinary, requireSetuid, requireWritableDir, requireSetuidRoot } from '../src/probe.js';
 import { CgroupReader } from '../src/runtime/cgroupstats.js';
@@ -67,6 +69,8 @@ interface ServerArgs {
   'process-retention': string;
   'process-start-timeout': string;
   'process-log-max-bytes': number;
+  'metrics-bind-ip': string;
+  'metrics-bind-port'?: number;
 }
 
 function serverFlags(y: Argv) {
@@ -105,7 +109,10 @@ function serverFlags(y: Argv) {
     .option('process-log-max-bytes', { type: 'number', default: 256 * 1024 * 1024, describe: 'bytes a process may log before its log starts over; a reader behind at that moment loses what it had not read (0: no limit)' })
     .option('process-start-timeout', { type: 'string', default: '30s', describe: 'Go duration runc may take to start a process before it is given up' })
     .option('process-retention', { type: 'string', default: '5m', describe: 'Go duration a finished process is kept once its exit status and all its output were read' })
-    .option('seccomp-profile', { type: 'string', default: DEFAULT_PROFILE, describe: "Docker-format seccomp profile for every container, or 'unconfined'" });
+    .option('seccomp-profile', { type: 'string', default: DEFAULT_PROFILE, describe: "Docker-format seccomp profile for every container, or 'unconfined'" })
+    // Prometheus metrics (issue #12): off unless a port is given.
+    .option('metrics-bind-ip', { type: 'string', default: '127.0.0.1', describe: 'address the Prometheus /metrics endpoint listens on' })
+    .option('metrics-bind-port', { type: 'number', describe: 'serve Prometheus metrics on this TCP port at /metrics (default: off)' });
 }
 
 async function server(args: ServerArgs): Promise<void> {
@@ -113,6 +120,7 @@ async function server(args: ServerArgs): Promise<void> {
   const uid = process.getuid!();
   const gid = process.getgid!();
   if (uid === 0) throw new TrellisError('ERR_TRELLIS_ROOT', 'gdn server runs as an ordinary user, not root', { hint: 'run it as the user you gave gdn setup' });
+  metricsAddress(args); // bad metrics flags fail before anything starts
   const paths = userPaths(uid);
   let limitsUnavailable: string | undefined;
   const user = userInfo().username;
@@ -234,6 +242,8 @@ async function server(args: ServerArgs): Promise<void> {
 
   const deps = { gardener, network, log, storePath: paths.store, externalIp };
   const http = createHttpServer({ requestTimeout: 0, headersTimeout: 60_000, keepAliveTimeout: 5_000 }, buildApp(deps));
+  // Prometheus metrics (issue #12): their own listener, off unless --metrics-bind-port.
+  const metricsServer = await startMetrics(args, gardener, http, log);
   // Container root is this user: whoever can drive the API can act as this user (a bind
   // mount of its home is enough), so only this user (and root) is served on loopback.
   const front = createFront(http, buildHijack(deps), log, sameUserPeerCheck(uid));
@@ -265,12 +275,43 @@ async function server(args: ServerArgs): Promise<void> {
     log.info({ signal }, 'stopping');
     front.close();
     http.close();
+    metricsServer?.close();
     gardener.shutdown();
     // Containers and processes keep running under their monitors.
     setTimeout(() => process.exit(0), 100).unref();
   };
   process.once('SIGTERM', () => shutdown('SIGTERM'));
   process.once('SIGINT', () => shutdown('SIGINT'));
+}
+
+/** The metrics listener's address, checked before anything starts; undefined: metrics off. */
+function metricsAddress(args: ServerArgs): { ip: string; port: number } | undefined {
+  const port = args['metrics-bind-port'];
+  if (port === undefined) return undefined;
+  if (!Number.isInteger(port) || port < 0 || port > 65535) throw new InvalidArgument(`--metrics-bind-port must be a TCP port (0-65535), got ${port}`);
+  const ip = args['metrics-bind-ip'];
+  if (isIP(ip) === 0) throw new InvalidArgument(`--metrics-bind-ip must be an IP address, got '${ip}'`);
+  return { ip, port };
+}
+
+/** Prometheus metrics (issue #12): undefined when --metrics-bind-port is not given. */
+async function startMetrics(args: ServerArgs, gardener: Gardener, api: HttpServer, log: Logger): Promise<HttpServer | undefined> {
+  const addr = metricsAddress(args);
+  if (addr === undefined) return undefined;
+  const { ip, port } = addr;
+  const metrics = new Metrics();
+  metrics.attach(gardener);
+  metrics.instrument(gardener);
+  metrics.observe(api);
+  const server = createHttpServer({ requestTimeout: 30_000, headersTimeout: 30_000, keepAliveTimeout: 5_000 }, metricsHandler(metrics));
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', (err: NodeJS.ErrnoException) => reject(new TrellisError('ERR_TRELLIS_METRICS_LISTEN', `cannot serve metrics on ${ip}:${port}: ${err.message}`)));
+    server.listen(port, ip, () => resolve());
+  });
+  if (!isLoopback(ip)) log.info({ addr: ip }, 'metrics.reachable-from-other-hosts');
+  const bound = server.address();
+  log.info({ network: 'tcp', addr: typeof bound === 'object' && bound !== null ? `${bound.address}:${bound.port}` : `${ip}:${port}` }, 'metrics.started');
+  return server;
 }
 
 const REPEATABLE = new Set([
