@@ -1,13 +1,20 @@
 // The network `gdn setup` gave a user: /etc/trellis/net/<uid>.conf, root-owned,
 // `key=value` lines. The setuid gate trusts only this file; the networker reads the
 // same file to know its subnet, gateway and host-port range.
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { isIPv4 } from 'node:net';
 import { FailedPrecondition, InvalidArgument } from '../../src/errors.js';
 import { parseCidr } from './netout.js';
 
 export const NET_CONF_DIR = '/etc/trellis/net';
-export const DEFAULT_GATE = '/usr/local/libexec/trellis/cni-gate';
+/** Where the Debian package ships the gate (dpkg-owned, root 4755). */
+export const PACKAGED_GATE = '/usr/libexec/trellis/cni-gate';
+/**
+ * The gate `gdn setup` installs and `gdn server` uses: the package's own path when this
+ * code runs from the Debian package (scripts/package leaves a `.packaged` marker at its
+ * root, /usr/lib/trellis), else /usr/local for a source install.
+ */
+export const DEFAULT_GATE = existsSync(new URL('../../../.packaged', import.meta.url)) ? PACKAGED_GATE : '/usr/local/libexec/trellis/cni-gate';
 
 export interface UserNetwork {
   bridge: string;

@@ -17,8 +17,9 @@ import { userPaths } from '../../src/paths.js';
 
 /** Repo root, from dist/test/integration/harness.js. */
 export const REPO = fileURLToPath(new URL('../../../', import.meta.url));
-export const GDN = join(REPO, 'dist/cmd/gdn.js');
-export const GAOL = join(REPO, 'dist/cmd/gaol.js');
+// issue #12: scripts/test points these at the installed Debian package's /usr/bin/gdn and /usr/bin/gaol.
+export const GDN = process.env.TRELLIS_GDN || join(REPO, 'dist/cmd/gdn.js');
+export const GAOL = process.env.TRELLIS_GAOL || join(REPO, 'dist/cmd/gaol.js');
 
 const uid = process.getuid?.() ?? 0;
 export const PATHS = userPaths(uid);
