@@ -76,7 +76,10 @@ describe('issue #12: Prometheus metrics (integration)', function () {
 
   before(async function () {
     server = await startServer({ extraArgs: ['--metrics-bind-port', '0'] });
-    const line = server.logs().split('\n').find((l) => l.includes('"metrics.started"'));
+    // The log line can reach us after the first ping's answer: stdout is another pipe.
+    const started = () => server.logs().split('\n').find((l) => l.includes('"metrics.started"'));
+    await eventually(() => started() !== undefined, 10_000);
+    const line = started();
     expect(line, 'a metrics.started log line').to.not.equal(undefined);
     const addr = (JSON.parse(line!) as { addr: string }).addr;
     expect(addr, 'loopback by default').to.match(/^127\.0\.0\.1:\d+$/);
@@ -154,6 +157,8 @@ describe('issue #12: Prometheus metrics (integration)', function () {
   it('is off without --metrics-bind-port', async function () {
     const plain = await startServer();
     try {
+      // metrics.started would come before the server's own "started" line.
+      expect(await eventually(() => plain.logs().includes('"msg":"started"'), 10_000), 'started logged').to.equal(true);
       expect(plain.logs()).to.not.include('metrics.started');
     } finally {
       await cleanupServer(plain);
