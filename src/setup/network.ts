@@ -217,6 +217,8 @@ function ensureChain(table: string, chain: string, bin: 'iptables' | 'ip6tables'
 
 export const FORWARD_CHAIN = 'TRELLIS-FORWARD';
 export const OUTPUT_CHAIN = 'TRELLIS-OUTPUT';
+/** portmap's top-level DNAT chain (containernetworking-plugins), entered for every local destination. */
+const HOSTPORT_DNAT = 'CNI-HOSTPORT-DNAT';
 
 /** The host's own traffic into bridge b (filter OUTPUT): replies, net-in (DNAT), the owner's and root's sockets; nothing else. */
 export function outputRules(b: string, uid: number, family: 4 | 6): string[][] {
@@ -262,6 +264,9 @@ export function ensureHostRules(n: UserNetwork, uid: number): 'created' | 'alrea
     for (const rule of outputRules(b, uid, family)) changed = ensureRule('filter', OUTPUT_CHAIN, rule, false, bin) || changed;
   }
   changed = ensureRule('nat', 'POSTROUTING', ['-s', n.subnet, '!', '-o', b, '-j', 'MASQUERADE']) || changed;
+  // portmap's DNAT skips loopback: 127.0.0.1:<hostport> reaches gdn's own socket, which splices to the container (route_localnet stays off).
+  changed = ensureChain('nat', HOSTPORT_DNAT) || changed;
+  changed = ensureRule('nat', HOSTPORT_DNAT, ['-d', '127.0.0.0/8', '-j', 'RETURN'], true) || changed;
   return changed ? 'created' : 'already present';
 }
 
@@ -363,7 +368,7 @@ export function ensureNetwork(opts: NetworkSetupOptions, info: (line: string) =>
   }
   info(`network ${path}: bridge ${net.bridge}, subnet ${net.subnet}, gateway ${net.gateway}, host ports ${net.portStart}-${net.portEnd} (${outcome})`);
   info(`bridge ${net.bridge} ${net.gateway}/${parseCidr(net.subnet).prefix} (${ensureBridge(net)})`);
-  info(`host rules for ${net.bridge}: no 127.0.0.0/8 from bridges, no source outside ${net.subnet}, no other user's bridge, only replies and net-in in, from the host only the owner's and root's sockets (IPv4 and IPv6), masquerade out (${ensureHostRules(net, opts.uid)})`);
+  info(`host rules for ${net.bridge}: no 127.0.0.0/8 from bridges, no source outside ${net.subnet}, no other user's bridge, only replies and net-in in, no DNAT of loopback, from the host only the owner's and root's sockets (IPv4 and IPv6), masquerade out (${ensureHostRules(net, opts.uid)})`);
   info(`reserved host ports (ip_local_reserved_ports, ${RESERVED_PORTS_CONF}): ${ensureReservedPorts([net, ...others(confDir, opts.uid)])}`);
   const fwd = readFileSync('/proc/sys/net/ipv4/ip_forward', 'utf8').trim();
   if (fwd !== '1') execFileSync('sysctl', ['-q', '-w', 'net.ipv4.ip_forward=1']);

@@ -1,0 +1,86 @@
+# Sourced by scripts/test (root) around the gate suite (issue #13): the victim's services,
+# and the root-side isolation checks that need users the suites do not run as (nobody,
+# the owner next to the intruder). Needs GATE, VICTIM_ID, VICTIM_PID, TEST_USER,
+# INTRUDER, as_test_user and check from the caller.
+
+conf_value() { sed -n "s/^$2=//p" "/etc/trellis/net/$1.conf"; }
+
+# A server in the victim's netns on :8080 (never published), and services of the victim
+# user on the host inside the intruder's port block: TCP on the victim's gateway and on
+# 127.0.0.1, UDP on the victim's gateway (ordinary unprivileged binds). The gate suite
+# attacks them and expects them untouched.
+start_victim_services() {
+  local tuid iuid gw end
+  tuid=$(id -u "$TEST_USER")
+  iuid=$(id -u "$INTRUDER")
+  gw=$(conf_value "$tuid" gateway)
+  end=$(conf_value "$iuid" port_end)
+  runuser -u "$TEST_USER" -- nsenter --preserve-credentials -t "$VICTIM_PID" -U -n node -e \
+    "require('net').createServer((c) => c.end('victim\n')).listen({ port: 8080, host: '::', ipv6Only: false })" </dev/null >/dev/null 2>&1 &
+  VICTIM_NS_SERVER=$!
+  runuser -u "$TEST_USER" -- node -e "
+    const net = require('net'), dgram = require('dgram');
+    net.createServer((c) => c.end('victim\n')).listen($end, '$gw');
+    net.createServer((c) => c.end('victim\n')).listen($((end - 1)), '127.0.0.1');
+    const u = dgram.createSocket('udp4');
+    u.on('message', (m, r) => u.send('victim\n', r.port, r.address));
+    u.bind($((end - 2)), '$gw');" </dev/null >/dev/null 2>&1 &
+  VICTIM_HOST_SERVICES=$!
+  for _ in $(seq 100); do
+    [[ $(nsenter -t "$VICTIM_PID" -n ss -ltnH 'sport = :8080' | wc -l) -ge 1 && $(ss -ltnH "sport = :$end" | wc -l) -ge 1 ]] && break
+    sleep 0.1
+  done
+}
+
+stop_victim_services() {
+  [[ -n ${VICTIM_NS_SERVER:-} ]] && kill "$VICTIM_NS_SERVER" 2>/dev/null
+  [[ -n ${VICTIM_HOST_SERVICES:-} ]] && kill "$VICTIM_HOST_SERVICES" 2>/dev/null
+  VICTIM_NS_SERVER=
+  VICTIM_HOST_SERVICES=
+}
+
+# fetch_as USER HOST PORT: what a TCP connect from USER's host shell reads (empty when refused or timed out).
+fetch_as() {
+  runuser -u "$1" -- timeout 3 bash -c 'exec 3<>"/dev/tcp/$0/$1" && head -c 64 <&3' "$2" "$3" 2>/dev/null || true
+}
+
+# Issue #13, from root's side: an unpublished container port is closed to other users
+# (nobody here; the intruder in the gate suite) and open to the owner and through net-in;
+# a net-in on a port another user holds is refused and that user's service keeps working.
+isolation_checks() {
+  local tuid ip gw p out ok lpid
+  tuid=$(id -u "$TEST_USER")
+  ip=$(nsenter -t "$VICTIM_PID" -n ip -4 -o addr show dev eth0 | awk '{print $4}' | cut -d/ -f1)
+  gw=$(conf_value "$tuid" gateway)
+  p=$(conf_value "$tuid" port_end)
+  echo "== isolation checks (root): the victim's $ip:8080"
+  out=$(fetch_as nobody "$ip" 8080)
+  [[ -z $out ]] && ok=1 || ok=0
+  echo "nobody -> $ip:8080 (unpublished): ${out:-no answer}"
+  check "issue #13: nobody cannot reach an unpublished container port" "$ok"
+  out=$(fetch_as "$TEST_USER" "$ip" 8080)
+  [[ $out == victim ]] && ok=1 || ok=0
+  echo "the owner -> $ip:8080: ${out:-no answer}"
+  check "issue #13: the owner reaches its unpublished container port" "$ok"
+  ok=0
+  if as_test_user "$GATE" ports "$VICTIM_ID" "$VICTIM_PID" "$p:8080/tcp"; then
+    out=$(fetch_as nobody "$gw" "$p")
+    echo "nobody -> $gw:$p (net-in to :8080): ${out:-no answer}"
+    [[ $out == victim ]] && ok=1
+  fi
+  as_test_user "$GATE" ports "$VICTIM_ID" "$VICTIM_PID" || ok=0
+  check "issue #13: nobody reaches the container through net-in" "$ok"
+  # Another user (the intruder) holds a port of the owner's block: the owner's net-in is refused.
+  runuser -u "$INTRUDER" -- node -e "require('net').createServer((c) => c.end('intruder\n')).listen($((p - 1)), '$gw')" </dev/null >/dev/null 2>&1 &
+  lpid=$!
+  for _ in $(seq 100); do [[ $(ss -ltnH "sport = :$((p - 1))" | wc -l) -ge 1 ]] && break; sleep 0.1; done
+  ok=1
+  out=$(as_test_user "$GATE" ports "$VICTIM_ID" "$VICTIM_PID" "$((p - 1)):8080/tcp" 2>&1) && ok=0
+  echo "the owner's net-in on $((p - 1)), which the intruder holds: $out"
+  [[ $out == *"is in use on this host by a socket of uid $(id -u "$INTRUDER")"* ]] || ok=0
+  out=$(fetch_as nobody "$gw" $((p - 1)))
+  echo "nobody -> $gw:$((p - 1)) after it: ${out:-no answer}"
+  [[ $out == intruder ]] || ok=0
+  kill "$lpid" 2>/dev/null
+  check "issue #13: a net-in on a port another user holds is refused and that service keeps working" "$ok"
+}
