@@ -84,3 +84,54 @@ isolation_checks() {
   kill "$lpid" 2>/dev/null
   check "issue #13: a net-in on a port another user holds is refused and that service keeps working" "$ok"
 }
+
+# kill_gate_under PID: SIGKILL to the cni-gate among PID's descendants (ours only).
+kill_gate_under() {
+  local c
+  for c in $(pgrep -P "$1"); do
+    if [[ $(cat "/proc/$c/comm" 2>/dev/null) == cni-gate ]]; then kill -KILL "$c" 2>/dev/null; else kill_gate_under "$c"; fi
+  done
+}
+
+# Issue #13, finding 3, from root (the one who can still kill the setuid gate; cgroup.kill
+# can too): a gate killed at any moment of ports or add leaves a record that the next
+# call, or del, uses to finish the job: no DNAT rule, eth0, veth or lease is left.
+interrupted_gate_checks() {
+  local tuid p ms pid ok=1 left spare rc
+  tuid=$(id -u "$TEST_USER")
+  p=$(conf_value "$tuid" port_end)
+  echo "== interrupted gate checks (root)"
+  for ms in 5 15 25 35 50 70 100; do
+    as_test_user "$GATE" ports "$VICTIM_ID" "$VICTIM_PID" "$p:8080/tcp" >/dev/null 2>&1 &
+    pid=$!
+    sleep "$(printf '0.%03d' "$ms")"
+    kill_gate_under "$pid"
+    wait "$pid" 2>/dev/null
+    as_test_user "$GATE" ports "$VICTIM_ID" "$VICTIM_PID" || ok=0
+    left=$(iptables-save -t nat | grep -cF "u$tuid-$VICTIM_ID" || true)
+    if ((left != 0)); then
+      echo "scripts/test: a ports call killed after ${ms} ms left $left nat rules after the next call" >&2
+      ok=0
+    fi
+  done
+  check "issue #13: a killed ports call is undone by the next one" "$ok"
+  ok=1
+  for ms in 5 15 25 35 50 70 100; do
+    spare=$(runuser -u "$TEST_USER" -- bash -c 'unshare --user --map-root-user --net sleep 600 </dev/null >/dev/null 2>&1 & echo $!')
+    for _ in $(seq 100); do [[ $(cat "/proc/$spare/comm" 2>/dev/null) == sleep ]] && break; sleep 0.05; done
+    as_test_user "$GATE" add killed "$spare" >/dev/null 2>&1 &
+    pid=$!
+    sleep "$(printf '0.%03d' "$ms")"
+    kill_gate_under "$pid"
+    wait "$pid" 2>/dev/null
+    as_test_user "$GATE" del killed "$spare"
+    rc=$?
+    left=$( (nsenter -t "$spare" -n ip -o link show; grep -rlF "u$tuid-killed" "/var/lib/trellis/net/$tuid/ipam"; ls "/var/lib/trellis/net/$tuid/results/killed.json") 2>/dev/null | grep -cv ': lo:' || true)
+    if ((rc != 0 || left != 0)); then
+      echo "scripts/test: an add killed after ${ms} ms, then del (exit $rc), left $left things (eth0, lease, record)" >&2
+      ok=0
+    fi
+    kill "$spare" 2>/dev/null
+  done
+  check "issue #13: a killed add is undone by del" "$ok"
+}
