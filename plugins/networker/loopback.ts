@@ -116,10 +116,12 @@ export class PortHolder {
     return this.held.has(`${port}/${proto}`);
   }
 
-  async hold(port: number, proto: 'tcp' | 'udp', target: Target): Promise<void> {
+  /** True when this call bound the port; false when gdn already held it (for another mapping, which the gate then refuses). */
+  async hold(port: number, proto: 'tcp' | 'udp', target: Target): Promise<boolean> {
     const key = `${port}/${proto}`;
-    if (this.held.has(key)) return;
+    if (this.held.has(key)) return false;
     this.held.set(key, proto === 'tcp' ? await listenTcp(port, target, this.log) : await bindUdp(port));
+    return true;
   }
 
   async release(port: number, proto: 'tcp' | 'udp'): Promise<void> {

@@ -296,11 +296,11 @@ export class Networker {
         const next = [...s.mappings, m];
         try {
           // gdn's socket first: it proves no one else holds the port and keeps it so.
-          await this.holder?.hold(m.hostPort, m.protocol, { ip: s.ip, port: m.containerPort });
+          const bound = await this.holder?.hold(m.hostPort, m.protocol, { ip: s.ip, port: m.containerPort });
           try {
             await this.o.gate.ports(s.id, s.pid, next);
           } catch (err) {
-            await this.holder?.release(m.hostPort, m.protocol);
+            if (bound) await this.holder?.release(m.hostPort, m.protocol);
             throw err;
           }
         } catch (err) {

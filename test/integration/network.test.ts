@@ -663,9 +663,10 @@ describe('network (integration, issue #4)', function () {
         expect(r?.status, 'a host port another container maps').to.equal(500);
         expect(gardenError(r).Message).to.include(String(taken.host_port));
         expect((await server.client.info(other)).MappedPorts).to.deep.equal([]);
-        // The first container keeps its mapping, and its rules.
+        // The first container keeps its mapping (on 127.0.0.1 too: gdn's socket stays), and its rules.
         await peerServer(server.client, h, 8080);
         expect((await hostConnect(GW, taken.host_port)).text).to.include(`${ip}:8080`);
+        expect((await curl(`http://127.0.0.1:${taken.host_port}/`)).stdout, 'the mapping on 127.0.0.1').to.include(`${ip}:8080`);
         expect((await server.client.info(h)).MappedPorts).to.deep.equal([...(before ?? []), { HostPort: taken.host_port, ContainerPort: 8080 }]);
         await rulesUnchanged();
       } finally {
