@@ -29,23 +29,27 @@ export class PortInUse extends TrellisError {
 
 async function listenTcp(port: number, target: Target, log: Logger): Promise<Held> {
   const conns = new Set<net.Socket>();
-  const server = net.createServer({ pauseOnConnect: true }, (client) => {
+  // Half-open both ways: a client that shuts down writing still gets the container's answer.
+  const server = net.createServer({ pauseOnConnect: true, allowHalfOpen: true }, (client) => {
     // Only loopback peers arrive here by design; anything else is not ours to proxy.
     if (!isLoopback(client.localAddress)) {
       client.destroy();
       return;
     }
-    const upstream = net.connect({ host: target.ip, port: target.port });
+    const upstream = net.connect({ host: target.ip, port: target.port, allowHalfOpen: true });
     conns.add(client);
     conns.add(upstream);
-    const done = (): void => {
+    // An error on either side ends both; a clean close waits for both directions (each side's
+    // end is passed on by pipe), so nothing queued for the client is cut off.
+    const kill = (): void => {
       client.destroy();
       upstream.destroy();
-      conns.delete(client);
-      conns.delete(upstream);
     };
-    client.on('error', done).on('close', done);
-    upstream.on('error', done).on('close', done);
+    client.on('error', kill).on('close', () => {
+      conns.delete(client);
+      upstream.destroy();
+    });
+    upstream.on('error', kill).on('close', () => conns.delete(upstream));
     upstream.once('connect', () => {
       client.pipe(upstream);
       upstream.pipe(client);

@@ -56,6 +56,32 @@ describe('networker: PortHolder (issues #12, #13)', function () {
     await new Promise((r) => other.close(r));
   });
 
+  it('a client that shuts down writing still gets the answer (half-close passes through)', async function () {
+    const counter = net.createServer({ allowHalfOpen: true }, (c) => {
+      let n = 0;
+      c.on('data', (d: Buffer) => (n += d.length));
+      c.on('end', () => c.end(`${n}\n`));
+    });
+    await new Promise<void>((r) => counter.listen(0, '127.0.0.1', r));
+    const port = await freePort();
+    await holder.hold(port, 'tcp', { ip: '127.0.0.1', port: (counter.address() as AddressInfo).port });
+    try {
+      const got = await new Promise<string>((resolve, reject) => {
+        const c = net.connect({ host: '127.0.0.1', port, allowHalfOpen: true });
+        let text = '';
+        c.setEncoding('utf8');
+        c.on('data', (d: string) => (text += d));
+        c.on('end', () => resolve(text));
+        c.on('error', reject);
+        c.end(Buffer.alloc(1 << 20));
+      });
+      expect(got).to.equal(`${1 << 20}\n`);
+    } finally {
+      await holder.release(port, 'tcp');
+      await new Promise((r) => counter.close(r));
+    }
+  });
+
   it('refuses a port someone else holds with a clear error', async function () {
     const busy = net.createServer();
     await new Promise<void>((r) => busy.listen(0, '127.0.0.1', r));
