@@ -221,6 +221,7 @@ export class Networker {
       log.error({ error: errorMessage(err) }, 'up.failed');
       await this.o.gate.del(id, input.Pid).catch(() => undefined);
       await rm(this.statePath(id), { force: true });
+      for (const m of s.mappings) await this.holder?.release(m.hostPort, m.protocol);
       throw err;
     }
     log.info({ ip: s.ip }, 'up.finished');
