@@ -674,6 +674,24 @@ describe('network (integration, issue #4)', function () {
       }
     });
 
+    it("a create whose second netin fails leaves no host port held (issue #13: gdn's sockets go with the mappings)", async function () {
+      const port = await freeHostPort(server.client);
+      let failed = false;
+      try {
+        await server.client.create(spec({ handle: 'net-bad-netin', netin: [{ host_port: port, container_port: 8080 }, { host_port: port, container_port: 8081 }] }));
+      } catch {
+        failed = true;
+      }
+      expect(failed, 'the create failed').to.equal(true);
+      expect((await curl(`http://127.0.0.1:${port}/`)).stderr, '127.0.0.1 after the failed create').to.match(/refused|Failed to connect/i);
+      const again = await server.client.create(spec({ handle: 'net-bad-netin-2' }));
+      try {
+        expect((await server.client.netIn(again, port, 8080)).host_port, 'the port maps again').to.equal(port);
+      } finally {
+        await server.client.destroy(again);
+      }
+    });
+
     it('a create with network 8.8.8.8 (outside the subnet) fails and leaves nothing', async function () {
       const handles = (await server.client.list()).sort();
       const veths = [...bridgeVeths().keys()].sort();
