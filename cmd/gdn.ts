@@ -206,7 +206,7 @@ async function server(args: ServerArgs): Promise<void> {
     const dns = [...(args['dns-server'].length > 0 ? args['dns-server'] : defaultDnsServers()), ...args['additional-dns-server']];
     if (args['external-ip'] === undefined) externalIp = loadUserNetwork(uid).gateway;
     network = new InProcessNetwork(
-      networkerFor(uid, { gate, allowNetworks: args['allow-network'], denyNetworks: args['deny-network'], dnsServers: dns }, log.child({ component: 'networker' })),
+      networkerFor(uid, { gate, allowNetworks: args['allow-network'], denyNetworks: args['deny-network'], dnsServers: dns, holdPorts: true }, log.child({ component: 'networker' })),
     );
   } else {
     log.warn({ config: join(NET_CONF_DIR, `${uid}.conf`), fix: `sudo gdn setup --rootless-uid ${uid} --rootless-gid ${gid}` }, 'probe.network: no network set up for this user; containers get loopback only');
@@ -239,6 +239,8 @@ async function server(args: ServerArgs): Promise<void> {
     propertiesPath: args['properties-path'],
   });
   await gardener.restore();
+  // gdn's sockets on the mapped ports of the containers it adopted (reservation, loopback path).
+  if (network instanceof InProcessNetwork) await network.resume();
 
   const deps = { gardener, network, log, storePath: paths.store, externalIp };
   const http = createHttpServer({ requestTimeout: 0, headersTimeout: 60_000, keepAliveTimeout: 5_000 }, buildApp(deps));

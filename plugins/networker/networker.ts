@@ -13,6 +13,7 @@ import { pino, type Logger } from 'pino';
 import { ExternalFailure, InvalidArgument, TrellisError, errorMessage } from '../../src/errors.js';
 import { inSubnet, type UserNetwork } from './config.js';
 import type { Gate, PortMapping } from './gate.js';
+import { PortHolder, PortInUse } from './loopback.js';
 import { ipv4Table, ipv6Table, parseCidr, parseRule, type NetOutRule } from './netout.js';
 
 export interface NetworkerOptions {
@@ -25,6 +26,11 @@ export interface NetworkerOptions {
   /** Resolvers the containers may reach; default: the host's, but loopback ones. */
   dnsServers?: string[];
   logger?: Logger;
+  /**
+   * Hold a socket on every mapped host port (gdn, a long-lived process): it reserves the
+   * port and answers 127.0.0.1/::1 by splicing to the container. Off for the one-shot CLI.
+   */
+  holdPorts?: boolean;
 }
 
 interface State {
@@ -111,6 +117,7 @@ export class Networker {
   private portLock: Promise<unknown> = Promise.resolve();
   /** One change at a time per container: rules and mappings are read, changed and written back. */
   private readonly handleLocks = new Map<string, Promise<unknown>>();
+  private readonly holder?: PortHolder;
 
   private serial<T>(handle: string, fn: () => Promise<T>): Promise<T> {
     const prev = this.handleLocks.get(handle) ?? Promise.resolve();
@@ -135,6 +142,7 @@ export class Networker {
   constructor(private readonly o: NetworkerOptions) {
     this.log = o.logger ?? pino({ level: 'silent' });
     this.dns = o.dnsServers ?? [];
+    if (o.holdPorts) this.holder = new PortHolder(this.log);
     for (const c of [...(o.allowNetworks ?? []), ...(o.denyNetworks ?? [])]) parseCidr(c);
   }
 
@@ -213,6 +221,7 @@ export class Networker {
       log.error({ error: errorMessage(err) }, 'up.failed');
       await this.o.gate.del(id, input.Pid).catch(() => undefined);
       await rm(this.statePath(id), { force: true });
+      for (const m of s.mappings) await this.holder?.release(m.hostPort, m.protocol);
       throw err;
     }
     log.info({ ip: s.ip }, 'up.finished');
@@ -241,6 +250,7 @@ export class Networker {
       else throw err;
     });
     await rm(this.statePath(id), { force: true });
+    for (const m of s?.mappings ?? []) await this.holder?.release(m.hostPort, m.protocol);
     this.log.info({ handle }, 'down.finished');
   }
 
@@ -286,10 +296,17 @@ export class Networker {
         const m: PortMapping = { hostPort: h, containerPort: containerPort === 0 ? h : containerPort, protocol: 'tcp' };
         const next = [...s.mappings, m];
         try {
-          await this.o.gate.ports(s.id, s.pid, next);
+          // gdn's socket first: it proves no one else holds the port and keeps it so.
+          const bound = await this.holder?.hold(m.hostPort, m.protocol, { ip: s.ip, port: m.containerPort });
+          try {
+            await this.o.gate.ports(s.id, s.pid, next);
+          } catch (err) {
+            if (bound) await this.holder?.release(m.hostPort, m.protocol);
+            throw err;
+          }
         } catch (err) {
-          // Another server of this user (another state dir) holds it: the gate knows them all.
-          if (hostPort === 0 && /already mapped/.test(errorMessage(err))) {
+          // Another server of this user (another state dir), another user or the host holds it.
+          if (hostPort === 0 && (err instanceof PortInUse || /already mapped|in use on this host/.test(errorMessage(err)))) {
             used.add(h);
             continue;
           }
@@ -304,6 +321,33 @@ export class Networker {
     const p = this.portLock.then(run, run);
     this.portLock = p.catch(() => undefined);
     return p;
+  }
+
+  /** After a restart: gdn's sockets on the mapped ports of every container still alive. */
+  async resume(): Promise<void> {
+    if (!this.holder) return;
+    for (const f of await readdir(this.o.stateDir).catch(() => [] as string[])) {
+      if (!f.endsWith('.json')) continue;
+      let s: State;
+      try {
+        s = JSON.parse(await readFile(join(this.o.stateDir, f), 'utf8')) as State;
+      } catch {
+        continue;
+      }
+      if (!this.alive(s)) continue;
+      await this.serial(s.handle, async () => {
+        for (const m of s.mappings) {
+          await this.holder?.hold(m.hostPort, m.protocol, { ip: s.ip, port: m.containerPort }).catch((err: unknown) => {
+            this.log.error({ handle: s.handle, hostPort: m.hostPort, err: errorMessage(err) }, 'resume.hold-failed');
+          });
+        }
+      });
+    }
+  }
+
+  /** Closes gdn's sockets (the mappings stay: a restarted gdn takes them up again). */
+  async close(): Promise<void> {
+    await this.holder?.releaseAll();
   }
 
   async netIn(handle: string, input: { HostPort?: number; ContainerPort?: number }): Promise<{ host_port: number; container_port: number }> {

@@ -15,6 +15,8 @@ export interface NetworkerConfig {
   allowNetworks?: string[];
   denyNetworks?: string[];
   dnsServers?: string[];
+  /** gdn: hold a socket on each mapped port (reservation and the loopback path). */
+  holdPorts?: boolean;
 }
 
 /** Keys of the seed's garden-cni-config.json that the gate decides instead (root-owned config). */
@@ -73,5 +75,6 @@ export function networkerFor(uid: number, cfg: NetworkerConfig, log: Logger): Ne
     denyNetworks: cfg.denyNetworks,
     dnsServers: cfg.dnsServers ?? defaultDnsServers(),
     logger: log,
+    holdPorts: cfg.holdPorts,
   });
 }

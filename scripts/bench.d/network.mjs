@@ -1,7 +1,8 @@
 // scripts/bench's network part (issue #4, item 5), run by bench.mjs in the same invocation:
-//   A. TCP throughput, host -> container through net-in and container -> host, for Trellis
+//   A. TCP throughput, host -> container through net-in (the gateway's kernel DNAT path, and
+//      127.0.0.1 through gdn's splice, issue #12) and container -> host, for Trellis
 //      (veth + bridge via the CNI gate) against rootless podman (slirp4netns, its default
-//      MTU) and the host's own loopback. One small static C tool (compiled here) does every
+//      MTU; -p through rootlessport on 127.0.0.1) and the host's own loopback. One small static C tool (compiled here) does every
 //      transfer on every path: same code, buffers and socket options. (busybox's nc reads
 //      1 KiB per read(2), so it would measure itself, not the path.)
 //   B. What the networker's up and down add to create and destroy: the bench's gdn server
@@ -454,11 +455,13 @@ export class NetworkBench {
       this.trellisHostPort = hostPort;
       const tout = collector();
       const terr = collector();
-      this.trellisSink = await this.#trellisRun(client, th, ['sink', '0.0.0.0', String(CONTAINER_PORT), String(sinks)], { stdout: tout, stderr: terr });
+      // Two cases use this sink: the gateway (DNAT) and 127.0.0.1 (gdn's splice).
+      this.trellisSink = await this.#trellisRun(client, th, ['sink', '0.0.0.0', String(CONTAINER_PORT), String(2 * sinks)], { stdout: tout, stderr: terr });
       await tout.waitFor(/^listening \d+$/m, 10_000, 'Trellis container sink');
       const hs = await this.#hostSink(gw, sinks, 'host sink on the gateway');
       await client.netOut(th, { protocol: 1, networks: [{ start: gw, end: gw }], ports: [{ start: hs.port, end: hs.port }] });
       cases.push({ key: 'tIn', fn: (b) => this.#hostSend(gw, hostPort, b, 'Trellis host -> container') });
+      cases.push({ key: 'tInLo', fn: (b) => this.#hostSend('127.0.0.1', hostPort, b, 'Trellis host -> container on 127.0.0.1 (gdn splice)') });
       cases.push({
         key: 'tOut',
         fn: async (b) => parseSent(await this.#trellisExec(client, th, TOOL_IN_CONTAINER, ['send', gw, String(hs.port), String(b)], 'Trellis container -> host'), b, 'Trellis container -> host'),
@@ -518,7 +521,7 @@ export class NetworkBench {
     try {
       return (await client.netIn(h, 0, CONTAINER_PORT)).host_port;
     } catch (err) {
-      if (!/already mapped/.test(err.message)) throw err;
+      if (!/already mapped|in use on this host/.test(err.message)) throw err;
       const first = err.message;
       for (let p = Number(this.conf.port_end); p >= Number(this.conf.port_start); p--) {
         try {
@@ -526,7 +529,7 @@ export class NetworkBench {
           this.notes.push(`net-in with host port 0 failed ("${first}": another server of this user maps it); used ${got}, tried from the top of the range`);
           return got;
         } catch (e) {
-          if (!/already mapped/.test(e.message)) throw e;
+          if (!/already mapped|in use on this host/.test(e.message)) throw e;
         }
       }
       throw err;
@@ -688,6 +691,7 @@ export class NetworkBench {
       row(`podman -p: rootlessport, slirp4netns (${pm})    [baseline]`, 'pIn', 'pIn');
       row(`podman, port_handler=slirp4netns (${pm})        [ref]`, 'pInSlirp', 'pIn', vs('tIn', 'pInSlirp'));
       row(`Trellis net-in: gateway:port DNAT, veth+bridge (${tm})`, 'tIn', 'pIn', verdict('host -> container', 'tIn', 'pIn', "podman's -p (rootlessport)"));
+      row(`Trellis net-in on 127.0.0.1: gdn's splice (${tm})`, 'tInLo', 'pIn', has('tInLo') && has('pIn') ? `loopback path vs podman -p on 127.0.0.1` : '');
       console.log('container -> host');
       row(`podman: slirp4netns to 10.0.2.2 (${pm})         [baseline]`, 'pOut', 'pOut');
       row(`Trellis: veth+bridge to the gateway, net-out rule (${tm})`, 'tOut', 'pOut', verdict('container -> host', 'tOut', 'pOut', 'slirp4netns'));

@@ -119,6 +119,11 @@ export class InProcessNetwork implements NetworkPlugin {
   readonly name = 'trellis-networker';
   constructor(private readonly networker: Networker) {}
 
+  /** After restore: the networker takes up its sockets on the mapped ports again. */
+  async resume(): Promise<void> {
+    await this.networker.resume();
+  }
+
   async up(handle: string, pid: number, properties: Record<string, string>, extra: UpExtra): Promise<UpResult> {
     const out = await this.networker.up(handle, {
       Pid: pid,

@@ -57,8 +57,53 @@ function overlaps(a: string, b: string): boolean {
   return a0 <= b1 && b0 <= a1;
 }
 
-/** Picks (or checks) this user's subnet and port range against every other user's. */
-export function planNetwork(uid: number, existing: UserNetwork[], want: { subnet?: string; hostPorts?: string }): UserNetwork {
+/** A socket on the host that holds a port: TCP listening, or UDP bound. */
+export interface HostSocket {
+  proto: 'tcp' | 'udp';
+  port: number;
+  uid: number;
+}
+
+/** The listening TCP and bound UDP sockets of /proc/net/{tcp,tcp6,udp,udp6} text. */
+export function parseProcNet(proto: 'tcp' | 'udp', text: string): HostSocket[] {
+  const out: HostSocket[] = [];
+  for (const line of text.split('\n').slice(1)) {
+    const f = line.trim().split(/\s+/);
+    if (f.length < 8) continue;
+    const port = parseInt((f[1] as string).split(':').pop() as string, 16);
+    const state = f[3] as string;
+    // TCP: LISTEN (0A) only; UDP: every bound socket (unconnected ones are 07).
+    if (proto === 'tcp' && state !== '0A') continue;
+    out.push({ proto, port, uid: Number(f[7]) });
+  }
+  return out;
+}
+
+export function hostSockets(): HostSocket[] {
+  const out: HostSocket[] = [];
+  for (const [proto, file] of [['tcp', 'tcp'], ['tcp', 'tcp6'], ['udp', 'udp'], ['udp', 'udp6']] as const) {
+    try {
+      out.push(...parseProcNet(proto, readFileSync(`/proc/net/${file}`, 'utf8')));
+    } catch {
+      // no IPv6
+    }
+  }
+  return out;
+}
+
+/** The first socket of another uid (or the host's) in start-end, as words. */
+export function busyIn(sockets: HostSocket[], uid: number, start: number, end: number): string | undefined {
+  const s = sockets.find((x) => x.port >= start && x.port <= end && x.uid !== uid);
+  return s && `${s.port}/${s.proto} (a socket of uid ${s.uid})`;
+}
+
+/** Picks (or checks) this user's subnet and port range against every other user's and the host's listeners. */
+export function planNetwork(
+  uid: number,
+  existing: UserNetwork[],
+  want: { subnet?: string; hostPorts?: string },
+  busy: (start: number, end: number) => string | undefined = () => undefined,
+): UserNetwork {
   let subnet = want.subnet;
   if (subnet !== undefined) {
     const { prefix } = parseCidr(subnet);
@@ -82,13 +127,16 @@ export function planNetwork(uid: number, existing: UserNetwork[], want: { subnet
     if (!m || portStart < 1024 || portEnd > 65535 || portStart > portEnd) throw new InvalidArgument('--host-ports must be START-END within 1024-65535');
   } else {
     let slot = 0;
-    while (existing.some((n) => n.portStart <= PORT_BASE + slot * PORTS_PER_USER + PORTS_PER_USER - 1 && PORT_BASE + slot * PORTS_PER_USER <= n.portEnd)) slot++;
+    const taken = (a: number, b: number): boolean => existing.some((n) => n.portStart <= b && a <= n.portEnd) || busy(a, b) !== undefined;
+    while (PORT_BASE + slot * PORTS_PER_USER + PORTS_PER_USER - 1 <= 65535 && taken(PORT_BASE + slot * PORTS_PER_USER, PORT_BASE + slot * PORTS_PER_USER + PORTS_PER_USER - 1)) slot++;
     portStart = PORT_BASE + slot * PORTS_PER_USER;
     portEnd = portStart + PORTS_PER_USER - 1;
     if (portEnd > 65535) throw new FailedPrecondition('ERR_TRELLIS_PORTS', 'no free block of host ports left: pass --host-ports');
   }
   const clash = existing.find((n) => n.portStart <= portEnd && portStart <= n.portEnd);
   if (clash) throw new InvalidArgument(`host ports ${portStart}-${portEnd} overlap ${clash.portStart}-${clash.portEnd}, another user's`);
+  const inUse = busy(portStart, portEnd);
+  if (inUse) throw new InvalidArgument(`host ports ${portStart}-${portEnd}: ${inUse} already uses one; pick another block with --host-ports`);
   const net = parseCidr(subnet);
   // 9000: the bridge has no physical port, so jumbo frames cost nothing and carry ~2x the TCP throughput of 1500.
   return { bridge: `tr${uid}`, subnet, gateway: intToIp(ipToInt(net.network) + 1), portStart, portEnd, mtu: DEFAULT_MTU };
@@ -141,41 +189,67 @@ function ensureBridge(n: UserNetwork): 'created' | 'already present' | 'fixed' {
   return outcome;
 }
 
-function iptables(args: string[]): boolean {
+function xtables(bin: 'iptables' | 'ip6tables', args: string[]): boolean {
   try {
-    execFileSync('iptables', ['-w', ...args], { stdio: ['ignore', 'ignore', 'pipe'] });
+    execFileSync(bin, ['-w', ...args], { stdio: ['ignore', 'ignore', 'pipe'] });
     return true;
   } catch {
     return false;
   }
 }
 
+const iptables = (args: string[]): boolean => xtables('iptables', args);
+
 /** Appends (or inserts first) a rule unless it is already there. */
-function ensureRule(table: string, chain: string, rule: string[], first = false): boolean {
-  if (iptables(['-t', table, '-C', chain, ...rule])) return false;
-  if (!iptables(['-t', table, first ? '-I' : '-A', chain, ...(first ? ['1'] : []), ...rule])) {
-    throw new FailedPrecondition('ERR_TRELLIS_IPTABLES', `iptables -t ${table} ${first ? '-I' : '-A'} ${chain} ${rule.join(' ')} failed`);
+function ensureRule(table: string, chain: string, rule: string[], first = false, bin: 'iptables' | 'ip6tables' = 'iptables'): boolean {
+  if (xtables(bin, ['-t', table, '-C', chain, ...rule])) return false;
+  if (!xtables(bin, ['-t', table, first ? '-I' : '-A', chain, ...(first ? ['1'] : []), ...rule])) {
+    throw new FailedPrecondition('ERR_TRELLIS_IPTABLES', `${bin} -t ${table} ${first ? '-I' : '-A'} ${chain} ${rule.join(' ')} failed`);
   }
   return true;
 }
 
+function ensureChain(table: string, chain: string, bin: 'iptables' | 'ip6tables' = 'iptables'): boolean {
+  if (xtables(bin, ['-t', table, '-S', chain])) return false;
+  if (!xtables(bin, ['-t', table, '-N', chain])) throw new FailedPrecondition('ERR_TRELLIS_IPTABLES', `${bin} -t ${table} -N ${chain} failed`);
+  return true;
+}
+
 export const FORWARD_CHAIN = 'TRELLIS-FORWARD';
+export const OUTPUT_CHAIN = 'TRELLIS-OUTPUT';
+/** portmap's top-level DNAT chain (containernetworking-plugins), entered for every local destination. */
+const HOSTPORT_DNAT = 'CNI-HOSTPORT-DNAT';
+
+/** The host's own traffic into bridge b (filter OUTPUT): replies, net-in (DNAT), the owner's and root's sockets; nothing else. */
+export function outputRules(b: string, uid: number, family: 4 | 6): string[][] {
+  return [
+    ['-o', b, '-m', 'conntrack', '--ctstate', family === 4 ? 'ESTABLISHED,RELATED,DNAT' : 'ESTABLISHED,RELATED', '-j', 'ACCEPT'],
+    ...(family === 6
+      ? ['neighbour-solicitation', 'neighbour-advertisement'].map((t) => ['-o', b, '-p', 'ipv6-icmp', '--icmpv6-type', t, '-j', 'ACCEPT'])
+      : []),
+    ['-o', b, '-m', 'owner', '--uid-owner', String(uid), '-j', 'ACCEPT'],
+    ['-o', b, '-m', 'owner', '--uid-owner', '0', '-j', 'ACCEPT'],
+    ['-o', b, '-j', 'DROP'],
+  ];
+}
 
 /**
  * Host rules, once per user, that containers' own netns rules cannot give:
- * nothing from a Trellis bridge reaches the host's 127.0.0.0/8 (CVE-2020-8558); no
- * user's containers reach another user's bridge; nothing enters a bridge unless it is
- * a reply or a net-in mapping; and one static MASQUERADE per user for egress (the
- * gate runs the bridge plugin with ipMasq off, so no per-container NAT chain exists).
+ * nothing from a Trellis bridge reaches the host's 127.0.0.0/8 (CVE-2020-8558); nothing
+ * leaves a bridge from an address outside its subnet (no container speaks as another
+ * user's); no user's containers reach another user's bridge; nothing enters a bridge
+ * from other bridges unless it is a reply or a net-in mapping, nor from the host itself
+ * (OUTPUT, both families: the bridge's host address would otherwise let any local user
+ * reach every container port) unless it is a reply, a net-in mapping, or a socket of the
+ * owner or root; and one static MASQUERADE per user for egress (the gate runs the bridge
+ * plugin with ipMasq off, so no per-container NAT chain exists).
  */
-export function ensureHostRules(n: UserNetwork): 'created' | 'already present' {
+export function ensureHostRules(n: UserNetwork, uid: number): 'created' | 'already present' {
   let changed = ensureRule('raw', 'PREROUTING', ['-i', 'tr+', '-d', '127.0.0.0/8', '-j', 'DROP'], true);
-  if (!iptables(['-t', 'filter', '-S', FORWARD_CHAIN])) {
-    if (!iptables(['-t', 'filter', '-N', FORWARD_CHAIN])) throw new FailedPrecondition('ERR_TRELLIS_IPTABLES', `iptables -N ${FORWARD_CHAIN} failed`);
-    changed = true;
-  }
-  changed = ensureRule('filter', 'FORWARD', ['-j', FORWARD_CHAIN], true) || changed;
   const b = n.bridge;
+  changed = ensureRule('raw', 'PREROUTING', ['-i', b, '!', '-s', n.subnet, '-j', 'DROP']) || changed;
+  changed = ensureChain('filter', FORWARD_CHAIN) || changed;
+  changed = ensureRule('filter', 'FORWARD', ['-j', FORWARD_CHAIN], true) || changed;
   for (const rule of [
     ['-i', b, '-o', b, '-j', 'ACCEPT'],
     ['-i', b, '-o', 'tr+', '-j', 'DROP'],
@@ -184,8 +258,53 @@ export function ensureHostRules(n: UserNetwork): 'created' | 'already present' {
   ]) {
     changed = ensureRule('filter', FORWARD_CHAIN, rule) || changed;
   }
+  for (const [bin, family] of [['iptables', 4], ['ip6tables', 6]] as const) {
+    changed = ensureChain('filter', OUTPUT_CHAIN, bin) || changed;
+    changed = ensureRule('filter', 'OUTPUT', ['-j', OUTPUT_CHAIN], true, bin) || changed;
+    for (const rule of outputRules(b, uid, family)) changed = ensureRule('filter', OUTPUT_CHAIN, rule, false, bin) || changed;
+  }
   changed = ensureRule('nat', 'POSTROUTING', ['-s', n.subnet, '!', '-o', b, '-j', 'MASQUERADE']) || changed;
+  // portmap's DNAT skips loopback: 127.0.0.1:<hostport> reaches gdn's own socket, which splices to the container (route_localnet stays off).
+  changed = ensureChain('nat', HOSTPORT_DNAT) || changed;
+  changed = ensureRule('nat', HOSTPORT_DNAT, ['-d', '127.0.0.0/8', '-j', 'RETURN'], true) || changed;
   return changed ? 'created' : 'already present';
+}
+
+const RESERVED_PORTS = '/proc/sys/net/ipv4/ip_local_reserved_ports';
+export const RESERVED_PORTS_CONF = '/etc/sysctl.d/60-trellis-reserved-ports.conf';
+
+/** `a,b-c` ranges merged with more ranges, as the kernel prints them. */
+export function mergePortRanges(current: string, add: [number, number][]): string {
+  const all: [number, number][] = [...add];
+  for (const part of current.split(',').map((x) => x.trim()).filter(Boolean)) {
+    const [a, b] = part.split('-').map(Number);
+    if (Number.isInteger(a) && (b === undefined || Number.isInteger(b))) all.push([a as number, b ?? (a as number)]);
+  }
+  all.sort((x, y) => x[0] - y[0]);
+  const out: [number, number][] = [];
+  for (const r of all) {
+    const last = out[out.length - 1];
+    if (last && r[0] <= last[1] + 1) last[1] = Math.max(last[1], r[1]);
+    else out.push([r[0], r[1]]);
+  }
+  return out.map(([a, z]) => (a === z ? String(a) : `${a}-${z}`)).join(',');
+}
+
+/** Every user's host ports go into ip_local_reserved_ports: no automatic bind (ephemeral port) ever lands there. */
+function ensureReservedPorts(nets: UserNetwork[]): string {
+  const current = readFileSync(RESERVED_PORTS, 'utf8').trim();
+  const want = mergePortRanges(current, nets.map((n) => [n.portStart, n.portEnd]));
+  let outcome = 'already present';
+  if (want !== mergePortRanges(current, [])) {
+    execFileSync('sysctl', ['-q', '-w', `net.ipv4.ip_local_reserved_ports=${want}`]);
+    outcome = 'set';
+  }
+  const conf = `# Written by gdn setup: the Trellis users' host-port blocks (and what was reserved before).\nnet.ipv4.ip_local_reserved_ports = ${want}\n`;
+  if (!existsSync(RESERVED_PORTS_CONF) || readFileSync(RESERVED_PORTS_CONF, 'utf8') !== conf) {
+    ensureRootDir(dirname(RESERVED_PORTS_CONF), { uid: 0, gid: 0 }, 0o755);
+    writeFileAtomic(RESERVED_PORTS_CONF, conf, { mode: 0o644, uid: 0, gid: 0 });
+  }
+  return `${want} (${outcome})`;
 }
 
 function installGate(source: string, dest: string): 'installed' | 'already present' {
@@ -224,6 +343,9 @@ export function ensureNetwork(opts: NetworkSetupOptions, info: (line: string) =>
   ensureRootDir(confDir, { uid: 0, gid: 0 }, 0o755);
   ensureRootDir(NET_STATE_DIR, { uid: 0, gid: 0 }, 0o700);
   const path = join(confDir, `${opts.uid}.conf`);
+  // A block that another user's or the host's service already listens in is refused (or skipped when picking one).
+  const sockets = hostSockets();
+  const busy = (start: number, end: number): string | undefined => busyIn(sockets, opts.uid, start, end);
   let net: UserNetwork;
   let outcome: string;
   if (existsSync(path)) {
@@ -231,7 +353,7 @@ export function ensureNetwork(opts: NetworkSetupOptions, info: (line: string) =>
     const wanted = planNetwork(opts.uid, others(confDir, opts.uid), {
       subnet: opts.subnet ?? net.subnet,
       hostPorts: opts.hostPorts ?? `${net.portStart}-${net.portEnd}`,
-    });
+    }, busy);
     if (wanted.subnet !== net.subnet || wanted.portStart !== net.portStart || wanted.portEnd !== net.portEnd || net.mtu !== DEFAULT_MTU) {
       net = { ...net, subnet: wanted.subnet, gateway: wanted.gateway, portStart: wanted.portStart, portEnd: wanted.portEnd, mtu: DEFAULT_MTU };
       writeFileAtomic(path, formatUserNetwork(net), { mode: 0o644, uid: 0, gid: 0 });
@@ -240,13 +362,14 @@ export function ensureNetwork(opts: NetworkSetupOptions, info: (line: string) =>
       outcome = 'already present';
     }
   } else {
-    net = planNetwork(opts.uid, others(confDir, opts.uid), opts);
+    net = planNetwork(opts.uid, others(confDir, opts.uid), opts, busy);
     writeFileAtomic(path, formatUserNetwork(net), { mode: 0o644, uid: 0, gid: 0 });
     outcome = 'created';
   }
   info(`network ${path}: bridge ${net.bridge}, subnet ${net.subnet}, gateway ${net.gateway}, host ports ${net.portStart}-${net.portEnd} (${outcome})`);
   info(`bridge ${net.bridge} ${net.gateway}/${parseCidr(net.subnet).prefix} (${ensureBridge(net)})`);
-  info(`host rules for ${net.bridge}: no 127.0.0.0/8 from bridges, no other user's bridge, only replies and net-in in, masquerade out (${ensureHostRules(net)})`);
+  info(`host rules for ${net.bridge}: no 127.0.0.0/8 from bridges, no source outside ${net.subnet}, no other user's bridge, only replies and net-in in, no DNAT of loopback, from the host only the owner's and root's sockets (IPv4 and IPv6), masquerade out (${ensureHostRules(net, opts.uid)})`);
+  info(`reserved host ports (ip_local_reserved_ports, ${RESERVED_PORTS_CONF}): ${ensureReservedPorts([net, ...others(confDir, opts.uid)])}`);
   const fwd = readFileSync('/proc/sys/net/ipv4/ip_forward', 'utf8').trim();
   if (fwd !== '1') execFileSync('sysctl', ['-q', '-w', 'net.ipv4.ip_forward=1']);
   info(`IPv4 forwarding on (${fwd === '1' ? 'already present' : 'enabled'})`);

@@ -20,12 +20,14 @@ import { expect } from 'chai';
 import { type ChildProcess, execFileSync, spawn, spawnSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { chmod, lstat, mkdir, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
+import dgram from 'node:dgram';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { DEFAULT_GATE, inSubnet, intToIp, ipToInt, loadUserNetwork } from '../../plugins/networker/config.js';
 
-const GATE = DEFAULT_GATE;
+// TRELLIS_GATE_UNDER_TEST: a build installed setuid elsewhere, tried before `gdn setup` installs it.
+const GATE = process.env.TRELLIS_GATE_UNDER_TEST || DEFAULT_GATE;
 const me = process.getuid?.() ?? 0;
 const env = (name: string): string => {
   const v = process.env[name];
@@ -237,6 +239,7 @@ describe('cni-gate attacks (issue #4): another user cannot touch a victim throug
     // Leave nothing of the intruder's own behind, whatever failed.
     if (own) gate(['del', 'mine', own]);
     gate(['del', 'spare']);
+    for (const id of ['renamed', 'full']) gate(['del', id]);
     for (const c of spawned) c.kill('SIGKILL');
     if (work) await rm(work, { recursive: true, force: true });
   });
@@ -448,6 +451,180 @@ describe('cni-gate attacks (issue #4): another user cannot touch a victim throug
 
     after(function () {
       if (spare) gate(['del', 'spare', spare]);
+    });
+  });
+
+  describe('issue #13: isolation between users', function () {
+    // scripts/test gives the victim a server on :8080 in its netns (never published), and
+    // services of the victim user on the host inside this user's port block.
+    const VICTIM_PORT = 8080;
+    const held = (): { port: number; proto: 'tcp' | 'udp'; host: string }[] => [
+      { port: mine.portEnd, proto: 'tcp', host: theirs.gateway },
+      { port: mine.portEnd - 1, proto: 'tcp', host: '127.0.0.1' },
+      { port: mine.portEnd - 2, proto: 'udp', host: theirs.gateway },
+    ];
+    let helper: string;
+
+    function tcpFetch(host: string, port: number, ms = 3000): Promise<string> {
+      return new Promise((resolve) => {
+        const c = net.connect({ host, port });
+        let text = '';
+        const t = setTimeout(() => {
+          c.destroy();
+          resolve(`timeout (${JSON.stringify(text)})`);
+        }, ms);
+        c.setEncoding('utf8');
+        c.on('data', (d: string) => (text += d));
+        c.on('end', () => {
+          clearTimeout(t);
+          resolve(text);
+        });
+        c.on('error', (err: NodeJS.ErrnoException) => {
+          clearTimeout(t);
+          resolve(err.code ?? err.message);
+        });
+      });
+    }
+
+    function udpAsk(host: string, port: number, ms = 3000): Promise<string> {
+      return new Promise((resolve) => {
+        const s = dgram.createSocket('udp4');
+        const t = setTimeout(() => {
+          s.close();
+          resolve('timeout');
+        }, ms);
+        s.on('message', (m) => {
+          clearTimeout(t);
+          s.close();
+          resolve(m.toString());
+        });
+        s.send('hello', port, host);
+      });
+    }
+
+    /** The victim's IPv6 link-local address on its eth0, from /proc/<pid>/net/if_inet6. */
+    function victimLinkLocal(): string {
+      const line = readFileSync(`/proc/${victim.pid}/net/if_inet6`, 'utf8').split('\n').find((l) => / eth0$/.test(l.trim()) && l.startsWith('fe80'));
+      expect(line, "the victim's eth0 has an IPv6 link-local address").to.be.a('string');
+      const hex = line!.split(/\s+/)[0]!;
+      return hex.match(/.{4}/g)!.join(':');
+    }
+
+    before(async function () {
+      const c = join(work, 'timer-exec.c');
+      await writeFile(c, [
+        '#include <stdlib.h>', '#include <string.h>', '#include <sys/time.h>', '#include <unistd.h>',
+        '/* timer-exec <usec> <prog> <args...>: all three interval timers armed, then exec (they survive it) */',
+        'int main(int argc, char **argv) {',
+        '  if (argc < 3) return 100;',
+        '  struct itimerval t; memset(&t, 0, sizeof t); long us = atol(argv[1]);',
+        '  t.it_value.tv_sec = us / 1000000; t.it_value.tv_usec = us % 1000000;',
+        '  t.it_interval.tv_usec = 1000;',
+        '  setitimer(ITIMER_REAL, &t, 0); setitimer(ITIMER_VIRTUAL, &t, 0); setitimer(ITIMER_PROF, &t, 0);',
+        '  execv(argv[2], argv + 2); return 101; }',
+        '',
+      ].join('\n'));
+      helper = join(work, 'timer-exec');
+      execFileSync('gcc', ['-O2', '-o', helper, c], { stdio: 'pipe' });
+    });
+
+    it("finding 1: another user's unpublished container port is closed to this user's host shell (IPv4 and IPv6)", async function () {
+      const [ip] = victimAddresses;
+      expect(await tcpFetch(ip!, VICTIM_PORT), `${ip}:${VICTIM_PORT} from the intruder's host shell`).to.not.equal('victim\n');
+      const ll = `${victimLinkLocal()}%${theirs.bridge}`;
+      expect(await tcpFetch(ll, VICTIM_PORT), `[${ll}]:${VICTIM_PORT} from the intruder's host shell`).to.not.equal('victim\n');
+    });
+
+    it("finding 2: net-in cannot take a port that another user's socket holds (TCP on its gateway and on 127.0.0.1, UDP); those services keep working", async function () {
+      for (const h of held()) {
+        await refused(['ports', 'mine', own, `${mine.portStart}:80/tcp`, `${h.port}:80/${h.proto}`],
+          new RegExp(`host port ${h.port}/${h.proto} is in use on this host by a socket of uid ${victim.uid}`));
+      }
+      expect(await viaMapping(), 'the own mapping').to.equal('mine\n');
+      for (const h of held()) {
+        const got = h.proto === 'tcp' ? await tcpFetch(h.host, h.port) : await udpAsk(h.host, h.port);
+        expect(got, `the victim's ${h.host}:${h.port}/${h.proto}`).to.equal('victim\n');
+      }
+    });
+
+    it('finding 2: setup reserved every port block (ip_local_reserved_ports)', function () {
+      const reserved = readFileSync('/proc/sys/net/ipv4/ip_local_reserved_ports', 'utf8').trim().split(',').map((r) => r.split('-').map(Number));
+      for (const n of [mine, theirs]) {
+        expect(reserved.some(([a, b]) => a! <= n.portStart && n.portEnd <= (b ?? a)!), `${n.portStart}-${n.portEnd} in ${JSON.stringify(reserved)}`).to.equal(true);
+      }
+    });
+
+    it('finding 3: interval timers armed before the exec cannot end the gate half-way (SIGALRM, SIGVTALRM, SIGPROF)', async function () {
+      this.timeout(120_000);
+      // A ports call takes tens of ms (a portmap DEL and ADD), so the old gate died half-way
+      // at these. A timer can still fire before main() when exec is slow (a loaded machine):
+      // then the gate died before it did anything, and that delay is tried again.
+      for (const us of [25_000, 35_000, 50_000, 70_000, 100_000, 140_000]) {
+        let r = spawnSync(helper, [String(us), GATE, 'ports', 'mine', own, `${mine.portStart}:80/tcp`], { env: {}, encoding: 'utf8', timeout: 90_000 });
+        for (let retry = 0; retry < 3 && r.signal !== null; retry++) {
+          r = spawnSync(helper, [String(us), GATE, 'ports', 'mine', own, `${mine.portStart}:80/tcp`], { env: {}, encoding: 'utf8', timeout: 90_000 });
+        }
+        expect({ us, status: r.status, signal: r.signal, stderr: r.stderr }).to.deep.equal({ us, status: 0, signal: null, stderr: '' });
+        expect(await viaMapping(), `the mapping after a timer of ${us} us`).to.equal('mine\n');
+      }
+      expect(await viaMapping(), 'the mapping after the timed calls').to.equal('mine\n');
+    });
+
+    it('finding 4: del removes the host veth even when the container renamed its eth0', async function () {
+      const pid = await container();
+      const veths = (): string[] => world().mine.filter((l) => l.endsWith(`master=${mine.bridge}`));
+      const before = veths();
+      expect(gate(['add', 'renamed', pid]).code, 'add').to.equal(0);
+      expect(veths().length, 'one more veth').to.equal(before.length + 1);
+      const ns = ['--preserve-credentials', '-t', pid, '-U', '-n'];
+      execFileSync('nsenter', [...ns, 'ip', 'link', 'set', 'eth0', 'down']);
+      execFileSync('nsenter', [...ns, 'ip', 'link', 'set', 'eth0', 'name', 'eth9']);
+      expect(gate(['del', 'renamed', pid]), 'del').to.deep.equal({ code: 0, stdout: '', stderr: '' });
+      expect(veths(), 'the host veth is gone').to.deep.equal(before);
+      expect(interfacesOf(pid), 'and its renamed end').to.not.include('eth9');
+    });
+
+    it("finding 5: a container cannot send from another user's container address", async function () {
+      const [spoofed] = victimAddresses;
+      const ownIp = addressesOf(own)[0]!;
+      const port = mine.portStart + 7;
+      const got: string[] = [];
+      const listener = dgram.createSocket('udp4');
+      listener.on('message', (m) => got.push(m.toString()));
+      await new Promise<void>((resolve) => listener.bind(port, mine.gateway, () => resolve()));
+      const ns = ['--preserve-credentials', '-t', own, '-U', '-n'];
+      const send = (from: string): void => {
+        execFileSync('nsenter', [...ns, process.execPath, '-e',
+          `const s = require('dgram').createSocket('udp4'); s.bind({ address: '${from}' }, () => s.send('from ${from}', ${port}, '${mine.gateway}', () => s.close()))`]);
+      };
+      try {
+        execFileSync('nsenter', [...ns, 'ip', 'addr', 'add', `${spoofed}/32`, 'dev', 'eth0']);
+        send(spoofed!);
+        send(ownIp);
+        await new Promise((r) => setTimeout(r, 1500));
+      } finally {
+        spawnSync('nsenter', [...ns, 'ip', 'addr', 'del', `${spoofed}/32`, 'dev', 'eth0']);
+        listener.close();
+      }
+      expect(got, 'what the host listener saw').to.deep.equal([`from ${ownIp}`]);
+    });
+
+    it('finding 6: a caller that never reads stdout cannot hold the gate (a full pipe)', async function () {
+      this.timeout(60_000);
+      const pid = await container();
+      const started = Date.now();
+      // The pipe to a reader that never reads is filled (64 KiB) before the gate writes its result.
+      const r = await new Promise<{ code: number | null; stderr: string }>((resolve) => {
+        const child = spawn('bash', ['-c', 'exec 3> >(exec sleep 40); head -c 65536 /dev/zero >&3; exec "$0" add full "$1" >&3', GATE, pid], { env: {}, stdio: ['ignore', 'ignore', 'pipe'] });
+        let stderr = '';
+        child.stderr!.setEncoding('utf8').on('data', (d: string) => (stderr += d));
+        child.on('exit', (code) => resolve({ code, stderr }));
+      });
+      const took = Date.now() - started;
+      expect(took, 'the gate gave up on its output').to.be.below(20_000);
+      expect(r).to.deep.equal({ code: 1, stderr: 'cni-gate: cannot write the result to stdout (rolled back)\n' });
+      expect(interfacesOf(pid), 'rolled back: no eth0').to.not.include('eth0');
+      expect(gate(['check', 'full', pid]).stderr, 'and no record').to.match(/container full has no network/);
     });
   });
 

@@ -13,7 +13,7 @@
 // from a leak (an address or host port that cannot be handed out again).
 
 import { expect } from 'chai';
-import { execFileSync } from 'node:child_process';
+import { execFile, execFileSync } from 'node:child_process';
 import dgram from 'node:dgram';
 import { mkdir, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
 import { readFileSync } from 'node:fs';
@@ -115,6 +115,17 @@ function hostConnect(ip: string, port: number, ms = 5000): Promise<{ text: strin
     });
   });
 }
+
+/** What a real curl reads from url (HTTP/0.9: the container's server answers with raw text). */
+function curl(url: string): Promise<{ code: number; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    execFile('curl', ['-sS', '-g', '--http0.9', '--max-time', '5', url], { encoding: 'utf8' }, (err, stdout, stderr) => {
+      resolve({ code: err ? Number((err as { code?: number }).code ?? 1) : 0, stdout, stderr });
+    });
+  });
+}
+
+const hasIPv6Loopback = (): boolean => readFileSync('/proc/net/if_inet6', 'utf8').split('\n').some((l) => l.startsWith('00000000000000000000000000000001'));
 
 interface Link {
   ifindex: number;
@@ -344,6 +355,65 @@ describe('network (integration, issue #4)', function () {
       expect(localIp).to.equal(GW);
       expect(got.text).to.match(new RegExp(`(::ffff:)?${ip.replace(/\./g, '\\.')}:8080 +(::ffff:)?${GW.replace(/\./g, '\\.')}:${localPort} +ESTABLISHED`));
       expect((await server.client.info(h)).MappedPorts).to.deep.equal([{ HostPort: hostPort, ContainerPort: 8080 }]);
+    } finally {
+      await server.client.destroy(h);
+    }
+  });
+
+  it('issue #12: net-in answers a real curl on 127.0.0.1:HOSTPORT and [::1]:HOSTPORT, with route_localnet off; destroy closes it', async function () {
+    const h = await server.client.create(spec({ handle: 'net-in-loopback' }));
+    let hostPort = 0;
+    try {
+      await peerServer(server.client, h, 8080);
+      hostPort = (await server.client.netIn(h, 0, 8080)).host_port;
+      const ip = (await server.client.info(h)).ContainerIP;
+      const urls = [`http://127.0.0.1:${hostPort}/`, ...(hasIPv6Loopback() ? [`http://[::1]:${hostPort}/`] : [])];
+      for (const url of urls) {
+        const r = await curl(url);
+        expect(r.code, `curl ${url}: ${r.stderr}`).to.equal(0);
+        expect(r.stdout, `curl ${url}`).to.match(new RegExp(`${ip.replace(/\./g, '\\.')}:8080 .*ESTABLISHED`));
+      }
+      // The non-loopback path is still the kernel's: the container sees the real peer.
+      const got = await hostConnect(GW, hostPort);
+      expect(got.text).to.include(`${GW}:${got.local.split(':')[1]}`);
+      expect(readFileSync(`/proc/sys/net/ipv4/conf/${NET.bridge}/route_localnet`, 'utf8').trim(), 'route_localnet').to.equal('0');
+    } finally {
+      await server.client.destroy(h);
+    }
+    const after = await curl(`http://127.0.0.1:${hostPort}/`);
+    expect(after.code, 'curl after destroy').to.not.equal(0);
+    expect(after.stderr).to.match(/refused|Failed to connect/i);
+  });
+
+  it('issue #13: a net-in on a host port another service holds is refused with a Garden error; that service keeps working', async function () {
+    const h = await server.client.create(spec({ handle: 'net-in-held' }));
+    const port = await freeHostPort(server.client);
+    const other = net.createServer((c) => c.end('other service\n'));
+    await new Promise<void>((resolve, reject) => {
+      other.once('error', reject);
+      other.listen(port, GW, resolve);
+    });
+    try {
+      const r = await rawRequest(server.socketPath, 'POST', `/containers/${h}/net/in`, JSON.stringify({ host_port: port, container_port: 8080 }));
+      expect(r?.status).to.equal(500);
+      expect(gardenError(r).Message).to.equal(`host port ${port}/tcp is in use on this host (another user's or the host's service holds it): not mapped`);
+      expect((await server.client.info(h)).MappedPorts).to.deep.equal([]);
+      expect((await hostConnect(GW, port)).text, 'the other service').to.equal('other service\n');
+      // An automatic port skips it.
+      const auto = await server.client.netIn(h, 0, 8080);
+      expect(auto.host_port).to.not.equal(port);
+    } finally {
+      await new Promise((resolve) => other.close(resolve));
+      await server.client.destroy(h);
+    }
+  });
+
+  it("issue #13: the owner's host shell reaches its container's unpublished port", async function () {
+    const h = await server.client.create(spec({ handle: 'net-owner' }));
+    try {
+      await peerServer(server.client, h, 8080);
+      const ip = (await server.client.info(h)).ContainerIP;
+      expect((await hostConnect(ip, 8080)).text).to.include(`${ip}:8080`);
     } finally {
       await server.client.destroy(h);
     }
@@ -593,13 +663,32 @@ describe('network (integration, issue #4)', function () {
         expect(r?.status, 'a host port another container maps').to.equal(500);
         expect(gardenError(r).Message).to.include(String(taken.host_port));
         expect((await server.client.info(other)).MappedPorts).to.deep.equal([]);
-        // The first container keeps its mapping, and its rules.
+        // The first container keeps its mapping (on 127.0.0.1 too: gdn's socket stays), and its rules.
         await peerServer(server.client, h, 8080);
         expect((await hostConnect(GW, taken.host_port)).text).to.include(`${ip}:8080`);
+        expect((await curl(`http://127.0.0.1:${taken.host_port}/`)).stdout, 'the mapping on 127.0.0.1').to.include(`${ip}:8080`);
         expect((await server.client.info(h)).MappedPorts).to.deep.equal([...(before ?? []), { HostPort: taken.host_port, ContainerPort: 8080 }]);
         await rulesUnchanged();
       } finally {
         await server.client.destroy(other);
+      }
+    });
+
+    it("a create whose second netin fails leaves no host port held (issue #13: gdn's sockets go with the mappings)", async function () {
+      const port = await freeHostPort(server.client);
+      let failed = false;
+      try {
+        await server.client.create(spec({ handle: 'net-bad-netin', netin: [{ host_port: port, container_port: 8080 }, { host_port: port, container_port: 8081 }] }));
+      } catch {
+        failed = true;
+      }
+      expect(failed, 'the create failed').to.equal(true);
+      expect((await curl(`http://127.0.0.1:${port}/`)).stderr, '127.0.0.1 after the failed create').to.match(/refused|Failed to connect/i);
+      const again = await server.client.create(spec({ handle: 'net-bad-netin-2' }));
+      try {
+        expect((await server.client.netIn(again, port, 8080)).host_port, 'the port maps again').to.equal(port);
+      } finally {
+        await server.client.destroy(again);
       }
     });
 
@@ -670,6 +759,8 @@ describe('network across a daemon restart (integration, issue #4)', function () 
       expect((await runAndWait(server.client, h, sh('ip addr show eth0'))).stdout, when).to.equal(eth0);
       expect(await tcpFrom(server.client, h, GW, a.port), `${when}: the rule from create`).to.equal('open');
       expect((await hostConnect(GW, hostPort)).text, `${when}: net-in`).to.include(`${ip}:8080`);
+      const lo = await curl(`http://127.0.0.1:${hostPort}/`);
+      expect(lo.stdout, `${when}: net-in on 127.0.0.1 (issue #12): ${lo.stderr}`).to.include(`${ip}:8080`);
     };
 
     await server.stop();

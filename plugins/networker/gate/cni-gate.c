@@ -43,6 +43,7 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/time.h>
 #include <sys/statfs.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
@@ -66,7 +67,8 @@
 #define CONF_CAP ((size_t)64 << 10)
 #define PORTS_FILE_CAP ((size_t)64 << 10)
 #define PLUGIN_TIMEOUT_MS 60000
-#define STDOUT_TIMEOUT_MS 60000
+#define STDOUT_TIMEOUT_MS 5000
+#define NETLINK_TIMEOUT_S 5
 #define CHILD_NETNS_FD 3
 
 static unsigned caller;                  /* the caller's real uid, the only thing we take from the process */
@@ -1238,6 +1240,13 @@ static int result_addrs(const struct buf *res, const struct netconf *c, int stri
 
 /* ------------------------------------------------------------------ a throwaway netns holding the container's addresses */
 
+static long now_s(void)
+{
+	struct timespec t;
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (long)t.tv_sec;
+}
+
 static int nl_attr(struct nlmsghdr *h, size_t cap, unsigned short type, const void *data, size_t len, struct rtattr **at)
 {
 	size_t off = NLMSG_ALIGN(h->nlmsg_len), rl = RTA_LENGTH(len);
@@ -1254,7 +1263,29 @@ static int nl_attr(struct nlmsghdr *h, size_t cap, unsigned short type, const vo
 	return 0;
 }
 
-static int nl_do(int fd, struct nlmsghdr *h)
+/*
+ * A NETLINK_ROUTE socket whose replies are bounded in time: a reply that never comes
+ * (or that only a forger would send) cannot hold the gate, and the caller's lock, forever.
+ */
+static int nl_socket(void)
+{
+	int fd = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE);
+	if (fd < 0)
+		return -1;
+	struct timeval tv = {NETLINK_TIMEOUT_S, 0};
+	if (setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) < 0) {
+		close(fd);
+		return -1;
+	}
+	return fd;
+}
+
+/*
+ * Sends h and reads until the kernel's answer to it: NLMSG_ERROR (the ack, or an error),
+ * or, when reply is given, the first message of that type (copied into reply, at most
+ * cap bytes). Datagrams from any sender but the kernel (port id 0) are ignored.
+ */
+static int nl_talk(int fd, struct nlmsghdr *h, uint16_t want, void *reply, size_t cap)
 {
 	static uint32_t seq;
 	h->nlmsg_seq = ++seq;
@@ -1264,22 +1295,41 @@ static int nl_do(int fd, struct nlmsghdr *h)
 	sa.nl_family = AF_NETLINK;
 	if (sendto(fd, h, h->nlmsg_len, 0, (struct sockaddr *)&sa, sizeof sa) < 0)
 		return -1;
+	long deadline = now_s() + NETLINK_TIMEOUT_S;
+	int got_reply = 0;
 	for (;;) {
 		union {
 			struct nlmsghdr h;
 			char b[8192];
 		} r;
-		ssize_t got = recv(fd, &r, sizeof r, 0);
+		struct sockaddr_nl from;
+		socklen_t fl = sizeof from;
+		memset(&from, 0, sizeof from);
+		ssize_t got = recvfrom(fd, &r, sizeof r, 0, (struct sockaddr *)&from, &fl);
 		if (got < 0 && errno == EINTR)
 			continue;
 		if (got < 0)
+			return -1; /* EAGAIN: the timeout */
+		if (now_s() > deadline) {
+			errno = ETIMEDOUT;
 			return -1;
+		}
+		if (fl != sizeof from || from.nl_family != AF_NETLINK || from.nl_pid != 0)
+			continue; /* not the kernel */
 		char *p = r.b;
 		size_t left = (size_t)got;
 		while (left >= sizeof(struct nlmsghdr)) {
 			struct nlmsghdr *m = (struct nlmsghdr *)(void *)p;
 			if (m->nlmsg_len < sizeof *m || m->nlmsg_len > left)
 				break;
+			if (m->nlmsg_seq == seq && reply && m->nlmsg_type == want && !got_reply) {
+				if (m->nlmsg_len > cap) {
+					errno = EMSGSIZE;
+					return -1;
+				}
+				memcpy(reply, m, m->nlmsg_len);
+				got_reply = 1;
+			}
 			if (m->nlmsg_seq == seq && m->nlmsg_type == NLMSG_ERROR) {
 				struct nlmsgerr e;
 				if (m->nlmsg_len < NLMSG_LENGTH(sizeof e)) {
@@ -1289,6 +1339,10 @@ static int nl_do(int fd, struct nlmsghdr *h)
 				memcpy(&e, NLMSG_DATA(m), sizeof e);
 				if (e.error) {
 					errno = -e.error;
+					return -1;
+				}
+				if (reply && !got_reply) {
+					errno = ENODEV;
 					return -1;
 				}
 				return 0;
@@ -1302,10 +1356,12 @@ static int nl_do(int fd, struct nlmsghdr *h)
 	}
 }
 
+static int nl_do(int fd, struct nlmsghdr *h) { return nl_talk(fd, h, 0, NULL, 0); }
+
 /* In the current (fresh) netns: a link "eth0" carrying the addresses. */
 static int ghost_eth0(const struct addr *a, size_t n)
 {
-	int fd = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE);
+	int fd = nl_socket();
 	if (fd < 0)
 		return -1;
 	union {
@@ -1470,7 +1526,7 @@ static int eth0_request(int netns, uint16_t type)
 			char b[256];
 		} q;
 		memset(&q, 0, sizeof q);
-		int fd = setns(netns, CLONE_NEWNET) < 0 ? -1 : socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE);
+		int fd = setns(netns, CLONE_NEWNET) < 0 ? -1 : nl_socket();
 		if (fd < 0)
 			_exit(2);
 		q.h.nlmsg_len = NLMSG_LENGTH(sizeof(struct ifinfomsg));
@@ -1488,6 +1544,110 @@ static int eth0_request(int netns, uint16_t type)
 		if (errno != EINTR)
 			return -1;
 	return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+/*
+ * The host end of the container's veth, from a stored bridge result: the interface with
+ * no sandbox that is not the bridge. 1 found (name), 0 none, -1 unreadable.
+ */
+static int result_host_veth(const struct buf *res, char name[IFNAMSIZ])
+{
+	size_t vs, ve;
+	if (!res->n || j_object_doc(res->p, res->n) || j_get(res->p, res->n, "interfaces", &vs, &ve) != 1 || res->p[vs] != '[')
+		return -1;
+	struct jp p = {res->p, ve, vs + 1};
+	int found = 0;
+	j_ws(&p);
+	if (p.i < p.n && res->p[p.i] == ']')
+		return 0;
+	for (;;) {
+		j_ws(&p);
+		size_t es = p.i;
+		if (j_val(&p, 1))
+			return -1;
+		size_t ee = p.i, a, b;
+		struct buf n = {0};
+		if (res->p[es] == '{' && j_get(res->p + es, ee - es, "sandbox", &a, &b) == 0 && j_get_str(res->p + es, ee - es, "name", &n) &&
+		    n.n > 0 && n.n < IFNAMSIZ && strcmp(n.p, conf.bridge)) {
+			int ok = 1;
+			for (size_t i = 0; i < n.n; i++)
+				if (!is_alnum(n.p[i]) && n.p[i] != '_' && n.p[i] != '-' && n.p[i] != '.')
+					ok = 0;
+			if (ok && !found) {
+				memcpy(name, n.p, n.n + 1);
+				found = 1;
+			}
+		}
+		b_free(&n);
+		j_ws(&p);
+		if (p.i >= p.n)
+			return -1;
+		char d = res->p[p.i++];
+		if (d == ']')
+			return found;
+		if (d != ',')
+			return -1;
+	}
+}
+
+/*
+ * Deletes the host link name when it is a veth whose master is the user's bridge (that
+ * removes both ends, whatever the container renamed its end to): 0 done or no such
+ * link, 1 a link of that name that is not ours (left alone), -1 failed.
+ */
+static int remove_host_veth(const char *name)
+{
+	unsigned bridge = if_nametoindex(conf.bridge);
+	int fd = nl_socket();
+	if (fd < 0)
+		return -1;
+	union {
+		struct nlmsghdr h;
+		char b[256];
+	} q;
+	union {
+		struct nlmsghdr h;
+		char b[8192];
+	} r;
+	memset(&q, 0, sizeof q);
+	q.h.nlmsg_len = NLMSG_LENGTH(sizeof(struct ifinfomsg));
+	q.h.nlmsg_type = RTM_GETLINK;
+	((struct ifinfomsg *)NLMSG_DATA(&q.h))->ifi_family = AF_UNSPEC;
+	if (nl_attr(&q.h, sizeof q, IFLA_IFNAME, name, strlen(name) + 1, NULL)) {
+		close(fd);
+		return -1;
+	}
+	if (nl_talk(fd, &q.h, RTM_NEWLINK, &r, sizeof r) < 0) {
+		int e = errno;
+		close(fd);
+		return e == ENODEV ? 0 : -1;
+	}
+	struct ifinfomsg *ifi = NLMSG_DATA(&r.h);
+	int index = ifi->ifi_index, is_veth = 0;
+	unsigned master = 0;
+	size_t len = r.h.nlmsg_len >= NLMSG_LENGTH(sizeof *ifi) ? r.h.nlmsg_len - NLMSG_LENGTH(sizeof *ifi) : 0;
+	for (struct rtattr *a = IFLA_RTA(ifi); RTA_OK(a, len); a = RTA_NEXT(a, len)) {
+		if (a->rta_type == IFLA_MASTER && RTA_PAYLOAD(a) == 4)
+			memcpy(&master, RTA_DATA(a), 4);
+		if (a->rta_type == IFLA_LINKINFO) {
+			size_t il = RTA_PAYLOAD(a);
+			for (struct rtattr *i = RTA_DATA(a); RTA_OK(i, il); i = RTA_NEXT(i, il))
+				if (i->rta_type == IFLA_INFO_KIND && RTA_PAYLOAD(i) >= 5 && !memcmp(RTA_DATA(i), "veth", 5))
+					is_veth = 1;
+		}
+	}
+	if (!is_veth || !bridge || master != bridge) {
+		close(fd);
+		return 1;
+	}
+	memset(&q, 0, sizeof q);
+	q.h.nlmsg_len = NLMSG_LENGTH(sizeof(struct ifinfomsg));
+	q.h.nlmsg_type = RTM_DELLINK;
+	((struct ifinfomsg *)NLMSG_DATA(&q.h))->ifi_family = AF_UNSPEC;
+	((struct ifinfomsg *)NLMSG_DATA(&q.h))->ifi_index = index;
+	int rc = nl_do(fd, &q.h) == 0 || errno == ENODEV ? 0 : -1;
+	close(fd);
+	return rc;
 }
 
 /* Removes "eth0" from the container's network namespace (which removes the veth pair). */
@@ -1530,7 +1690,7 @@ static int bridge_del(int netns, const struct buf *c, char *err, size_t errlen)
  * the gate. Without stored addresses: DEL in the container's netns (a failed ADD), or
  * with an empty CNI_NETNS (lease only).
  */
-static int bridge_teardown(int netns, const struct addr *a, size_t na, char *err, size_t errlen)
+static int bridge_teardown(int netns, const struct buf *res, const struct addr *a, size_t na, char *err, size_t errlen)
 {
 	struct buf c = {0};
 	conf_bridge(&c, &conf, 0, 0, NULL);
@@ -1539,7 +1699,14 @@ static int bridge_teardown(int netns, const struct addr *a, size_t na, char *err
 		rc = bridge_del(netns, &c, err, errlen);
 	} else {
 		rc = 0;
-		if (netns >= 0 && remove_container_eth0(netns) < 0) {
+		char veth[IFNAMSIZ];
+		/* the stored host veth, not whatever the container now calls eth0 (it may rename it) */
+		if (res && result_host_veth(res, veth) == 1) {
+			if (remove_host_veth(veth) < 0) {
+				snprintf(err, errlen, "cannot remove the host veth %s: %s", veth, strerror(errno));
+				rc = -1;
+			}
+		} else if (netns >= 0 && remove_container_eth0(netns) < 0) {
 			snprintf(err, errlen, "cannot remove eth0 from the container's network namespace");
 			rc = -1;
 		}
@@ -1554,9 +1721,13 @@ static int bridge_teardown(int netns, const struct addr *a, size_t na, char *err
 	return rc;
 }
 
+/* Never blocks: a caller that does not read (a full pipe) gets nothing, after a short wait. */
 static int write_stdout(const char *p, size_t n)
 {
 	long deadline = now_ms() + STDOUT_TIMEOUT_MS;
+	int fl = fcntl(1, F_GETFL);
+	if (fl < 0 || fcntl(1, F_SETFL, fl | O_NONBLOCK) < 0)
+		return -1;
 	while (n) {
 		ssize_t k = write(1, p, n);
 		if (k > 0) {
@@ -1578,6 +1749,16 @@ static int write_stdout(const char *p, size_t n)
 	return 0;
 }
 
+/* "<dev>:<ino>" of a network namespace fd: which namespace an add was about. */
+static void netns_identity(int netns, char out[64])
+{
+	struct stat st;
+	if (netns < 0 || fstat(netns, &st) < 0)
+		snprintf(out, 64, "none");
+	else
+		snprintf(out, 64, "%lu:%lu", (unsigned long)st.st_dev, (unsigned long)st.st_ino);
+}
+
 static void cmd_add(int netns, uint32_t req_ip, uint32_t rs, uint32_t re)
 {
 	int has = container_has_eth0(netns);
@@ -1588,6 +1769,15 @@ static void cmd_add(int netns, uint32_t req_ip, uint32_t rs, uint32_t re)
 	struct stat st;
 	if (fstatat(s.res, res_name, &st, AT_SYMLINK_NOFOLLOW) == 0 || errno != ENOENT)
 		refuse("container %s already has a network: del it first", cont_id);
+
+	/* the intent first: an add cut short (killed, frozen) is undone by del or refused by the next add */
+	char ident[64];
+	struct buf intent = {0};
+	netns_identity(netns, ident);
+	b_fmt(&intent, "{\"intent\":\"add\",\"netns\":\"%s\"}", ident);
+	if (write_state_file(s.res, res_name, intent.p, intent.n))
+		fail("cannot store " STATE_DIR "/%u/results/%s: %s", caller, res_name, strerror(errno));
+	b_free(&intent);
 
 	char args[64] = "", ipbuf[16], err[1400], rb[1400];
 	if (req_ip) {
@@ -1617,16 +1807,28 @@ static void cmd_add(int netns, uint32_t req_ip, uint32_t rs, uint32_t re)
 		snprintf(err, sizeof err, "cannot store " STATE_DIR "/%u/results/%s: %s", caller, res_name, strerror(errno));
 		problem = err;
 	} else if (write_stdout(r.out.p, r.out.n)) {
-		remove_state_file(s.res, res_name);
 		problem = "cannot write the result to stdout";
 	}
-	run_free(&r);
 	if (!problem)
 		exit(0);
-	/* roll back: no lease, veth or rule is left */
-	if (bridge_teardown(netns, a, na, rb, sizeof rb))
+	/* roll back: no lease, veth or rule is left; the record goes only when that worked */
+	int bad = bridge_teardown(netns, r.ok ? &r.out : NULL, a, na, rb, sizeof rb);
+	run_free(&r);
+	if (bad)
 		fail("%s; rollback also failed: %s", problem, rb);
+	remove_state_file(s.res, res_name);
 	fail("%s (rolled back)", problem);
+}
+
+/* portmap DEL of everything of this container id (any non-empty list of mappings does). */
+static int portmap_del_all(int netns, const struct mapping *m, size_t nm, const struct buf *res, char *err, size_t errlen)
+{
+	struct mapping any = {conf.port_start, 1, 0};
+	struct buf c = {0};
+	conf_portmap(&c, nm ? m : &any, nm ? nm : 1, res);
+	int rc = plugin("portmap", "DEL", netns, NULL, &c, err, errlen);
+	b_free(&c);
+	return rc;
 }
 
 static void cmd_del(int netns)
@@ -1637,39 +1839,49 @@ static void cmd_del(int netns)
 	struct buf res = {0}, ports = {0};
 	int have_res = read_state(s.res, "results", res_name, &res, OUT_CAP) == 0;
 	int have_ports = read_state(s.ports, "ports", cont_id, &ports, PORTS_FILE_CAP) == 0;
+	size_t vs, ve;
+	int intent = have_res && j_object_doc(res.p, res.n) == 0 && j_get(res.p, res.n, "intent", &vs, &ve) == 1;
 	struct addr a[MAX_IPS];
 	size_t na = 0;
-	if (have_res && result_addrs(&res, &conf, 0, a, &na)) {
+	if (have_res && !intent && result_addrs(&res, &conf, 0, a, &na)) {
 		/* unreadable result: still release what DEL can find by container id */
 		have_res = 0;
 		na = 0;
 	}
 	char err[1400];
-	if (have_ports) {
-		struct mapping m[MAX_PORTS];
-		size_t nm;
-		/* portmap DEL tears down everything of the container id; any non-empty list does */
-		if (parse_ports_file(&ports, m, &nm) || nm == 0) {
-			m[0].host = conf.port_start;
-			m[0].cont = 1;
-			m[0].udp = 0;
-			nm = 1;
-		}
-		struct buf c = {0};
-		conf_portmap(&c, m, nm, have_res ? &res : NULL);
-		if (plugin("portmap", "DEL", netns, NULL, &c, err, sizeof err))
-			fail("%s", err);
-		b_free(&c);
-		if (remove_state_file(s.ports, cont_id))
-			fail("cannot remove " STATE_DIR "/%u/ports/%s: %s", caller, cont_id, strerror(errno));
-	}
-	/*
-	 * Without a stored result this id never had a network (or it is gone): release what DEL
-	 * finds by container id, and never touch the namespace of the pid given, which may be
-	 * another container's.
-	 */
-	if (bridge_teardown(have_res ? netns : -1, a, na, err, sizeof err))
+	/* always: a ports call cut short may have mapped ports before it recorded them */
+	struct mapping m[MAX_PORTS];
+	size_t nm = 0;
+	if (have_ports && parse_ports_file(&ports, m, &nm))
+		nm = 0;
+	if (portmap_del_all(netns, m, nm, have_res && !intent ? &res : NULL, err, sizeof err))
 		fail("%s", err);
+	if (have_ports && remove_state_file(s.ports, cont_id))
+		fail("cannot remove " STATE_DIR "/%u/ports/%s: %s", caller, cont_id, strerror(errno));
+	if (intent) {
+		/*
+		 * An add that never finished: bridge DEL in the namespace it was about, when the
+		 * pid given is still in it (that removes its eth0 and lease), else the lease only.
+		 */
+		struct buf want = {0};
+		char ident[64];
+		netns_identity(netns, ident);
+		int same = j_get_str(res.p, res.n, "netns", &want) && netns >= 0 && !strcmp(want.p ? want.p : "", ident);
+		b_free(&want);
+		struct buf c = {0};
+		conf_bridge(&c, &conf, 0, 0, NULL);
+		int rc = bridge_del(same ? netns : -1, &c, err, sizeof err);
+		b_free(&c);
+		if (rc)
+			fail("%s", err);
+	} else if (bridge_teardown(have_res ? netns : -1, have_res ? &res : NULL, a, na, err, sizeof err)) {
+		/*
+		 * Without a stored result this id never had a network (or it is gone): release what
+		 * DEL finds by container id, and never touch the namespace of the pid given, which
+		 * may be another container's.
+		 */
+		fail("%s", err);
+	}
 	if (remove_state_file(s.res, res_name))
 		fail("cannot remove " STATE_DIR "/%u/results/%s: %s", caller, res_name, strerror(errno));
 	exit(0);
@@ -1726,6 +1938,54 @@ static int portmap_add(int netns, const struct buf *c, char *err, size_t errlen)
 	return -1;
 }
 
+/*
+ * A socket on the host (any address, IPv4 or IPv6) that holds local port port/proto and
+ * is not the caller's: portmap DNATs every host address, so mapping the port would take
+ * that socket's traffic (and a UDP add flushes its flows). 1 found (*uid), 0 none, -1
+ * unreadable. TCP TIME_WAIT entries hold nothing (and carry no owner).
+ */
+static int port_held_by_other(unsigned port, int udp, unsigned *uid)
+{
+	static const char *const tcp[] = {"/proc/self/net/tcp", "/proc/self/net/tcp6"};
+	static const char *const udpf[] = {"/proc/self/net/udp", "/proc/self/net/udp6"};
+	for (int f = 0; f < 2; f++) {
+		const char *path = udp ? udpf[f] : tcp[f];
+		FILE *fp = fopen(path, "re");
+		if (!fp) {
+			if (errno == ENOENT && f == 1)
+				continue; /* no IPv6 */
+			return -1;
+		}
+		char *line = NULL;
+		size_t cap = 0;
+		int first = 1, found = 0;
+		while (!found && getline(&line, &cap, fp) > 0) {
+			if (first) {
+				first = 0;
+				continue;
+			}
+			/* sl local rem st queues tr:when retrnsmt uid ... */
+			char local[64], st[8];
+			unsigned long u;
+			if (sscanf(line, " %*s %63s %*s %7s %*s %*s %*s %lu", local, st, &u) != 3)
+				continue;
+			const char *colon = strrchr(local, ':');
+			if (!colon)
+				continue;
+			unsigned long lp = strtoul(colon + 1, NULL, 16);
+			if (lp != port || (!udp && !strcmp(st, "06")) || u == caller)
+				continue;
+			*uid = (unsigned)u;
+			found = 1;
+		}
+		free(line);
+		fclose(fp);
+		if (found)
+			return 1;
+	}
+	return 0;
+}
+
 static void cmd_ports(const char *id, int netns, const struct mapping *m, size_t nm)
 {
 	struct state s;
@@ -1761,44 +2021,47 @@ static void cmd_ports(const char *id, int netns, const struct mapping *m, size_t
 	}
 	closedir(d);
 
+	/* no host port+protocol that a socket of another user, or of the host, holds */
+	for (size_t i = 0; i < nm; i++) {
+		unsigned holder = 0;
+		int r = port_held_by_other(m[i].host, (int)m[i].udp, &holder);
+		if (r < 0)
+			refuse("cannot read the host's sockets: %s", strerror(errno));
+		if (r > 0)
+			refuse("host port %u/%s is in use on this host by a socket of uid %u: not mapped", m[i].host, m[i].udp ? "udp" : "tcp", holder);
+	}
+
 	struct mapping om[MAX_PORTS];
 	size_t on = 0;
 	int have_old = read_state(s.ports, "ports", id, &old, PORTS_FILE_CAP) == 0;
 	int old_valid = have_old && parse_ports_file(&old, om, &on) == 0 && on > 0;
-	if (have_old && !old_valid) {
-		om[0].host = conf.port_start;
-		om[0].cont = 1;
-		om[0].udp = 0;
-		on = 1;
-	}
+	if (!old_valid)
+		on = 0;
 
 	char err[1400], err2[1400];
-	struct buf c = {0};
-	if (have_old) {
-		conf_portmap(&c, om, on, &res);
-		if (plugin("portmap", "DEL", netns, NULL, &c, err, sizeof err))
-			fail("%s", err);
-		b_free(&c);
-	}
+	struct buf file = {0};
+	for (size_t i = 0; i < nm; i++)
+		b_fmt(&file, "%u:%u/%s\n", m[i].host, m[i].cont, m[i].udp ? "udp" : "tcp");
+	/* the intent first: a call cut short leaves a record that del (and the next ports) undoes */
+	if (nm > 0 && write_state_file(s.ports, id, file.p, file.n))
+		fail("cannot store " STATE_DIR "/%u/ports/%s: %s", caller, id, strerror(errno));
+	/* always: whatever an earlier call cut short may have mapped goes too */
+	if (portmap_del_all(netns, om, on, &res, err, sizeof err))
+		fail("%s", err);
 	if (nm == 0) {
 		if (remove_state_file(s.ports, id))
 			fail("cannot remove " STATE_DIR "/%u/ports/%s: %s", caller, id, strerror(errno));
 		exit(0);
 	}
-	struct buf file = {0};
-	for (size_t i = 0; i < nm; i++)
-		b_fmt(&file, "%u:%u/%s\n", m[i].host, m[i].cont, m[i].udp ? "udp" : "tcp");
+	struct buf c = {0};
 	conf_portmap(&c, m, nm, &res);
-	int rc = portmap_add(netns, &c, err, sizeof err);
-	if (rc == 0 && write_state_file(s.ports, id, file.p, file.n) == 0)
+	if (portmap_add(netns, &c, err, sizeof err) == 0)
 		exit(0);
-	if (rc == 0)
-		snprintf(err, sizeof err, "cannot store " STATE_DIR "/%u/ports/%s: %s", caller, id, strerror(errno));
 	/* roll back to the old mappings: remove what ADD made, re-add the old set */
 	if (plugin("portmap", "DEL", netns, NULL, &c, err2, sizeof err2))
 		fail("%s; rollback failed: %s", err, err2);
 	b_free(&c);
-	if (old_valid) {
+	if (old_valid && write_state_file(s.ports, id, old.p, old.n) == 0) {
 		conf_portmap(&c, om, on, &res);
 		if (portmap_add(netns, &c, err2, sizeof err2) == 0)
 			fail("%s (the previous mappings are restored)", err);
@@ -1877,7 +2140,7 @@ static void harden(void)
 	/* signals: default, none blocked; terminal and pipe signals ignored */
 	for (int s = 1; s < NSIG; s++)
 		signal(s, SIG_DFL);
-	static const int ign[] = {SIGPIPE, SIGHUP, SIGINT, SIGQUIT, SIGTSTP, SIGTTIN, SIGTTOU, SIGXFSZ};
+	static const int ign[] = {SIGPIPE, SIGHUP, SIGINT, SIGQUIT, SIGTSTP, SIGTTIN, SIGTTOU, SIGXFSZ, SIGALRM, SIGVTALRM, SIGPROF, SIGUSR1, SIGUSR2};
 	for (size_t i = 0; i < sizeof ign / sizeof ign[0]; i++)
 		signal(ign[i], SIG_IGN);
 	sigset_t none;
@@ -1901,8 +2164,25 @@ static long parse_pid(const char *s)
 	return (long)v;
 }
 
+/*
+ * Before anything else: interval timers survive a setuid exec, and SIGALRM, SIGVTALRM
+ * and SIGPROF terminate by default, so the caller could end the gate half-way through.
+ */
+static void no_timers(void)
+{
+	static const int sigs[] = {SIGALRM, SIGVTALRM, SIGPROF};
+	for (size_t i = 0; i < sizeof sigs / sizeof sigs[0]; i++)
+		signal(sigs[i], SIG_IGN);
+	struct itimerval zero;
+	memset(&zero, 0, sizeof zero);
+	setitimer(ITIMER_REAL, &zero, NULL);
+	setitimer(ITIMER_VIRTUAL, &zero, NULL);
+	setitimer(ITIMER_PROF, &zero, NULL);
+}
+
 int main(int argc, char **argv)
 {
+	no_timers();
 	clearenv();
 	harden();
 

@@ -1,0 +1,137 @@
+# Sourced by scripts/test (root) around the gate suite (issue #13): the victim's services,
+# and the root-side isolation checks that need users the suites do not run as (nobody,
+# the owner next to the intruder). Needs GATE, VICTIM_ID, VICTIM_PID, TEST_USER,
+# INTRUDER, as_test_user and check from the caller.
+
+conf_value() { sed -n "s/^$2=//p" "/etc/trellis/net/$1.conf"; }
+
+# A server in the victim's netns on :8080 (never published), and services of the victim
+# user on the host inside the intruder's port block: TCP on the victim's gateway and on
+# 127.0.0.1, UDP on the victim's gateway (ordinary unprivileged binds). The gate suite
+# attacks them and expects them untouched.
+start_victim_services() {
+  local tuid iuid gw end
+  tuid=$(id -u "$TEST_USER")
+  iuid=$(id -u "$INTRUDER")
+  gw=$(conf_value "$tuid" gateway)
+  end=$(conf_value "$iuid" port_end)
+  runuser -u "$TEST_USER" -- nsenter --preserve-credentials -t "$VICTIM_PID" -U -n node -e \
+    "require('net').createServer((c) => c.end('victim\n')).listen({ port: 8080, host: '::', ipv6Only: false })" </dev/null >/dev/null 2>&1 &
+  VICTIM_NS_SERVER=$!
+  runuser -u "$TEST_USER" -- node -e "
+    const net = require('net'), dgram = require('dgram');
+    net.createServer((c) => c.end('victim\n')).listen($end, '$gw');
+    net.createServer((c) => c.end('victim\n')).listen($((end - 1)), '127.0.0.1');
+    const u = dgram.createSocket('udp4');
+    u.on('message', (m, r) => u.send('victim\n', r.port, r.address));
+    u.bind($((end - 2)), '$gw');" </dev/null >/dev/null 2>&1 &
+  VICTIM_HOST_SERVICES=$!
+  for _ in $(seq 100); do
+    [[ $(nsenter -t "$VICTIM_PID" -n ss -ltnH 'sport = :8080' | wc -l) -ge 1 && $(ss -ltnH "sport = :$end" | wc -l) -ge 1 ]] && break
+    sleep 0.1
+  done
+}
+
+stop_victim_services() {
+  if [[ -n ${VICTIM_NS_SERVER:-} ]]; then kill "$VICTIM_NS_SERVER" 2>/dev/null || true; fi
+  if [[ -n ${VICTIM_HOST_SERVICES:-} ]]; then kill "$VICTIM_HOST_SERVICES" 2>/dev/null || true; fi
+  VICTIM_NS_SERVER=
+  VICTIM_HOST_SERVICES=
+}
+
+# fetch_as USER HOST PORT: what a TCP connect from USER's host shell reads (empty when refused or timed out).
+fetch_as() {
+  runuser -u "$1" -- timeout 3 bash -c 'exec 3<>"/dev/tcp/$0/$1" && head -c 64 <&3' "$2" "$3" 2>/dev/null || true
+}
+
+# Issue #13, from root's side: an unpublished container port is closed to other users
+# (nobody here; the intruder in the gate suite) and open to the owner and through net-in;
+# a net-in on a port another user holds is refused and that user's service keeps working.
+isolation_checks() {
+  local tuid ip gw p out ok lpid
+  tuid=$(id -u "$TEST_USER")
+  ip=$(nsenter -t "$VICTIM_PID" -n ip -4 -o addr show dev eth0 | awk '{print $4}' | cut -d/ -f1)
+  gw=$(conf_value "$tuid" gateway)
+  p=$(conf_value "$tuid" port_end)
+  echo "== isolation checks (root): the victim's $ip:8080"
+  out=$(fetch_as nobody "$ip" 8080)
+  [[ -z $out ]] && ok=1 || ok=0
+  echo "nobody -> $ip:8080 (unpublished): ${out:-no answer}"
+  check "issue #13: nobody cannot reach an unpublished container port" "$ok"
+  out=$(fetch_as "$TEST_USER" "$ip" 8080)
+  [[ $out == victim ]] && ok=1 || ok=0
+  echo "the owner -> $ip:8080: ${out:-no answer}"
+  check "issue #13: the owner reaches its unpublished container port" "$ok"
+  ok=0
+  if as_test_user "$GATE" ports "$VICTIM_ID" "$VICTIM_PID" "$p:8080/tcp"; then
+    out=$(fetch_as nobody "$gw" "$p")
+    echo "nobody -> $gw:$p (net-in to :8080): ${out:-no answer}"
+    [[ $out == victim ]] && ok=1
+  fi
+  as_test_user "$GATE" ports "$VICTIM_ID" "$VICTIM_PID" || ok=0
+  check "issue #13: nobody reaches the container through net-in" "$ok"
+  # Another user (the intruder) holds a port of the owner's block: the owner's net-in is refused.
+  runuser -u "$INTRUDER" -- node -e "require('net').createServer((c) => c.end('intruder\n')).listen($((p - 1)), '$gw')" </dev/null >/dev/null 2>&1 &
+  lpid=$!
+  for _ in $(seq 100); do [[ $(ss -ltnH "sport = :$((p - 1))" | wc -l) -ge 1 ]] && break; sleep 0.1; done
+  ok=1
+  out=$(as_test_user "$GATE" ports "$VICTIM_ID" "$VICTIM_PID" "$((p - 1)):8080/tcp" 2>&1) && ok=0
+  echo "the owner's net-in on $((p - 1)), which the intruder holds: $out"
+  [[ $out == *"is in use on this host by a socket of uid $(id -u "$INTRUDER")"* ]] || ok=0
+  out=$(fetch_as nobody "$gw" $((p - 1)))
+  echo "nobody -> $gw:$((p - 1)) after it: ${out:-no answer}"
+  [[ $out == intruder ]] || ok=0
+  kill "$lpid" 2>/dev/null || true
+  check "issue #13: a net-in on a port another user holds is refused and that service keeps working" "$ok"
+}
+
+# kill_gate_under PID: SIGKILL to the cni-gate among PID's descendants (ours only).
+kill_gate_under() {
+  local c
+  for c in $(pgrep -P "$1" || true); do
+    if [[ $(cat "/proc/$c/comm" 2>/dev/null) == cni-gate ]]; then kill -KILL "$c" 2>/dev/null || true; else kill_gate_under "$c"; fi
+  done
+}
+
+# Issue #13, finding 3, from root (the one who can still kill the setuid gate; cgroup.kill
+# can too): a gate killed at any moment of ports or add leaves a record that the next
+# call, or del, uses to finish the job: no DNAT rule, eth0, veth or lease is left.
+interrupted_gate_checks() {
+  local tuid p ms pid ok=1 left spare rc
+  tuid=$(id -u "$TEST_USER")
+  p=$(conf_value "$tuid" port_end)
+  echo "== interrupted gate checks (root)"
+  for ms in 5 15 25 35 50 70 100; do
+    as_test_user "$GATE" ports "$VICTIM_ID" "$VICTIM_PID" "$p:8080/tcp" >/dev/null 2>&1 &
+    pid=$!
+    sleep "$(printf '0.%03d' "$ms")"
+    kill_gate_under "$pid"
+    wait "$pid" 2>/dev/null || true
+    as_test_user "$GATE" ports "$VICTIM_ID" "$VICTIM_PID" || ok=0
+    left=$(iptables-save -t nat | grep -cF "u$tuid-$VICTIM_ID" || true)
+    if ((left != 0)); then
+      echo "scripts/test: a ports call killed after ${ms} ms left $left nat rules after the next call" >&2
+      ok=0
+    fi
+  done
+  check "issue #13: a killed ports call is undone by the next one" "$ok"
+  ok=1
+  for ms in 5 15 25 35 50 70 100; do
+    spare=$(runuser -u "$TEST_USER" -- bash -c 'unshare --user --map-root-user --net sleep 600 </dev/null >/dev/null 2>&1 & echo $!')
+    for _ in $(seq 100); do [[ $(cat "/proc/$spare/comm" 2>/dev/null) == sleep ]] && break; sleep 0.05; done
+    as_test_user "$GATE" add killed "$spare" >/dev/null 2>&1 &
+    pid=$!
+    sleep "$(printf '0.%03d' "$ms")"
+    kill_gate_under "$pid"
+    wait "$pid" 2>/dev/null || true
+    rc=0
+    as_test_user "$GATE" del killed "$spare" || rc=$?
+    left=$( (nsenter -t "$spare" -n ip -o link show; grep -rlF "u$tuid-killed" "/var/lib/trellis/net/$tuid/ipam"; ls "/var/lib/trellis/net/$tuid/results/killed.json") 2>/dev/null | grep -cv ': lo:' || true)
+    if ((rc != 0 || left != 0)); then
+      echo "scripts/test: an add killed after ${ms} ms, then del (exit $rc), left $left things (eth0, lease, record)" >&2
+      ok=0
+    fi
+    kill "$spare" 2>/dev/null || true
+  done
+  check "issue #13: a killed add is undone by del" "$ok"
+}
