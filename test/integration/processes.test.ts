@@ -89,6 +89,32 @@ describe('processes (integration)', function () {
     expect(r.stdoutBytes.equals(big), 'bytes identical').to.equal(true);
   });
 
+  it('a process printing megabytes while its stdin stays open neither stalls nor loses stdin sent afterwards', async function () {
+    // conmon writes output to every socket attached to it: a stdin relay that never
+    // read its socket made conmon block after ~400 KB, and the process with it.
+    const size = 2 * 1024 * 1024;
+    const { PassThrough } = await import('node:stream');
+    const stdin = new PassThrough();
+    const chunks: Buffer[] = [];
+    let got = 0;
+    let sent = false;
+    const stdout = new PassThrough();
+    stdout.on('data', (b: Buffer) => {
+      chunks.push(b);
+      got += b.length;
+      if (got >= size && !sent) {
+        sent = true;
+        stdin.end('after\n');
+      }
+    });
+    stdin.write('before\n'); // the relay to conmon's attach socket is up from here on
+    const proc = await server.client.run(h, sh(`read first; head -c ${size} /dev/zero; read line; echo "read $first $line"`), { stdin, stdout });
+    expect(await proc.wait()).to.equal(0);
+    const out = Buffer.concat(chunks);
+    expect(out.subarray(size).toString()).to.equal('read before after\n');
+    expect(out.length).to.equal(size + 'read before after\n'.length);
+  });
+
   it('delivers output larger than a pipe buffer intact (1 MiB on each stream)', async function () {
     const size = 1024 * 1024;
     const r = await runAndWait(server.client, h, sh(`yes abcdefghi | head -c ${size}; yes ERR | head -c ${size} >&2; exit 4`));

@@ -39,6 +39,12 @@ int main(int argc, char **argv)
 		fprintf(stderr, "conmon-attach: cannot connect to %s: %s\n", argv[1], strerror(errno));
 		return 2;
 	}
+	/* conmon writes the process's output to every attached socket and blocks when one is
+	 * full: this relay never reads, so it refuses output (conmon's write fails at once). */
+	if (shutdown(s, SHUT_RD) < 0) {
+		fprintf(stderr, "conmon-attach: shutdown: %s\n", strerror(errno));
+		return 2;
+	}
 	char buf[PACKET];
 	for (;;) {
 		ssize_t r = read(STDIN_FILENO, buf, sizeof buf);
