@@ -22,7 +22,7 @@ import { defaultDnsServers, networkerFor } from '../plugins/networker/wiring.js'
 import { userPaths } from '../src/paths.js';
 import { planCgroups, probeOverlayInUserns, requireBinary, requireSetuid, requireWritableDir, requireSetuidRoot } from '../src/probe.js';
 import { CgroupReader } from '../src/runtime/cgroupstats.js';
-import { UNPRIVILEGED_CAPS } from '../src/runtime/bundle.js';
+import { BUILT_INIT, UNPRIVILEGED_CAPS } from '../src/runtime/bundle.js';
 import { DEFAULT_PROFILE, loadProfile, type OciSeccomp } from '../src/runtime/seccomp.js';
 import { Conmon } from '../src/runtime/conmon.js';
 import { Containerizer } from '../src/runtime/containerizer.js';
@@ -99,7 +99,7 @@ function serverFlags(y: Argv) {
     .option('log-level', { type: 'string', default: 'info', choices: ['debug', 'info', 'error', 'fatal'] })
     .option('skip-setup', { type: 'boolean', default: false, describe: 'accepted for Garden compatibility; the server never needs root' })
     .option('assets-dir', { type: 'string', describe: 'accepted for Garden compatibility; binaries come from PATH' })
-    .option('init-bin', { type: 'string', describe: 'container pid 1 (default: catatonit from PATH)' })
+    .option('init-bin', { type: 'string', describe: "container pid 1 and launcher of non-root processes (default: Trellis's garden-init)" })
     .option('conmon-bin', { type: 'string', describe: 'conmon binary (default: conmon from PATH)' })
     .option('external-ip', { type: 'string', describe: 'host address reported for net-in' })
     .option('process-log-max-bytes', { type: 'number', default: 256 * 1024 * 1024, describe: 'bytes a process may log before its log starts over; a reader behind at that moment loses what it had not read (0: no limit)' })
@@ -138,7 +138,10 @@ async function server(args: ServerArgs): Promise<void> {
   requireSetuid('newgidmap');
   const runcBin = requireBinary(args['runtime-plugin'], 'runc');
   const conmonBin = requireBinary(args['conmon-bin'] ?? 'conmon', 'conmon');
-  const initBin = requireBinary(args['init-bin'] ?? 'catatonit', 'catatonit');
+  const initBin = args['init-bin'] !== undefined ? requireBinary(args['init-bin'], 'trellis (npm run build)') : BUILT_INIT;
+  if (!existsSync(initBin)) {
+    throw new TrellisError('ERR_TRELLIS_INIT_NOT_BUILT', `garden-init was not built (${initBin})`, { hint: "run 'npm run build' (it compiles src/runtime/init with gcc)" });
+  }
   const toolsBin = requireBinary('busybox', 'busybox-static');
   let seccomp: OciSeccomp | undefined;
   if (args['seccomp-profile'] !== 'unconfined') {

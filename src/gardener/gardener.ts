@@ -20,6 +20,7 @@ import type { Containerizer } from '../runtime/containerizer.js';
 import { containerKey, type ContainerRecord, type Depot } from '../runtime/depot.js';
 import { lockedFlags } from '../runtime/mountinfo.js';
 import { ProcessHandle, processFiles } from '../runtime/process.js';
+import { confirmLaunch } from '../runtime/launch.js';
 import { Reaper } from './reaper.js';
 import { readContainerFile } from './containerfs.js';
 import { resolveUser } from './users.js';
@@ -578,6 +579,8 @@ export class Gardener {
       env: spec.env,
       uid: user.uid,
       gid: user.gid,
+      additionalGids: user.groups,
+      home: user.home,
       username: userName === '' ? 'root' : userName,
       cwd: dir,
       rlimits: spec.rlimits,
@@ -594,7 +597,9 @@ export class Gardener {
         throw err;
       }
       try {
-        return await this.cfg.containerizer.exec(key, id, dir, build(cwdNow), opts);
+        const s = await this.cfg.containerizer.exec(key, id, dir, build(cwdNow), opts);
+        if (user.uid !== 0) await confirmLaunch(s.pid, s.exited, files.logPath, this.cfg.initBinary);
+        return s;
       } catch (err) {
         await rm(dir, { recursive: true, force: true }).catch(() => {});
         throw err;
