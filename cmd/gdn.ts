@@ -11,13 +11,14 @@ import { hideBin } from 'yargs/helpers';
 import { buildApp, buildHijack } from '../src/api/routes.js';
 import { createFront, sameUserPeerCheck } from '../src/api/front.js';
 import { isLoopback } from '../src/api/peer.js';
+import { createDebugServer, debugVars } from '../src/api/debug.js';
 import { parseGoDuration } from '../src/client/duration.js';
 import { TrellisError, errorMessage } from '../src/errors.js';
 import { Gardener } from '../src/gardener/gardener.js';
 import { ExecImagePlugin, InProcessImagePlugin, type ImagePlugin } from '../src/image/plugin.js';
 import { buildMappings, primaryRange, readSubIdFile } from '../src/idmap/subid.js';
 import { ExecNetworkPlugin, InProcessNetwork, LoopbackOnly, type NetworkPlugin } from '../src/network/plugin.js';
-import { DEFAULT_GATE, NET_CONF_DIR, loadUserNetwork } from '../plugins/networker/config.js';
+import { DEFAULT_GATE, NET_CONF_DIR, containerAddresses, loadUserNetwork } from '../plugins/networker/config.js';
 import { defaultDnsServers, networkerFor } from '../plugins/networker/wiring.js';
 import { userPaths } from '../src/paths.js';
 import { planCgroups, probeOverlayInUserns, requireBinary, requireSetuid, requireWritableDir, requireSetuidRoot } from '../src/probe.js';
@@ -67,6 +68,8 @@ interface ServerArgs {
   'process-retention': string;
   'process-start-timeout': string;
   'process-log-max-bytes': number;
+  'debug-bind-ip'?: string;
+  'debug-bind-port': number;
 }
 
 function serverFlags(y: Argv) {
@@ -105,7 +108,10 @@ function serverFlags(y: Argv) {
     .option('process-log-max-bytes', { type: 'number', default: 256 * 1024 * 1024, describe: 'bytes a process may log before its log starts over; a reader behind at that moment loses what it had not read (0: no limit)' })
     .option('process-start-timeout', { type: 'string', default: '30s', describe: 'Go duration runc may take to start a process before it is given up' })
     .option('process-retention', { type: 'string', default: '5m', describe: 'Go duration a finished process is kept once its exit status and all its output were read' })
-    .option('seccomp-profile', { type: 'string', default: DEFAULT_PROFILE, describe: "Docker-format seccomp profile for every container, or 'unconfined'" });
+    .option('seccomp-profile', { type: 'string', default: DEFAULT_PROFILE, describe: "Docker-format seccomp profile for every container, or 'unconfined'" })
+    // Garden's debug server: GET /debug/vars, expvar-style (issue 8).
+    .option('debug-bind-ip', { type: 'string', describe: 'serve GET /debug/vars (expvar-style JSON: memstats, cmdline) at this address; off when unset' })
+    .option('debug-bind-port', { type: 'number', default: 17013, describe: 'port of the debug server' });
 }
 
 async function server(args: ServerArgs): Promise<void> {
@@ -191,6 +197,7 @@ async function server(args: ServerArgs): Promise<void> {
     );
   }
   let network: NetworkPlugin;
+  let addressPool: number | undefined;
   // Where the host reaches mapped ports: with the built-in networker, its bridge address.
   let externalIp = args['external-ip'] ?? '127.0.0.1';
   if (args['network-plugin'] !== undefined) {
@@ -199,7 +206,9 @@ async function server(args: ServerArgs): Promise<void> {
     const gate = args['network-gate'];
     requireSetuidRoot(gate);
     const dns = [...(args['dns-server'].length > 0 ? args['dns-server'] : defaultDnsServers()), ...args['additional-dns-server']];
-    if (args['external-ip'] === undefined) externalIp = loadUserNetwork(uid).gateway;
+    const userNet = loadUserNetwork(uid);
+    if (args['external-ip'] === undefined) externalIp = userNet.gateway;
+    addressPool = containerAddresses(userNet.subnet);
     network = new InProcessNetwork(
       networkerFor(uid, { gate, allowNetworks: args['allow-network'], denyNetworks: args['deny-network'], dnsServers: dns }, log.child({ component: 'networker' })),
     );
@@ -227,6 +236,7 @@ async function server(args: ServerArgs): Promise<void> {
     defaultRootfs,
     defaultGraceTimeNs: parseGoDuration(args['default-grace-time']),
     maxContainers: args['max-containers'],
+    addressPool,
     cgroupParent,
     limitsUnavailable,
     processRetentionMs: Number(parseGoDuration(args['process-retention']) / 1_000_000n),
@@ -264,8 +274,23 @@ async function server(args: ServerArgs): Promise<void> {
     }
   });
 
+  let debugServer: ReturnType<typeof createDebugServer> | undefined;
+  const debugIp = args['debug-bind-ip'];
+  if (debugIp !== undefined) {
+    const server = createDebugServer(() => debugVars(process.argv, gardener.count));
+    debugServer = server;
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', (err) => reject(new TrellisError('ERR_TRELLIS_DEBUG_BIND', `cannot serve debug vars on ${debugIp}:${args['debug-bind-port']}: ${err.message}`)));
+      server.listen(args['debug-bind-port'], debugIp, () => {
+        log.info({ addr: `${debugIp}:${args['debug-bind-port']}` }, 'debug-server.started');
+        resolve();
+      });
+    });
+  }
+
   const shutdown = (signal: string) => {
     log.info({ signal }, 'stopping');
+    debugServer?.close();
     front.close();
     http.close();
     gardener.shutdown();

@@ -76,6 +76,11 @@ static _Noreturn void fail(const char *what, const char *prog, int err) {
   _exit(127);
 }
 
+static _Noreturn void unmapped(const char *kind, unsigned long id) {
+  fprintf(stderr, "garden-init: setres%s: %s %lu is not mapped in the container's user namespace\n", kind, kind, id);
+  _exit(127);
+}
+
 /* Finds PROG as execvp would (PATH from the environment), as the user the process now is. */
 static int resolve(const char *prog, char *out, size_t outlen) {
   if (strchr(prog, '/') != NULL) {
@@ -116,11 +121,20 @@ static int run_mode(int argc, char **argv) {
     return 127;
   }
   const char *prog = argv[6];
-  if (setgroups(ngids, gids) != 0) fail("setgroups for", prog, errno);
-  if (setresgid((gid_t)gid, (gid_t)gid, (gid_t)gid) != 0) fail("setresgid for", prog, errno);
+  if (setgroups(ngids, gids) != 0) {
+    if (errno == EINVAL) fprintf(stderr, "garden-init: setgroups: a group of the user is not mapped in the container's user namespace\n"), _exit(127);
+    fail("setgroups for", prog, errno);
+  }
+  if (setresgid((gid_t)gid, (gid_t)gid, (gid_t)gid) != 0) {
+    if (errno == EINVAL) unmapped("gid", gid);
+    fail("setresgid for", prog, errno);
+  }
   /* The user's terminal is the user's, as login would leave it (its group stays devpts's tty). */
   if (isatty(STDIN_FILENO) && fchown(STDIN_FILENO, (uid_t)uid, (gid_t)-1) != 0) fail("chown of the terminal for", prog, errno);
-  if (setresuid((uid_t)uid, (uid_t)uid, (uid_t)uid) != 0) fail("setresuid for", prog, errno);
+  if (setresuid((uid_t)uid, (uid_t)uid, (uid_t)uid) != 0) {
+    if (errno == EINVAL) unmapped("uid", uid);
+    fail("setresuid for", prog, errno);
+  }
   char path[PATH_MAX];
   int err = resolve(prog, path, sizeof path);
   if (err != 0) fail("exec", prog, err);
