@@ -21,6 +21,8 @@ async function launchState(pid: number, init: { dev: number; ino: number }): Pro
   const comm = text.slice(text.indexOf('(') + 1, close);
   const state = text.slice(close + 2, close + 3);
   if (state === 'Z' || state === 'X') return 'gone';
+  // runc may report the pid before its init has exec'd the launcher.
+  if (comm.startsWith('runc:')) return 'launcher';
   if (comm !== LAUNCHER_NAME) return 'program';
   // A program that is itself called garden-init: tell them apart by the file.
   try {

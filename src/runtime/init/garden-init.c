@@ -110,6 +110,25 @@ static int resolve(const char *prog, char *out, size_t outlen) {
   return last;
 }
 
+/*
+ * As runc does for a user: stdio (conmon's pipes, or the terminal) becomes the user's, so
+ * /dev/stdout and the like can be reopened; /dev/null and what cannot change are left alone.
+ * The group stays (a terminal keeps devpts's tty group).
+ */
+static void give_stdio(uid_t uid) {
+  struct stat null;
+  int have_null = stat("/dev/null", &null) == 0;
+  for (int fd = 0; fd <= 2; fd++) {
+    struct stat st;
+    if (fstat(fd, &st) != 0 || st.st_uid == uid) continue;
+    if (have_null && S_ISCHR(st.st_mode) && st.st_rdev == null.st_rdev) continue;
+    if (fchown(fd, uid, (gid_t)-1) != 0 && errno != EINVAL && errno != EPERM && errno != EROFS) {
+      fprintf(stderr, "garden-init: giving stdio to uid %lu: %s\n", (unsigned long)uid, strerror(errno));
+      _exit(127);
+    }
+  }
+}
+
 static int run_mode(int argc, char **argv) {
   /* argv: garden-init --run UID GID GIDS -- PROG [ARG...] */
   unsigned long uid, gid;
@@ -129,8 +148,7 @@ static int run_mode(int argc, char **argv) {
     if (errno == EINVAL) unmapped("gid", gid);
     fail("setresgid for", prog, errno);
   }
-  /* The user's terminal is the user's, as login would leave it (its group stays devpts's tty). */
-  if (isatty(STDIN_FILENO) && fchown(STDIN_FILENO, (uid_t)uid, (gid_t)-1) != 0) fail("chown of the terminal for", prog, errno);
+  give_stdio((uid_t)uid);
   if (setresuid((uid_t)uid, (uid_t)uid, (uid_t)uid) != 0) {
     if (errno == EINVAL) unmapped("uid", uid);
     fail("setresuid for", prog, errno);
