@@ -121,6 +121,14 @@ export function decodeRun(body: Buffer): RunSpec {
     ...(s.tty?.window_size ? { windowSize: { rows: s.tty.window_size.rows, columns: s.tty.window_size.columns } } : {}),
     image: s.image.uri,
     bindMounts: s.bind_mounts.length,
+    ...(s.limits !== null
+      ? {
+          overrideLimits: {
+            memoryBytes: s.limits.memory_limits.limit_in_bytes ?? 0n,
+            cpuShares: s.limits.cpu_limits.weight || s.limits.cpu_limits.limit_in_shares || 0n,
+          },
+        }
+      : {}),
   };
 }
 

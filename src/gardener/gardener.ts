@@ -21,6 +21,8 @@ import { containerKey, type ContainerRecord, type Depot } from '../runtime/depot
 import { lockedFlags } from '../runtime/mountinfo.js';
 import { ProcessHandle, processFiles } from '../runtime/process.js';
 import { confirmLaunch } from '../runtime/launch.js';
+import { PeaRuntime } from '../runtime/pea.js';
+import { Peas } from './peas.js';
 import { Reaper } from './reaper.js';
 import { readContainerFile } from './containerfs.js';
 import { resolveUser } from './users.js';
@@ -60,6 +62,8 @@ export interface RunSpec {
   windowSize?: { rows: number; columns: number };
   image: string;
   bindMounts: number;
+  /** Garden's OverrideContainerLimits (peas only): present, even empty, means limits of its own. */
+  overrideLimits?: { memoryBytes: bigint; cpuShares: bigint };
 }
 
 export interface ContainerInfo {
@@ -124,6 +128,25 @@ export class Gardener {
   /** Per container, the chain its record and properties are written in: the last state lands last. */
   private readonly writes = new Map<string, Promise<void>>();
   private snapshotChain: Promise<void> = Promise.resolve();
+  private peasCache: Peas | undefined;
+
+  /** Processes with their own image (src/gardener/peas.ts); made on first use. */
+  private get peas(): Peas {
+    this.peasCache ??= new Peas({
+      depot: this.cfg.depot,
+      runtime: new PeaRuntime(this.cfg.containerizer.runc, this.cfg.containerizer.conmon),
+      image: this.cfg.image,
+      log: this.cfg.log,
+      uidMappings: this.cfg.uidMappings,
+      gidMappings: this.cfg.gidMappings,
+      initBinary: this.cfg.initBinary,
+      toolsBinary: this.cfg.toolsBinary,
+      seccomp: this.cfg.seccomp,
+      cgroupParent: this.cfg.cgroupParent,
+      limitsUnavailable: this.cfg.limitsUnavailable,
+    });
+    return this.peasCache;
+  }
 
   private persist(c: Container, what: { record?: boolean; properties?: boolean }): Promise<void> {
     const key = c.record.key;
@@ -157,6 +180,7 @@ export class Gardener {
       if (c.record.phase !== 'created' || c.destroying !== undefined) continue;
       for (const [id, p] of c.processes) {
         if (!(await p.reclaimable(retentionMs))) continue;
+        if (!(await this.peas.release(p))) continue;
         c.processes.delete(id);
         p.close();
         await rm(p.files.dir, { recursive: true, force: true }).catch(() => {});
@@ -390,6 +414,7 @@ export class Gardener {
         log.error({ step: name, err: errorMessage(err) }, 'destroy.step-failed');
       }
     };
+    await attempt('peas', () => this.peas.destroyAll(c));
     await attempt('runtime', () => this.cfg.containerizer.destroy(key, c.record.initPid));
     await attempt('network', () => this.cfg.network.down(handle));
     await attempt('image', () => this.cfg.image.destroy(handle, key));
@@ -460,19 +485,26 @@ export class Gardener {
   }
 
   async stats(handle: string) {
+    const pea = this.exists(handle) ? undefined : this.peas.find(handle);
+    if (pea !== undefined) return this.cfg.image.stats(pea.imageKey, pea.imageKey);
     const c = this.get(handle);
     return this.cfg.image.stats(handle, c.record.key);
   }
 
   /** Memory, CPU and pid figures from the container's cgroup (zeros where there is none). */
   async cgroupStats(handle: string) {
-    const c = this.get(handle);
+    // Garden's bulk metrics take a pea's process id as a handle.
+    const pea = this.exists(handle) ? undefined : this.peas.find(handle);
+    const c = pea === undefined ? this.get(handle) : undefined;
     const reader = this.cfg.cgroups;
     if (reader === undefined || this.cfg.cgroupParent === undefined) return undefined;
-    return reader.stats(`${this.cfg.cgroupParent}/${c.record.key}`);
+    if (pea !== undefined) return pea.cgroupsPath === undefined ? undefined : reader.stats(pea.cgroupsPath);
+    return reader.stats(`${this.cfg.cgroupParent}/${c!.record.key}`);
   }
 
   createdAt(handle: string): Date {
+    const pea = this.exists(handle) ? undefined : this.peas.find(handle);
+    if (pea !== undefined) return new Date(pea.createdAt);
     return new Date(this.get(handle).record.createdAt);
   }
 
@@ -542,7 +574,14 @@ export class Gardener {
 
   async run(handle: string, spec: RunSpec): Promise<ProcessHandle> {
     const c = this.get(handle);
-    if (spec.image !== '') throw new InvalidArgument('processes with their own image are not supported yet');
+    if (spec.image !== '') {
+      if (spec.path === '') throw new ExecutableNotFound('no executable given: the process spec has an empty path');
+      const id = spec.id === '' ? randomUUID() : spec.id;
+      if (c.processes.has(id)) throw new AlreadyExists(`process ID '${id}' already in use`);
+      const p = await this.peas.run(c, id, spec);
+      c.processes.set(id, p);
+      return p;
+    }
     if (spec.bindMounts > 0) throw new InvalidArgument('Running a process with bind mounts and no image provided is not allowed');
     if (spec.path === '') throw new ExecutableNotFound('no executable given: the process spec has an empty path');
     const id = spec.id === '' ? randomUUID() : spec.id;
@@ -775,6 +814,7 @@ export class Gardener {
         c.processes.set(pr.id, p);
       }
       this.containers.set(record.handle, c);
+      await this.peas.restore(c).catch((err: unknown) => log.error({ err: errorMessage(err) }, 'restore.peas-failed'));
       this.reaper.track(record.handle, BigInt(record.graceTimeNs));
       log.info({ processes: c.processes.size }, 'restore.adopted');
     }

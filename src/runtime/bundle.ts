@@ -38,7 +38,7 @@ export interface OciConfig {
   linux: {
     uidMappings: IdMapping[];
     gidMappings: IdMapping[];
-    namespaces: { type: string }[];
+    namespaces: { type: string; path?: string }[];
     cgroupsPath?: string;
     resources?: {
       memory?: { limit: number; swap?: number };
