@@ -220,6 +220,15 @@ describe('issue 8: Garden conformance (integration)', function () {
       }
     });
 
+    it('runs a user\'s pea from a #tag image through the launcher: its own groups, and Run fails on a missing executable', async function () {
+      const image = { uri: 'docker:///tagged/busybox#1.36.1' };
+      const r = await runAndWait(server.client, h, { path: 'sh', args: ['-c', 'id -u; id -G; grep "^Groups:" /proc/self/status; unshare --user id'], user: 'alice', image });
+      expect(r.stdout).to.match(/^1000\n1000\nGroups:\s*\n$/);
+      expect(r.stderr).to.include('Operation not permitted');
+      const missing = await failure(server.client.run(h, { path: 'no-such-program', user: 'alice', image }, {}));
+      expect(missing.message).to.include('executable file not found in $PATH');
+    });
+
     it('refuses a # with no tag, or a tag that does not exist, leaving nothing behind', async function () {
       const noTag = await failure(server.client.create(spec({ handle: 'no-tag', image: { uri: 'docker:///tagged/busybox#' } })));
       expect(noTag.message).to.include('`#` must be followed by a tag');
