@@ -12,19 +12,20 @@ import { hideBin } from 'yargs/helpers';
 import { buildApp, buildHijack } from '../src/api/routes.js';
 import { createFront, sameUserPeerCheck } from '../src/api/front.js';
 import { isLoopback } from '../src/api/peer.js';
+import { createDebugServer, debugVars } from '../src/api/debug.js';
 import { parseGoDuration } from '../src/client/duration.js';
 import { InvalidArgument, TrellisError, errorMessage } from '../src/errors.js';
 import { Gardener } from '../src/gardener/gardener.js';
 import { ExecImagePlugin, InProcessImagePlugin, type ImagePlugin } from '../src/image/plugin.js';
 import { buildMappings, primaryRange, readSubIdFile } from '../src/idmap/subid.js';
 import { ExecNetworkPlugin, InProcessNetwork, LoopbackOnly, type NetworkPlugin } from '../src/network/plugin.js';
-import { DEFAULT_GATE, NET_CONF_DIR, loadUserNetwork } from '../plugins/networker/config.js';
+import { DEFAULT_GATE, NET_CONF_DIR, containerAddresses, loadUserNetwork } from '../plugins/networker/config.js';
 import { defaultDnsServers, networkerFor } from '../plugins/networker/wiring.js';
 import { Metrics, metricsHandler } from '../src/metrics/metrics.js';
 import { userPaths } from '../src/paths.js';
 import { planCgroups, probeOverlayInUserns, requireBinary, requireSetuid, requireWritableDir, requireSetuidRoot } from '../src/probe.js';
 import { CgroupReader } from '../src/runtime/cgroupstats.js';
-import { UNPRIVILEGED_CAPS } from '../src/runtime/bundle.js';
+import { BUILT_INIT, UNPRIVILEGED_CAPS } from '../src/runtime/bundle.js';
 import { DEFAULT_PROFILE, loadProfile, type OciSeccomp } from '../src/runtime/seccomp.js';
 import { Conmon } from '../src/runtime/conmon.js';
 import { Containerizer } from '../src/runtime/containerizer.js';
@@ -71,6 +72,8 @@ interface ServerArgs {
   'process-log-max-bytes': number;
   'metrics-bind-ip': string;
   'metrics-bind-port'?: number;
+  'debug-bind-ip'?: string;
+  'debug-bind-port': number;
 }
 
 function serverFlags(y: Argv) {
@@ -103,7 +106,7 @@ function serverFlags(y: Argv) {
     .option('log-level', { type: 'string', default: 'info', choices: ['debug', 'info', 'error', 'fatal'] })
     .option('skip-setup', { type: 'boolean', default: false, describe: 'accepted for Garden compatibility; the server never needs root' })
     .option('assets-dir', { type: 'string', describe: 'accepted for Garden compatibility; binaries come from PATH' })
-    .option('init-bin', { type: 'string', describe: 'container pid 1 (default: catatonit from PATH)' })
+    .option('init-bin', { type: 'string', describe: "container pid 1 and launcher of non-root processes (default: Trellis's garden-init)" })
     .option('conmon-bin', { type: 'string', describe: 'conmon binary (default: conmon from PATH)' })
     .option('external-ip', { type: 'string', describe: 'host address reported for net-in' })
     .option('process-log-max-bytes', { type: 'number', default: 256 * 1024 * 1024, describe: 'bytes a process may log before its log starts over; a reader behind at that moment loses what it had not read (0: no limit)' })
@@ -112,7 +115,10 @@ function serverFlags(y: Argv) {
     .option('seccomp-profile', { type: 'string', default: DEFAULT_PROFILE, describe: "Docker-format seccomp profile for every container, or 'unconfined'" })
     // Prometheus metrics (issue #12): off unless a port is given.
     .option('metrics-bind-ip', { type: 'string', default: '127.0.0.1', describe: 'address the Prometheus /metrics endpoint listens on' })
-    .option('metrics-bind-port', { type: 'number', describe: 'serve Prometheus metrics on this TCP port at /metrics (default: off)' });
+    .option('metrics-bind-port', { type: 'number', describe: 'serve Prometheus metrics on this TCP port at /metrics (default: off)' })
+    // Garden's debug server: GET /debug/vars, expvar-style (issue 8).
+    .option('debug-bind-ip', { type: 'string', describe: 'serve GET /debug/vars (expvar-style JSON: memstats, cmdline) at this address; off when unset' })
+    .option('debug-bind-port', { type: 'number', default: 17013, describe: 'port of the debug server' });
 }
 
 async function server(args: ServerArgs): Promise<void> {
@@ -146,7 +152,10 @@ async function server(args: ServerArgs): Promise<void> {
   requireSetuid('newgidmap');
   const runcBin = requireBinary(args['runtime-plugin'], 'runc');
   const conmonBin = requireBinary(args['conmon-bin'] ?? 'conmon', 'conmon');
-  const initBin = requireBinary(args['init-bin'] ?? 'catatonit', 'catatonit');
+  const initBin = args['init-bin'] !== undefined ? requireBinary(args['init-bin'], 'trellis (npm run build)') : BUILT_INIT;
+  if (!existsSync(initBin)) {
+    throw new TrellisError('ERR_TRELLIS_INIT_NOT_BUILT', `garden-init was not built (${initBin})`, { hint: "run 'npm run build' (it compiles src/runtime/init with gcc)" });
+  }
   const toolsBin = requireBinary('busybox', 'busybox-static');
   let seccomp: OciSeccomp | undefined;
   if (args['seccomp-profile'] !== 'unconfined') {
@@ -196,6 +205,7 @@ async function server(args: ServerArgs): Promise<void> {
     );
   }
   let network: NetworkPlugin;
+  let addressPool: number | undefined;
   // Where the host reaches mapped ports: with the built-in networker, its bridge address.
   let externalIp = args['external-ip'] ?? '127.0.0.1';
   if (args['network-plugin'] !== undefined) {
@@ -204,7 +214,9 @@ async function server(args: ServerArgs): Promise<void> {
     const gate = args['network-gate'];
     requireSetuidRoot(gate);
     const dns = [...(args['dns-server'].length > 0 ? args['dns-server'] : defaultDnsServers()), ...args['additional-dns-server']];
-    if (args['external-ip'] === undefined) externalIp = loadUserNetwork(uid).gateway;
+    const userNet = loadUserNetwork(uid);
+    if (args['external-ip'] === undefined) externalIp = userNet.gateway;
+    addressPool = containerAddresses(userNet.subnet);
     network = new InProcessNetwork(
       networkerFor(uid, { gate, allowNetworks: args['allow-network'], denyNetworks: args['deny-network'], dnsServers: dns, holdPorts: true }, log.child({ component: 'networker' })),
     );
@@ -232,6 +244,7 @@ async function server(args: ServerArgs): Promise<void> {
     defaultRootfs,
     defaultGraceTimeNs: parseGoDuration(args['default-grace-time']),
     maxContainers: args['max-containers'],
+    addressPool,
     cgroupParent,
     limitsUnavailable,
     processRetentionMs: Number(parseGoDuration(args['process-retention']) / 1_000_000n),
@@ -273,8 +286,23 @@ async function server(args: ServerArgs): Promise<void> {
     }
   });
 
+  let debugServer: ReturnType<typeof createDebugServer> | undefined;
+  const debugIp = args['debug-bind-ip'];
+  if (debugIp !== undefined) {
+    const server = createDebugServer(() => debugVars(process.argv, gardener.count));
+    debugServer = server;
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', (err) => reject(new TrellisError('ERR_TRELLIS_DEBUG_BIND', `cannot serve debug vars on ${debugIp}:${args['debug-bind-port']}: ${err.message}`)));
+      server.listen(args['debug-bind-port'], debugIp, () => {
+        log.info({ addr: `${debugIp}:${args['debug-bind-port']}` }, 'debug-server.started');
+        resolve();
+      });
+    });
+  }
+
   const shutdown = (signal: string) => {
     log.info({ signal }, 'stopping');
+    debugServer?.close();
     front.close();
     http.close();
     metricsServer?.close();

@@ -63,7 +63,7 @@ export interface DockerReference {
   reference: string;
 }
 
-const DOCKER_USAGE = 'expected docker://[host[:port]]/repository[:tag|@sha256:<digest>]';
+const DOCKER_USAGE = 'expected docker://[host[:port]]/repository[:tag|#tag|@sha256:<digest>]';
 const PATH_COMPONENT = /^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$/;
 const TAG = /^[\w][\w.-]{0,127}$/;
 const HOST_LABEL = '[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?';
@@ -101,6 +101,19 @@ export function parseDockerUrl(url: string, defaultRegistry: string): DockerRefe
   if (rest.startsWith('/')) rest = rest.slice(1);
   if (rest === '') throw new InvalidArgument(`invalid image URL \`${url}\`: no repository; ${DOCKER_USAGE}`);
 
+  // Garden's own form puts the tag in the fragment: docker:///busybox#1.36.1.
+  let fragmentTag: string | undefined;
+  const hash = rest.indexOf('#');
+  if (hash !== -1) {
+    fragmentTag = rest.slice(hash + 1);
+    rest = rest.slice(0, hash);
+    if (fragmentTag === '') throw new InvalidArgument(`invalid image URL \`${url}\`: \`#\` must be followed by a tag; ${DOCKER_USAGE}`);
+    if (rest.includes('@') || rest.lastIndexOf(':') > rest.lastIndexOf('/')) {
+      throw new InvalidArgument(`invalid image URL \`${url}\`: give the tag once, either as \`:tag\`, \`#tag\` or \`@digest\``);
+    }
+    if (rest === '') throw new InvalidArgument(`invalid image URL \`${url}\`: no repository; ${DOCKER_USAGE}`);
+  }
+
   let digest: string | undefined;
   const at = rest.indexOf('@');
   if (at !== -1) {
@@ -113,9 +126,15 @@ export function parseDockerUrl(url: string, defaultRegistry: string): DockerRefe
     }
   }
 
-  let tag: string | undefined;
+  let tag: string | undefined = fragmentTag;
   const colon = rest.lastIndexOf(':');
-  if (colon > rest.lastIndexOf('/')) {
+  if (fragmentTag !== undefined) {
+    if (!TAG.test(fragmentTag)) {
+      throw new InvalidArgument(
+        `invalid image URL \`${url}\`: invalid tag \`${fragmentTag}\` (letters, digits, _, . and -, at most 128, not starting with . or -)`,
+      );
+    }
+  } else if (colon > rest.lastIndexOf('/')) {
     tag = rest.slice(colon + 1);
     rest = rest.slice(0, colon);
     if (!TAG.test(tag)) {

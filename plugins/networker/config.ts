@@ -80,6 +80,12 @@ export function parseUserNetwork(text: string): UserNetwork {
   return { bridge, subnet, gateway, portStart, portEnd, mtu: int('mtu', 576, 9000, 1500) };
 }
 
+/** Addresses a subnet gives containers: all but the network, the gateway and the broadcast address. */
+export function containerAddresses(subnet: string): number {
+  const { prefix } = parseCidr(subnet);
+  return Math.max(0, 2 ** (32 - prefix) - 3);
+}
+
 export function loadUserNetwork(uid: number, dir = NET_CONF_DIR): UserNetwork {
   const path = `${dir}/${uid}.conf`;
   let text: string;

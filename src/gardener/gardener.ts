@@ -20,6 +20,7 @@ import type { Containerizer } from '../runtime/containerizer.js';
 import { containerKey, type ContainerRecord, type Depot } from '../runtime/depot.js';
 import { lockedFlags } from '../runtime/mountinfo.js';
 import { ProcessHandle, processFiles } from '../runtime/process.js';
+import { confirmLaunch } from '../runtime/launch.js';
 import { PeaRuntime } from '../runtime/pea.js';
 import { Peas } from './peas.js';
 import { Reaper } from './reaper.js';
@@ -102,6 +103,8 @@ export interface GardenerConfig {
   defaultRootfs: string;
   defaultGraceTimeNs: bigint;
   maxContainers: number;
+  /** Container addresses the network can hand out (undefined: no limit known). */
+  addressPool?: number;
   /** cgroup parent (e.g. /garden/1001), or undefined when cgroups are not delegated. */
   cgroupParent?: string;
   cgroups?: CgroupReader;
@@ -617,6 +620,8 @@ export class Gardener {
       env: spec.env,
       uid: user.uid,
       gid: user.gid,
+      additionalGids: user.groups,
+      home: user.home,
       username: userName === '' ? 'root' : userName,
       cwd: dir,
       rlimits: spec.rlimits,
@@ -633,7 +638,9 @@ export class Gardener {
         throw err;
       }
       try {
-        return await this.cfg.containerizer.exec(key, id, dir, build(cwdNow), opts);
+        const s = await this.cfg.containerizer.exec(key, id, dir, build(cwdNow), opts);
+        if (user.uid !== 0) await confirmLaunch(s.pid, s.exited, files.logPath, this.cfg.initBinary);
+        return s;
       } catch (err) {
         await rm(dir, { recursive: true, force: true }).catch(() => {});
         throw err;
@@ -699,6 +706,16 @@ export class Gardener {
   /** Unpacks a tar stream into `destination` inside the container, as `user`. */
   async streamIn(handle: string, opts: { destination: string; user: string }, body: NodeJS.ReadableStream, signal: AbortSignal): Promise<void> {
     const c = this.get(handle);
+    try {
+      await this.unpackIn(c, opts, body, signal);
+    } catch (err) {
+      // Garden's words for any failure here, whatever its class (clients match on them).
+      if (err instanceof Error && !err.message.startsWith('error streaming in')) err.message = `error streaming in: ${err.message}`;
+      throw err;
+    }
+  }
+
+  private async unpackIn(c: Container, opts: { destination: string; user: string }, body: NodeJS.ReadableStream, signal: AbortSignal): Promise<void> {
     body.pause();
     const dest = await this.toolPath(c, opts.user, opts.destination);
     const mk = await this.runTool(c, ['mkdir', '-p', '--', dest], opts.user, signal);
@@ -809,8 +826,9 @@ export class Gardener {
     for (const c of this.containers.values()) for (const p of c.processes.values()) p.close();
   }
 
+  /** Garden's max_containers: the flag, bounded by the addresses the network has (0: no bound known). */
   capacity(): { maxContainers: number } {
-    return { maxContainers: this.cfg.maxContainers };
+    return { maxContainers: maxContainers(this.cfg.maxContainers, this.cfg.addressPool) };
   }
 
   get count(): number {
@@ -855,3 +873,9 @@ export function validateHandle(handle: string): void {
 }
 
 export { NS_PER_MS };
+
+/** The smaller of the configured limit and the address pool, either of which may be absent (0 / undefined). */
+export function maxContainers(flag: number, pool: number | undefined): number {
+  if (pool === undefined || pool <= 0) return flag;
+  return flag > 0 ? Math.min(flag, pool) : pool;
+}

@@ -23,6 +23,7 @@ import type { OciSeccomp } from '../runtime/seccomp.js';
 import { ProcessHandle, processFiles } from '../runtime/process.js';
 import { readContainerFile } from './containerfs.js';
 import { resolveUser } from './users.js';
+import { confirmLaunch } from '../runtime/launch.js';
 
 export interface PeaRecord {
   /** The process id the client knows it by. */
@@ -209,6 +210,8 @@ export class Peas {
           env: spec.env,
           uid: user.uid,
           gid: user.gid,
+          additionalGids: user.groups,
+          home: user.home,
           username: username === '' ? 'root' : username,
           cwd,
           rlimits: spec.rlimits,
@@ -228,6 +231,16 @@ export class Peas {
       this.records.set(dir, rec);
       // conmon reports a created container's exit in its exit file, not on the sync pipe
       p.watchForExit();
+      if (user.uid !== 0) {
+        // a user's pea starts as garden-init's launcher: a missing executable shows only now
+        const exited = new Promise<number | undefined>((r) => p.onFinished(() => r(p.result.exitCode)));
+        try {
+          await confirmLaunch(started.pid, exited, processFiles(dir, rec.runcId).logPath, this.cfg.initBinary);
+        } catch (err) {
+          p.close();
+          throw err;
+        }
+      }
       p.onFinished(() => void this.cleanup(dir));
       await this.cfg.depot.saveProcess(key, { id, createdAt: rec.createdAt, pid: started.pid, tty: spec.tty });
       log.info({ pid: started.pid, image: spec.image }, 'pea.started');

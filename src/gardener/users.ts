@@ -8,6 +8,8 @@ export interface ResolvedUser {
   gid: number;
   name: string;
   home: string;
+  /** Supplementary groups: every /etc/group entry that lists the user by name, as initgroups reads it. */
+  groups: number[];
 }
 
 export { parseGroup, parsePasswd };
@@ -42,5 +44,7 @@ export function resolveUser(spec: string, passwdText: string | undefined, groupT
   if (uid > 65535 + 1 || gid > 65535 + 1) {
     // Not fatal in principle, but outside the default 65536-id map nothing can own it.
   }
-  return { uid, gid, name: entry?.name ?? user, home: entry?.home ?? '/' };
+  const name = entry?.name;
+  const supplementary = name === undefined ? [] : [...new Set(groups.filter((x) => x.members.includes(name)).map((x) => x.gid))];
+  return { uid, gid, name: entry?.name ?? user, home: entry?.home ?? '/', groups: supplementary };
 }

@@ -10,6 +10,8 @@ export interface PasswdEntry {
 export interface GroupEntry {
   name: string;
   gid: number;
+  /** User names listed in the fourth field. */
+  members: string[];
 }
 
 /** Well-formed entries only: seven fields, a name, numeric uid and gid; comments skipped. */
@@ -30,7 +32,8 @@ export function parseGroup(text: string): GroupEntry[] {
     if (line.startsWith('#')) continue;
     const f = line.split(':');
     if (f.length < 3 || f[0] === '' || !/^\d+$/.test(f[2]!)) continue;
-    out.push({ name: f[0]!, gid: Number(f[2]) });
+    const members = (f[3] ?? '').split(',').map((m) => m.trim()).filter((m) => m !== '');
+    out.push({ name: f[0]!, gid: Number(f[2]), members });
   }
   return out;
 }

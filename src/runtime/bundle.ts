@@ -1,5 +1,6 @@
 // The OCI config.json for a rootless container, as Garden's unprivileged bundle is
-// built (spec/plugins.md §5), with catatonit as pid 1. Pure: no I/O.
+// built (spec/plugins.md §5), with garden-init (src/runtime/init) as pid 1. Pure: no I/O.
+import { fileURLToPath } from 'node:url';
 import type { IdMapping } from '../idmap/subid.js';
 import type { OciSeccomp } from './seccomp.js';
 
@@ -64,8 +65,13 @@ export const MASKED_PATHS = [
 
 export const READONLY_PATHS = ['/proc/asound', '/proc/bus', '/proc/fs', '/proc/irq', '/proc/sys', '/proc/sysrq-trigger'];
 
-/** Where the init binary appears in every container: on /dev's tmpfs, so nothing lands in the rootfs. */
-export const INIT_PATH = '/dev/init';
+/**
+ * Where garden-init appears in every container (Garden's own path: clients see pid 1 as
+ * `garden-init`). It is pid 1 and the launcher of every non-root process.
+ */
+export const INIT_PATH = '/tmp/garden-init';
+/** garden-init as `npm run build` leaves it beside this module. */
+export const BUILT_INIT = fileURLToPath(new URL('./init/garden-init', import.meta.url));
 /** A static busybox for stream-in/out (tar, mkdir), so that works whatever the image holds. */
 export const TOOLS_PATH = '/dev/.trellis/busybox';
 
@@ -126,10 +132,13 @@ export function buildBundle(input: BundleInput): OciConfig {
     ...input.imageMounts,
     { destination: '/proc', type: 'proc', source: 'proc', options: ['nosuid', 'noexec', 'nodev'] },
     { destination: '/dev', type: 'tmpfs', source: 'tmpfs', options: ['nosuid', 'strictatime', 'mode=755', 'size=65536k'] },
-    { destination: '/dev/pts', type: 'devpts', source: 'devpts', options: ['nosuid', 'noexec', 'newinstance', 'ptmxmode=0666', 'mode=0620'] },
-    { destination: '/dev/shm', type: 'tmpfs', source: 'shm', options: ['nosuid', 'noexec', 'nodev', 'mode=1777', 'size=65536k'] },
+    // gid 5 is the tty group: a terminal belongs to it, as on any Linux box (and Garden's containers).
+    { destination: '/dev/pts', type: 'devpts', source: 'devpts', options: ['nosuid', 'noexec', 'newinstance', 'gid=5', 'ptmxmode=0666', 'mode=0620'] },
+    { destination: '/dev/shm', type: 'tmpfs', source: 'tmpfs', options: ['nosuid', 'noexec', 'nodev', 'mode=1777', 'size=65536k'] },
     { destination: '/dev/mqueue', type: 'mqueue', source: 'mqueue', options: ['nosuid', 'noexec', 'nodev'] },
     { destination: '/sys', type: 'sysfs', source: 'sysfs', options: ['nosuid', 'noexec', 'nodev', 'ro'] },
+    // runc binds the container's own cgroups here, read-only: a process sees its limits and cannot change them.
+    { destination: '/sys/fs/cgroup', type: 'cgroup', source: 'cgroup', options: ['nosuid', 'noexec', 'nodev', 'relatime', 'ro'] },
     { destination: INIT_PATH, type: 'bind', source: input.initBinary, options: bindOptions({ readOnly: true, lockedFlags: input.initLockedFlags }) },
     ...(input.toolsBinary === undefined
       ? []
@@ -146,8 +155,8 @@ export function buildBundle(input: BundleInput): OciConfig {
     ociVersion: '1.0.2',
     process: {
       user: { uid: 0, gid: 0 },
-      // -P: pause mode. catatonit only reaps and waits; every user process arrives by `runc exec`.
-      args: [INIT_PATH, '-P'],
+      // Without arguments garden-init only reaps and waits; every user process arrives by `runc exec`.
+      args: [INIT_PATH],
       env: input.env,
       cwd: '/',
       capabilities: { bounding: caps, effective: caps, inheritable: caps, permitted: caps },
@@ -186,6 +195,10 @@ export interface ProcessInput {
   env: string[];
   uid: number;
   gid: number;
+  /** The user's supplementary groups (from the container's /etc/group); set for non-root users. */
+  additionalGids?: number[];
+  /** The user's home, for $HOME when the env names none (runc would take root's from the launcher). */
+  home?: string;
   username: string;
   cwd: string;
   rlimits: Record<string, number>;
@@ -194,24 +207,47 @@ export interface ProcessInput {
   windowSize?: { rows: number; columns: number };
 }
 
-/** The process JSON handed to `runc exec` (plugins.md §8.1). */
+/**
+ * argv that makes garden-init, started as container root, become `uid`:`gid` with exactly
+ * `groups` and exec `args` (rootless runc cannot call setgroups itself).
+ */
+export function launcherArgs(uid: number, gid: number, groups: number[], args: string[]): string[] {
+  return [INIT_PATH, '--run', String(uid), String(gid), [...new Set(groups)].join(','), '--', ...args];
+}
+
+/**
+ * The process JSON handed to `runc exec` (plugins.md §8.1). A non-root user's process is
+ * started as container root running garden-init's launcher, which sets the user's groups and
+ * ids and execs the program; its capabilities end as runc would leave them for that user.
+ */
 export function buildProcess(input: ProcessInput): OciProcess {
   const env = [...input.containerEnv, ...input.env];
   if (!env.some((e) => e.startsWith('PATH='))) env.push(input.uid === 0 ? DEFAULT_PATH_ROOT : DEFAULT_PATH_USER);
   if (!env.some((e) => e.startsWith('USER='))) env.push(`USER=${input.username}`);
+  if (input.uid !== 0 && input.home !== undefined && !env.some((e) => e.startsWith('HOME='))) env.push(`HOME=${input.home}`);
   const caps = [...UNPRIVILEGED_CAPS];
   const rlimits: OciRlimit[] = [];
   for (const [key, value] of Object.entries(input.rlimits)) {
     const type = RLIMIT_NAMES[key];
     if (type !== undefined) rlimits.push({ type, hard: value, soft: value });
   }
-  const proc: OciProcess = {
-    user: { uid: input.uid, gid: input.gid, username: input.username },
-    args: input.args,
-    env,
-    cwd: input.cwd,
-    capabilities: { bounding: caps, effective: input.uid === 0 ? caps : [], inheritable: caps, permitted: caps },
-  };
+  const launched = input.uid !== 0;
+  const proc: OciProcess = launched
+    ? {
+        // setresuid away from 0 clears permitted and effective; exec then leaves what runc would.
+        user: { uid: 0, gid: 0, username: input.username },
+        args: launcherArgs(input.uid, input.gid, input.additionalGids ?? [], input.args),
+        env,
+        cwd: input.cwd,
+        capabilities: { bounding: caps, effective: caps, inheritable: caps, permitted: caps },
+      }
+    : {
+        user: { uid: input.uid, gid: input.gid, username: input.username },
+        args: input.args,
+        env,
+        cwd: input.cwd,
+        capabilities: { bounding: caps, effective: caps, inheritable: caps, permitted: caps },
+      };
   if (input.terminal) {
     proc.terminal = true;
     proc.consoleSize = { height: input.windowSize?.rows || 24, width: input.windowSize?.columns || 80 };

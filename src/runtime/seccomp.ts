@@ -85,6 +85,39 @@ export function narrowSocket(syscalls: OciSeccomp['syscalls']): OciSeccomp['sysc
   return out;
 }
 
+/** CLONE_NEWNS|NEWCGROUP|NEWUTS|NEWIPC|NEWUSER|NEWPID|NEWNET, as Docker's profile masks them. */
+export const CLONE_NAMESPACE_FLAGS = 0x7e020000;
+const CLONE_NEWTIME = 0x80;
+const EPERM = 1;
+const ENOSYS = 38;
+
+/**
+ * No new namespaces from inside a container (Garden's profile refuses them too): a nested
+ * user namespace would hand an unprivileged process a full set of capabilities over kernel
+ * code that is otherwise out of its reach. clone and unshare stay allowed without namespace
+ * flags and get EPERM with any; clone3 gets ENOSYS (its flags are in memory seccomp cannot
+ * read), so libc falls back to clone.
+ */
+export function refuseNamespaces(syscalls: OciSeccomp['syscalls']): OciSeccomp['syscalls'] {
+  const guarded = new Set(['clone', 'clone3', 'unshare']);
+  const out: OciSeccomp['syscalls'] = [];
+  for (const r of syscalls) {
+    const names = r.names.filter((n) => !guarded.has(n));
+    if (names.length === r.names.length) out.push(r);
+    else if (names.length > 0) out.push({ ...r, names });
+  }
+  const masks: Record<string, number> = { clone: CLONE_NAMESPACE_FLAGS, unshare: CLONE_NAMESPACE_FLAGS | CLONE_NEWTIME };
+  for (const [name, mask] of Object.entries(masks)) {
+    out.push({ names: [name], action: 'SCMP_ACT_ALLOW', args: [{ index: 0, value: mask, valueTwo: 0, op: 'SCMP_CMP_MASKED_EQ' }] });
+    for (let bit = 1; bit <= mask; bit *= 2) {
+      if ((mask & bit) === 0) continue;
+      out.push({ names: [name], action: 'SCMP_ACT_ERRNO', errnoRet: EPERM, args: [{ index: 0, value: bit, valueTwo: bit, op: 'SCMP_CMP_MASKED_EQ' }] });
+    }
+  }
+  out.push({ names: ['clone3'], action: 'SCMP_ACT_ERRNO', errnoRet: ENOSYS });
+  return out;
+}
+
 export function toOci(profile: DockerProfile, caps: string[], nodeArch = process.arch, kernel = release()): OciSeccomp {
   const arch = ARCH[nodeArch] ?? { docker: nodeArch, scmp: '' };
   const map = profile.archMap?.find((m) => m.architecture === arch.scmp);
@@ -106,7 +139,7 @@ export function toOci(profile: DockerProfile, caps: string[], nodeArch = process
     if (r.args && r.args.length > 0) rule.args = r.args;
     syscalls.push(rule);
   }
-  const out: OciSeccomp = { defaultAction: profile.defaultAction, architectures, syscalls: narrowSocket(syscalls) };
+  const out: OciSeccomp = { defaultAction: profile.defaultAction, architectures, syscalls: refuseNamespaces(narrowSocket(syscalls)) };
   if (profile.defaultErrnoRet !== undefined) out.defaultErrnoRet = profile.defaultErrnoRet;
   return out;
 }

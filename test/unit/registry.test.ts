@@ -73,6 +73,17 @@ describe('registry docker:// URLs', () => {
     expect(parseDockerUrl(`docker://r.io:5000/busybox:1.36@${DIGEST}`, HUB)).to.deep.include({ tag: '1.36', digest: DIGEST, reference: DIGEST });
   });
 
+  it('takes Garden\'s #tag form as the tag (issue 8)', () => {
+    expect(parseDockerUrl('docker:///busybox#1.36.1', HUB)).to.deep.equal(parseDockerUrl('docker:///busybox:1.36.1', HUB));
+    expect(parseDockerUrl('docker:///busybox#1.36.1', HUB)).to.deep.include({ repository: 'library/busybox', tag: '1.36.1', reference: '1.36.1' });
+    expect(parseDockerUrl('docker://127.0.0.1:5055/cfgarden/x#0.0.1', HUB)).to.deep.include({ registry: '127.0.0.1:5055', repository: 'cfgarden/x', tag: '0.0.1' });
+    fc.assert(
+      fc.property(fc.stringMatching(/^[a-z0-9]{1,8}(\/[a-z0-9]{1,8}){0,2}$/), fc.stringMatching(/^\w[\w.-]{0,20}$/), (repo, tag) => {
+        expect(parseDockerUrl(`docker:///${repo}#${tag}`, '127.0.0.1:5000')).to.deep.equal(parseDockerUrl(`docker:///${repo}:${tag}`, '127.0.0.1:5000'));
+      }),
+    );
+  });
+
   it('refuses bad names, tags and digests with InvalidArgument', () => {
     const bad: [string, RegExp][] = [
       ['docker:///', /no repository/],
@@ -84,6 +95,12 @@ describe('registry docker:// URLs', () => {
       ['docker:///a..b', /invalid repository name/],
       ['docker:///a___b', /invalid repository name/],
       ['docker:///alpine:', /invalid tag ``/],
+      ['docker:///busybox#', /`#` must be followed by a tag/],
+      ['docker:///#1.0', /no repository/],
+      ['docker:///busybox:1#2', /give the tag once/],
+      [`docker:///busybox@${DIGEST}#2`, /give the tag once/],
+      ['docker:///busybox#.x', /invalid tag `.x`/],
+      ['docker:///busybox#a#b', /invalid tag `a#b`/],
       ['docker:///alpine:.x', /invalid tag/],
       [`docker:///alpine:${'x'.repeat(129)}`, /invalid tag/],
       ['docker:///alpine@sha256:abc', /invalid digest/],

@@ -68,20 +68,18 @@ describe('buildBundle', () => {
     expect(dests.indexOf('/proc')).to.be.greaterThan(1);
   });
 
-  it('bind-mounts the init binary read-only at /dev/init with its source mount\'s locked flags', () => {
+  it('bind-mounts the init binary read-only at /tmp/garden-init with its source mount\'s locked flags', () => {
     const c = buildBundle(input({ initLockedFlags: ['nosuid', 'nodev', 'noexec', 'relatime'] }));
     const init = c.mounts.find((m) => m.destination === INIT_PATH);
-    expect(INIT_PATH).to.equal('/dev/init');
+    expect(INIT_PATH).to.equal('/tmp/garden-init');
     expect(init).to.deep.equal({
-      destination: '/dev/init',
+      destination: '/tmp/garden-init',
       type: 'bind',
       source: '/usr/libexec/trellis/catatonit',
       options: ['bind', 'ro', 'nosuid', 'nodev', 'noexec', 'relatime'],
     });
-    // /dev is a tmpfs mounted before it, so the bind lands on the tmpfs, not in the rootfs.
-    const dests = c.mounts.map((m) => m.destination);
-    expect(dests.indexOf('/dev')).to.be.lessThan(dests.indexOf('/dev/init'));
-    expect(c.process.args).to.deep.equal(['/dev/init', '-P']);
+    // Without arguments garden-init is the reaping init.
+    expect(c.process.args).to.deep.equal(['/tmp/garden-init']);
   });
 
   it('never repeats bind/ro/rw from the locked flags', () => {
@@ -97,7 +95,7 @@ describe('buildBundle', () => {
       ],
     }));
     const n = c.mounts.length;
-    expect(c.mounts[n - 3]!.destination).to.equal('/dev/init');
+    expect(c.mounts[n - 3]!.destination).to.equal('/tmp/garden-init');
     expect(c.mounts[n - 2]).to.deep.equal({ destination: '/mnt', type: 'bind', source: '/tmp', options: ['bind', 'ro', 'nosuid', 'nodev'] });
     expect(c.mounts[n - 1]).to.deep.equal({ destination: '/v', type: 'bind', source: '/var', options: ['bind', 'rw'] });
   });
@@ -232,14 +230,27 @@ describe('buildProcess', () => {
     );
   });
 
-  it('gives root the full effective set and a non-root user an empty one', () => {
+  it('gives root the full effective set, and the launcher of a non-root user the same (setresuid drops it)', () => {
     const root = buildProcess(proc()).capabilities;
     expect(root.effective).to.have.members(GARDEN_CAPS);
     const user = buildProcess(proc({ uid: 1000, gid: 1000, username: 'vcap' })).capabilities;
-    expect(user.effective).to.deep.equal([]);
-    expect(user.bounding).to.have.members(GARDEN_CAPS);
-    expect(user.permitted).to.have.members(GARDEN_CAPS);
-    expect(user.inheritable).to.have.members(GARDEN_CAPS);
+    for (const set of [user.bounding, user.effective, user.permitted, user.inheritable]) expect(set).to.have.members(GARDEN_CAPS).and.length(14);
+  });
+
+  it('runs a non-root user through garden-init --run with its ids and groups, as container root', () => {
+    const p = buildProcess(proc({ uid: 1000, gid: 1001, additionalGids: [50, 999, 50], home: '/home/vcap', username: 'vcap', args: ['/bin/sh', '-l'] }));
+    expect(p.user).to.deep.equal({ uid: 0, gid: 0, username: 'vcap' });
+    expect(p.args).to.deep.equal(['/tmp/garden-init', '--run', '1000', '1001', '50,999', '--', '/bin/sh', '-l']);
+    expect(p.env).to.include('HOME=/home/vcap');
+    const none = buildProcess(proc({ uid: 1000, gid: 1000, username: 'vcap', args: ['id'] }));
+    expect(none.args).to.deep.equal(['/tmp/garden-init', '--run', '1000', '1000', '', '--', 'id']);
+    expect(buildProcess(proc({ uid: 1000, gid: 1000, home: '/h', env: ['HOME=/x'] })).env.filter((e) => e.startsWith('HOME='))).to.deep.equal(['HOME=/x']);
+  });
+
+  it('runs root directly, with no launcher and runc\'s own HOME', () => {
+    const p = buildProcess(proc({ additionalGids: [10], home: '/root', args: ['id'] }));
+    expect(p.args).to.deep.equal(['id']);
+    expect(p.env.some((e) => e.startsWith('HOME='))).to.equal(false);
   });
 
   it('maps Garden rlimits to RLIMIT_* with soft = hard, ignoring unknown keys', () => {
@@ -266,9 +277,31 @@ describe('buildProcess', () => {
   });
 
   it('carries the user, args and cwd', () => {
-    const p = buildProcess(proc({ uid: 1000, gid: 1001, username: 'vcap', cwd: '/home/vcap', args: ['/bin/sh', '-l'] }));
-    expect(p.user).to.deep.equal({ uid: 1000, gid: 1001, username: 'vcap' });
+    const p = buildProcess(proc({ uid: 0, gid: 1001, username: 'root', cwd: '/home/vcap', args: ['/bin/sh', '-l'] }));
+    expect(p.user).to.deep.equal({ uid: 0, gid: 1001, username: 'root' });
     expect(p.args).to.deep.equal(['/bin/sh', '-l']);
     expect(p.cwd).to.equal('/home/vcap');
+  });
+});
+
+describe('buildBundle: the container details Garden clients see (issue 8)', () => {
+  it('mounts /dev/shm as "tmpfs", devpts with the tty group, and the cgroups read-only', () => {
+    const c = buildBundle(input());
+    const at = (d: string) => c.mounts.find((m) => m.destination === d)!;
+    expect(at('/dev/shm')).to.include({ type: 'tmpfs', source: 'tmpfs' });
+    expect(at('/dev/shm').options).to.include.members(['nosuid', 'nodev', 'noexec']);
+    expect(at('/dev/pts').options).to.include.members(['gid=5', 'mode=0620', 'ptmxmode=0666', 'nosuid', 'noexec']);
+    expect(at('/sys/fs/cgroup')).to.include({ type: 'cgroup' });
+    expect(at('/sys/fs/cgroup').options).to.include('ro');
+    const dests = c.mounts.map((m) => m.destination);
+    expect(dests.indexOf('/sys')).to.be.lessThan(dests.indexOf('/sys/fs/cgroup'));
+  });
+
+  it('masks the OCI default paths', () => {
+    const c = buildBundle(input());
+    expect(c.linux.maskedPaths).to.include.members([
+      '/proc/acpi', '/proc/kcore', '/proc/keys', '/proc/latency_stats', '/proc/timer_list', '/proc/timer_stats',
+      '/proc/sched_debug', '/proc/scsi', '/sys/firmware',
+    ]);
   });
 });

@@ -1,6 +1,6 @@
 import { expect } from 'chai';
 import { existsSync } from 'node:fs';
-import { DEFAULT_PROFILE, loadProfile, narrowSocket, toOci, type DockerProfile } from '../../src/runtime/seccomp.js';
+import { CLONE_NAMESPACE_FLAGS, DEFAULT_PROFILE, loadProfile, narrowSocket, refuseNamespaces, toOci, type DockerProfile } from '../../src/runtime/seccomp.js';
 import { UNPRIVILEGED_CAPS } from '../../src/runtime/bundle.js';
 
 const profile: DockerProfile = {
@@ -77,5 +77,34 @@ describe('packet sockets (issue #4 review)', () => {
   it('leaves a profile that never allowed socket alone', () => {
     const rules = [{ names: ['read'], action: 'SCMP_ACT_ALLOW' }];
     expect(narrowSocket(rules)).to.equal(rules);
+  });
+});
+
+describe('seccomp: no new namespaces inside a container (issue 8)', () => {
+  const rules = refuseNamespaces([{ names: ['read', 'clone', 'unshare', 'clone3'], action: 'SCMP_ACT_ALLOW' }]);
+  const ruleFor = (name: string) => rules.filter((r) => r.names.includes(name));
+
+  it('takes clone, clone3 and unshare out of the unconditional allow', () => {
+    expect(rules[0]).to.deep.equal({ names: ['read'], action: 'SCMP_ACT_ALLOW' });
+    for (const n of ['clone', 'unshare', 'clone3']) expect(ruleFor(n).every((r) => r.args !== undefined || r.action !== 'SCMP_ACT_ALLOW')).to.equal(true);
+  });
+
+  it('allows clone and unshare only without namespace flags, and refuses each flag with EPERM', () => {
+    for (const n of ['clone', 'unshare']) {
+      const allow = ruleFor(n).filter((r) => r.action === 'SCMP_ACT_ALLOW');
+      expect(allow).to.have.length(1);
+      expect(allow[0]!.args![0]).to.include({ index: 0, valueTwo: 0, op: 'SCMP_CMP_MASKED_EQ' });
+      expect(allow[0]!.args![0]!.value & CLONE_NAMESPACE_FLAGS).to.equal(CLONE_NAMESPACE_FLAGS);
+      const refused = ruleFor(n).filter((r) => r.action === 'SCMP_ACT_ERRNO');
+      expect(refused.every((r) => r.errnoRet === 1 && r.args![0]!.value === r.args![0]!.valueTwo)).to.equal(true);
+      // CLONE_NEWUSER, the one a process without CAP_SYS_ADMIN could otherwise use
+      expect(refused.some((r) => r.args![0]!.value === 0x10000000)).to.equal(true);
+    }
+    expect(ruleFor('clone3')).to.deep.equal([{ names: ['clone3'], action: 'SCMP_ACT_ERRNO', errnoRet: 38 }]);
+  });
+
+  it('is part of every converted profile', () => {
+    const oci = toOci({ defaultAction: 'SCMP_ACT_ERRNO', syscalls: [{ names: ['unshare'], action: 'SCMP_ACT_ALLOW' }] }, UNPRIVILEGED_CAPS, 'x64', '6.18');
+    expect(oci.syscalls.filter((r) => r.names.includes('unshare') && r.action === 'SCMP_ACT_ALLOW' && r.args === undefined)).to.deep.equal([]);
   });
 });

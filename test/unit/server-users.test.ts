@@ -19,18 +19,18 @@ const GROUP = ['root:x:0:', 'staff:x:50:vcap', 'vcap:x:1001:', 'docker:x:999:vca
 
 describe('resolveUser', () => {
   it('"" is root', () => {
-    expect(resolveUser('', PASSWD, GROUP)).to.deep.equal({ uid: 0, gid: 0, name: 'root', home: '/root' });
+    expect(resolveUser('', PASSWD, GROUP)).to.deep.equal({ uid: 0, gid: 0, name: 'root', home: '/root', groups: [999] });
   });
 
   it('root resolves without a passwd file', () => {
-    expect(resolveUser('', undefined, undefined)).to.deep.equal({ uid: 0, gid: 0, name: 'root', home: '/root' });
-    expect(resolveUser('root', undefined, undefined)).to.deep.equal({ uid: 0, gid: 0, name: 'root', home: '/root' });
-    expect(resolveUser('root', 'vcap:x:1000:1000::/home/vcap:/bin/sh\n', undefined)).to.deep.equal({ uid: 0, gid: 0, name: 'root', home: '/root' });
+    expect(resolveUser('', undefined, undefined)).to.deep.equal({ uid: 0, gid: 0, name: 'root', home: '/root', groups: [] });
+    expect(resolveUser('root', undefined, undefined)).to.deep.equal({ uid: 0, gid: 0, name: 'root', home: '/root', groups: [] });
+    expect(resolveUser('root', 'vcap:x:1000:1000::/home/vcap:/bin/sh\n', undefined)).to.deep.equal({ uid: 0, gid: 0, name: 'root', home: '/root', groups: [] });
   });
 
   it('looks a name up in passwd', () => {
-    expect(resolveUser('vcap', PASSWD, GROUP)).to.deep.equal({ uid: 1000, gid: 1001, name: 'vcap', home: '/home/vcap' });
-    expect(resolveUser('daemon', PASSWD, GROUP)).to.deep.equal({ uid: 1, gid: 1, name: 'daemon', home: '/usr/sbin' });
+    expect(resolveUser('vcap', PASSWD, GROUP)).to.deep.equal({ uid: 1000, gid: 1001, name: 'vcap', home: '/home/vcap', groups: [50, 999] });
+    expect(resolveUser('daemon', PASSWD, GROUP)).to.deep.equal({ uid: 1, gid: 1, name: 'daemon', home: '/usr/sbin', groups: [] });
   });
 
   it('gives / as home when the entry has none', () => {
@@ -38,18 +38,18 @@ describe('resolveUser', () => {
   });
 
   it('takes a numeric user as a uid, with its passwd entry when there is one', () => {
-    expect(resolveUser('1000', PASSWD, GROUP)).to.deep.equal({ uid: 1000, gid: 1001, name: 'vcap', home: '/home/vcap' });
-    expect(resolveUser('0', PASSWD, GROUP)).to.deep.equal({ uid: 0, gid: 0, name: 'root', home: '/root' });
+    expect(resolveUser('1000', PASSWD, GROUP)).to.deep.equal({ uid: 1000, gid: 1001, name: 'vcap', home: '/home/vcap', groups: [50, 999] });
+    expect(resolveUser('0', PASSWD, GROUP)).to.deep.equal({ uid: 0, gid: 0, name: 'root', home: '/root', groups: [999] });
   });
 
   it('takes uid:gid literally', () => {
-    expect(resolveUser('1000:50', PASSWD, GROUP)).to.deep.equal({ uid: 1000, gid: 50, name: 'vcap', home: '/home/vcap' });
+    expect(resolveUser('1000:50', PASSWD, GROUP)).to.deep.equal({ uid: 1000, gid: 50, name: 'vcap', home: '/home/vcap', groups: [50, 999] });
     const u = resolveUser('4242:4343', PASSWD, GROUP);
     expect([u.uid, u.gid, u.home]).to.deep.equal([4242, 4343, '/']);
   });
 
   it('resolves a group name', () => {
-    expect(resolveUser('vcap:staff', PASSWD, GROUP)).to.deep.equal({ uid: 1000, gid: 50, name: 'vcap', home: '/home/vcap' });
+    expect(resolveUser('vcap:staff', PASSWD, GROUP)).to.deep.equal({ uid: 1000, gid: 50, name: 'vcap', home: '/home/vcap', groups: [50, 999] });
     expect(resolveUser('root:docker', PASSWD, GROUP).gid).to.equal(999);
     expect(resolveUser('1000:docker', PASSWD, GROUP).gid).to.equal(999);
   });
@@ -75,7 +75,7 @@ describe('resolveUser', () => {
   // defaults Uid 0 / Gid 0) leaves the gid at the default 0 for a numeric uid with no passwd
   // entry; here it becomes the uid.
   it('a numeric uid with no passwd entry gets gid 0, as runc gives it', () => {
-    expect(resolveUser('4242', PASSWD, GROUP)).to.deep.equal({ uid: 4242, gid: 0, name: '4242', home: '/' });
+    expect(resolveUser('4242', PASSWD, GROUP)).to.deep.equal({ uid: 4242, gid: 0, name: '4242', home: '/', groups: [] });
   });
 
   it('any numeric uid:gid is taken literally', () => {
