@@ -144,6 +144,7 @@ export class Gardener {
       seccomp: this.cfg.seccomp,
       cgroupParent: this.cfg.cgroupParent,
       limitsUnavailable: this.cfg.limitsUnavailable,
+      liveInitPid: (key) => this.cfg.containerizer.initPid(key),
     });
     return this.peasCache;
   }

@@ -10,7 +10,7 @@ import { lstat, mkdir, readdir, readFile, rm } from 'node:fs/promises';
 import { join, posix } from 'node:path';
 import type { Logger } from 'pino';
 import {
-  AlreadyExists, ExecutableNotFound, ExternalFailure, InvalidArgument, TrellisError, errorMessage,
+  AlreadyExists, ExecutableNotFound, ExternalFailure, FailedPrecondition, InvalidArgument, TrellisError, errorMessage,
 } from '../errors.js';
 import type { IdMapping } from '../idmap/subid.js';
 import type { ImagePlugin, ImageResult } from '../image/plugin.js';
@@ -72,6 +72,8 @@ export interface PeasConfig {
   seccomp?: OciSeccomp;
   cgroupParent?: string;
   limitsUnavailable?: string;
+  /** The sandbox init's pid as runc knows it now (runc checks the process's start time), or undefined when it is gone. */
+  liveInitPid: (key: string) => Promise<number | undefined>;
 }
 
 const RECORD = 'pea.json';
@@ -183,6 +185,11 @@ export class Peas {
       const username = spec.user === '' ? 'root' : user.name.split(':')[0]!;
       const cwd = spec.dir === '' ? '/' : posix.isAbsolute(spec.dir) ? spec.dir : posix.join('/', spec.dir);
       const sandboxDir = this.cfg.depot.dir(key);
+      // The pea joins /proc/<pid>/ns/*: a recorded pid whose init has died may belong to
+      // anyone's process by now (another container's), so only runc's live answer counts.
+      if ((await this.cfg.liveInitPid(key)) !== initPid) {
+        throw new FailedPrecondition('ERR_TRELLIS_SANDBOX_GONE', `container ${c.record.handle} is not running: its init process is gone`);
+      }
       const config = buildPeaBundle({
         sandboxInitPid: initPid,
         rootfsPath: image.rootfsPath,

@@ -220,6 +220,19 @@ describe('peas: processes with their own image (integration)', function () {
     expect((await runAndWait(server.client, h, pea({ id: 'pea-noexe', path: 'true' }))).code).to.equal(0);
   });
 
+  it('refuses a pea in a container whose init has died, never joining whatever process has its pid now', async function () {
+    const dead = await server.client.create(spec({ handle: 'pea-dead-init' }));
+    const { readFile } = await import('node:fs/promises');
+    const record = JSON.parse(await readFile(join(server.depot, dead, 'container.json'), 'utf8')) as { initPid: number };
+    process.kill(record.initPid, 'SIGKILL');
+    expect(await eventually(() => !existsSync(`/proc/${record.initPid}`), 10_000), 'init gone').to.equal(true);
+    const err = await server.client.run(dead, pea({ id: 'pea-orphan', path: 'true' }), {}).then(() => null, (e: unknown) => e as Error);
+    expect(err, 'run succeeded').to.be.instanceOf(Error);
+    expect(err!.message).to.include('is not running: its init process is gone');
+    expect(await noPeaTraces(), 'pea images or cgroups left').to.deep.equal([]);
+    await server.client.destroy(dead);
+  });
+
   it('takes an exited pea down at once: its rootfs and cgroup go, its output stays', async function () {
     const r = await runAndWait(server.client, h, pea({ id: 'pea-gone', path: 'echo', args: ['bye'] }));
     expect(r).to.include({ code: 0, stdout: 'bye\n' });
