@@ -10,7 +10,7 @@ import pino, { type Logger } from 'pino';
 import yargs, { type Argv } from 'yargs';
 import { hideBin } from 'yargs/helpers';
 import { buildApp, buildHijack } from '../src/api/routes.js';
-import { createFront, sameUserPeerCheck } from '../src/api/front.js';
+import { createFront, guardedHandler, sameUserPeerCheck } from '../src/api/front.js';
 import { isLoopback } from '../src/api/peer.js';
 import { createDebugServer, debugVars } from '../src/api/debug.js';
 import { parseGoDuration } from '../src/client/duration.js';
@@ -289,7 +289,7 @@ async function server(args: ServerArgs): Promise<void> {
   let debugServer: ReturnType<typeof createDebugServer> | undefined;
   const debugIp = args['debug-bind-ip'];
   if (debugIp !== undefined) {
-    const server = createDebugServer(() => debugVars(process.argv, gardener.count));
+    const server = createDebugServer(() => debugVars(process.argv, gardener.count), (h) => guardedHandler(sameUserPeerCheck(uid), h, log));
     debugServer = server;
     await new Promise<void>((resolve, reject) => {
       server.once('error', (err) => reject(new TrellisError('ERR_TRELLIS_DEBUG_BIND', `cannot serve debug vars on ${debugIp}:${args['debug-bind-port']}: ${err.message}`)));
@@ -333,7 +333,9 @@ async function startMetrics(args: ServerArgs, gardener: Gardener, api: HttpServe
   metrics.attach(gardener);
   metrics.instrument(gardener);
   metrics.observe(api);
-  const server = createHttpServer({ requestTimeout: 30_000, headersTimeout: 30_000, keepAliveTimeout: 5_000 }, metricsHandler(metrics));
+  // Like the API: only this user (and root) may read it over loopback.
+  const handler = guardedHandler(sameUserPeerCheck(process.getuid!()), metricsHandler(metrics), log);
+  const server = createHttpServer({ requestTimeout: 30_000, headersTimeout: 30_000, keepAliveTimeout: 5_000 }, handler);
   await new Promise<void>((resolve, reject) => {
     server.once('error', (err: NodeJS.ErrnoException) => reject(new TrellisError('ERR_TRELLIS_METRICS_LISTEN', `cannot serve metrics on ${ip}:${port}: ${err.message}`)));
     server.listen(port, ip, () => resolve());

@@ -3,7 +3,7 @@
 // connection's first request head is read here. The four process routes are served
 // on the raw socket; everything else is handed to the express app untouched.
 import net from 'node:net';
-import type { Server as HttpServer } from 'node:http';
+import type { IncomingMessage, Server as HttpServer, ServerResponse } from 'node:http';
 import type { Logger } from 'pino';
 import { toHttpError, STATUS_TEXT } from './errors.js';
 import { InvalidArgument, PermissionDenied } from '../errors.js';
@@ -90,6 +90,29 @@ export function sameUserPeerCheck(ownUid: number): PeerCheck {
     return uid === undefined
       ? `permission denied: cannot tell which user connected; this gdn server serves only uid ${ownUid}`
       : `permission denied: this gdn server serves only uid ${ownUid}, not uid ${uid}`;
+  };
+}
+
+/**
+ * A side server's handler (metrics, debug vars) behind the same peer check as the API:
+ * what it shows (handles, figures, the command line) is this user's business only.
+ */
+export function guardedHandler(
+  check: PeerCheck,
+  handler: (req: IncomingMessage, res: ServerResponse) => void,
+  log: Logger,
+): (req: IncomingMessage, res: ServerResponse) => void {
+  return (req, res) => {
+    check(req.socket).then(
+      (denied) => {
+        if (denied === undefined) return handler(req, res);
+        log.info({ peer: `${req.socket.remoteAddress}:${req.socket.remotePort}`, why: denied }, 'side-server.peer-refused');
+        res.writeHead(403, { 'Content-Type': 'text/plain; charset=utf-8', Connection: 'close' }).end(`${denied}\n`);
+      },
+      (err: unknown) => {
+        res.writeHead(500, { 'Content-Type': 'text/plain; charset=utf-8', Connection: 'close' }).end(`${err instanceof Error ? err.message : String(err)}\n`);
+      },
+    );
   };
 }
 
