@@ -233,6 +233,7 @@ export class Gardener {
         Object.entries(spec.limits).map(([k, v]) => [k, Object.fromEntries(Object.entries(v).map(([f, n]) => [f, n.toString()]))]),
       ),
       imagePlugin: this.cfg.image.name,
+      launcher: true,
     };
     let reserved = false;
     const undo: Array<[string, () => Promise<void>]> = [];
@@ -628,7 +629,9 @@ export class Gardener {
       rlimits: spec.rlimits,
       terminal: spec.tty === true,
       windowSize: spec.windowSize,
+      launcher: c.record.launcher === true,
     });
+    const launched = user.uid !== 0 && c.record.launcher === true;
     const dir = this.cfg.depot.processDir(key, id);
     const files = processFiles(dir, key);
     const attempt = async (cwdNow: string) => {
@@ -640,7 +643,7 @@ export class Gardener {
       }
       try {
         const s = await this.cfg.containerizer.exec(key, id, dir, build(cwdNow), opts);
-        if (user.uid !== 0) await confirmLaunch(s.pid, s.exited, files.logPath, this.cfg.initBinary);
+        if (launched) await confirmLaunch(s.pid, s.exited, files.logPath, this.cfg.initBinary);
         return s;
       } catch (err) {
         await rm(dir, { recursive: true, force: true }).catch(() => {});

@@ -206,6 +206,8 @@ export interface ProcessInput {
   terminal: boolean;
   /** Initial window (rows x columns); Garden's default is 80x24. */
   windowSize?: { rows: number; columns: number };
+  /** false: the container has no garden-init to launch with (made by an older gdn): runc sets the ids, without groups. */
+  launcher?: boolean;
 }
 
 /**
@@ -232,7 +234,7 @@ export function buildProcess(input: ProcessInput): OciProcess {
     const type = RLIMIT_NAMES[key];
     if (type !== undefined) rlimits.push({ type, hard: value, soft: value });
   }
-  const launched = input.uid !== 0;
+  const launched = input.uid !== 0 && input.launcher !== false;
   const proc: OciProcess = launched
     ? {
         // setresuid away from 0 clears permitted and effective; exec then leaves what runc would.

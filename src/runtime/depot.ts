@@ -25,6 +25,8 @@ export interface ContainerRecord {
   imageUser?: string;
   imageWorkdir?: string;
   network?: Record<string, string>;
+  /** garden-init is bound at /tmp/garden-init and launches non-root processes (containers made before it was have neither). */
+  launcher?: boolean;
 }
 
 export interface ProcessRecord {

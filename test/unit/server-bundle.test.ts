@@ -247,6 +247,12 @@ describe('buildProcess', () => {
     expect(buildProcess(proc({ uid: 1000, gid: 1000, home: '/h', env: ['HOME=/x'] })).env.filter((e) => e.startsWith('HOME='))).to.deep.equal(['HOME=/x']);
   });
 
+  it('runs a user directly in a container made before garden-init (no launcher there): runc sets its ids', () => {
+    const p = buildProcess(proc({ uid: 1000, gid: 1001, additionalGids: [50], username: 'vcap', args: ['id'], launcher: false }));
+    expect(p.user).to.deep.equal({ uid: 1000, gid: 1001, username: 'vcap' });
+    expect(p.args).to.deep.equal(['id']);
+  });
+
   it('runs root directly, with no launcher and runc\'s own HOME', () => {
     const p = buildProcess(proc({ additionalGids: [10], home: '/root', args: ['id'] }));
     expect(p.args).to.deep.equal(['id']);
