@@ -103,12 +103,13 @@ export function probeOverlayInUserns(scratch: string): void {
   const res = execaSync(
     'unshare',
     ['--user', '--map-root-user', '--mount', 'mount', '-t', 'overlay', 'overlay', '-o', `lowerdir=${l},upperdir=${u},workdir=${w}`, m],
-    { reject: false },
+    // From /: the caller's cwd may be one this user cannot enter (sudo -u from /root).
+    { reject: false, cwd: '/' },
   );
   if (res.exitCode !== 0) {
     throw new FailedPrecondition(
       'ERR_TRELLIS_OVERLAY',
-      `overlay cannot be mounted in a user namespace here: ${res.stderr.trim() || `exit ${res.exitCode}`}`,
+      `overlay cannot be mounted in a user namespace here: ${res.stderr?.trim() || res.shortMessage || `exit ${res.exitCode}`}`,
       'use a kernel of 5.11 or later',
     );
   }
