@@ -2,7 +2,7 @@
 // the problem with its exact fix. A hard problem (gdn cannot run, or cannot do what
 // setup promised) makes the exit status non-zero; a soft one is reported as `warn`.
 import { accessSync, constants, existsSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { tmpdir, userInfo } from 'node:os';
 import { join } from 'node:path';
 import { execaSync } from 'execa';
 import { errorMessage } from '../errors.js';
@@ -44,7 +44,7 @@ export function defaultEnv(gate = DEFAULT_GATE): DoctorEnv {
   const gid = process.getgid!();
   let user = String(uid);
   try {
-    user = execaSync('id', ['-un']).stdout.trim();
+    user = userInfo().username;
   } catch {
     // a uid without a name
   }
@@ -72,7 +72,8 @@ const setupFix = (e: DoctorEnv) => `sudo gdn setup --rootless-uid ${e.uid} --roo
 function version(bin: string, path: string): string | undefined {
   const p = which(bin, path);
   if (p === undefined) return undefined;
-  const r = execaSync(p, ['--version'], { reject: false });
+  // From /: the caller's cwd may be one this user cannot enter.
+  const r = execaSync(p, ['--version'], { reject: false, cwd: '/' });
   const text = `${r.stdout}\n${r.stderr}`;
   return /(\d+\.\d+(\.\d+)?)/.exec(text)?.[1] ?? 'unknown version';
 }
@@ -156,7 +157,7 @@ export function runChecks(e: DoctorEnv): Finding[] {
   if (!existsSync(join(e.store, 'meta', 'namespace.json'))) {
     add('store', 'fail', `the image store ${e.store} is not initialised`, setupFix(e));
   } else {
-    const r = execaSync('stat', ['-f', '-c', '%T', e.store], { reject: false });
+    const r = execaSync('stat', ['-f', '-c', '%T', e.store], { reject: false, cwd: '/' });
     const fs = r.stdout.trim();
     if (fs === 'overlayfs' || fs === 'overlay') add('store', 'fail', `the image store ${e.store} is on ${fs}: overlay layers cannot live on overlay`, `${setupFix(e)} --store <a directory on ext4, xfs or btrfs>`);
     else add('store', 'ok', `${e.store} on ${fs}`);
