@@ -25,6 +25,7 @@ import { Metrics, metricsHandler } from '../src/metrics/metrics.js';
 import { userPaths } from '../src/paths.js';
 import { planCgroups, probeOverlayInUserns, requireBinary, requireSetuid, requireWritableDir, requireSetuidRoot } from '../src/probe.js';
 import { CgroupReader } from '../src/runtime/cgroupstats.js';
+import { applyV2 } from '../src/runtime/cgroupv2.js';
 import { BUILT_INIT, UNPRIVILEGED_CAPS } from '../src/runtime/bundle.js';
 import { DEFAULT_PROFILE, loadProfile, type OciSeccomp } from '../src/runtime/seccomp.js';
 import { Conmon } from '../src/runtime/conmon.js';
@@ -32,6 +33,7 @@ import { Containerizer } from '../src/runtime/containerizer.js';
 import { Depot } from '../src/runtime/depot.js';
 import { Runc } from '../src/runtime/runc.js';
 import { setupCommand } from '../src/setup/command.js';
+import { defaultEnv, formatFindings, runChecks } from '../src/doctor/doctor.js';
 import { ImageStore } from '../plugins/grootfs/store.js';
 
 interface ServerArgs {
@@ -177,6 +179,14 @@ async function server(args: ServerArgs): Promise<void> {
   }
   const cg = planCgroups(paths.cgroupParent, readFileSync('/proc/self/mountinfo', 'utf8'), readFileSync('/proc/self/cgroup', 'utf8'), uid, gid);
   let cgroupParent: string | undefined;
+  if (cg.mode === 'none' && cg.refuse) {
+    // Pure cgroup v2 outside a delegated subtree: no container could get its cgroup.
+    throw new TrellisError('ERR_TRELLIS_CGROUP_V2', cg.why, { hint: cg.fix });
+  }
+  if (cg.mode === 'v2') {
+    const placed = applyV2(cg.mount, cg.placement, uid, gid);
+    log.info({ kind: cg.placement.kind, leaf: cg.placement.leaf, moved: placed.moved, controllers: placed.controllers }, 'probe.cgroup-v2');
+  }
   if (cg.mode === 'none') {
     // Containers still run; limits are refused at create, naming this reason.
     log.error({ why: cg.why, fix: cg.fix }, 'probe.cgroups-unavailable');
@@ -381,7 +391,25 @@ await yargs(hideBin(process.argv))
     },
   )
   .command(setupCommand)
-  .demandCommand(1, 'name a command: server or setup')
+  // ---- gdn doctor (issue #9) ----
+  .command(
+    'doctor',
+    "check this host for gdn as this (ordinary) user: one line per prerequisite, 'ok' or the problem and its fix",
+    (y) => y.option('network-gate', { type: 'string', default: DEFAULT_GATE, describe: 'the setuid CNI gate to check (as gdn server takes it)' }),
+    (argv) => {
+      try {
+        const findings = runChecks(defaultEnv(argv['network-gate'] as string));
+        process.stdout.write(`${formatFindings(findings)}\n`);
+        const hard = findings.filter((f) => f.level === 'fail').length;
+        process.stdout.write(hard === 0 ? 'doctor: ready for gdn server\n' : `doctor: ${hard} problem(s) to fix\n`);
+        process.exitCode = hard === 0 ? 0 : 1;
+      } catch (err) {
+        report(err);
+      }
+    },
+  )
+  // ---- end gdn doctor ----
+  .demandCommand(1, 'name a command: server, setup or doctor')
   .strict()
   .fail((msg, err) => report(err ?? new Error(msg)))
   .version(false)

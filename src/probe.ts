@@ -5,6 +5,7 @@ import { ensureDir } from './mkdirp.js';
 import { execaSync } from 'execa';
 import { FailedPrecondition } from './errors.js';
 import { parseMountInfo } from './runtime/mountinfo.js';
+import { ownV2Cgroup, planV2, type V2Plan } from './runtime/cgroupv2.js';
 
 export function which(bin: string, path = process.env.PATH ?? ''): string | undefined {
   if (bin.includes('/')) return existsSync(bin) ? bin : undefined;
@@ -69,28 +70,29 @@ export function delegatedCgroup(parent: string, mountinfo = readFileSync('/proc/
 
 export type CgroupPlan =
   | { mode: 'v1'; parent: string }
-  | { mode: 'v2'; parent: string }
-  | { mode: 'none'; why: string; fix: string };
+  | { mode: 'v2'; parent: string; mount: string; placement: Extract<V2Plan, { ok: true }> }
+  | { mode: 'none'; why: string; fix: string; refuse?: true };
 
 /**
  * Where container cgroups go. cgroup v1 (or hybrid): below the parent delegated in every
  * hierarchy. Pure v2: moving a process needs write access to the common ancestor of its
- * old and new cgroup, so only a gdn that itself lives below the delegated parent can.
+ * old and new cgroup, so only a gdn that itself lives in a subtree delegated to its user
+ * can (src/runtime/cgroupv2.ts); anywhere else on v2 gdn refuses to start (`refuse`).
  */
-export function planCgroups(parent: string, mountinfo: string, selfCgroup: string, uid: number, gid: number): CgroupPlan {
+export function planCgroups(parent: string, mountinfo: string, selfCgroup: string, uid: number, gid: number, systemd = existsSync('/run/systemd/system'), shellPid = process.ppid): CgroupPlan {
   const mounts = parseMountInfo(mountinfo);
   const v1 = mounts.some((m) => m.fsType === 'cgroup');
   const setup = `sudo gdn setup --rootless-uid ${uid} --rootless-gid ${gid}`;
-  const d = delegatedCgroup(parent, mountinfo);
-  if (!d.ok) return { mode: 'none', why: `cgroups are not delegated to this user: ${d.why}`, fix: setup };
-  if (v1) return { mode: 'v1', parent: `/${parent}` };
-  const own = /^0::(\/.*)$/m.exec(selfCgroup)?.[1] ?? '/';
-  if (own === `/${parent}` || own.startsWith(`/${parent}/`)) return { mode: 'v2', parent: `/${parent}` };
-  return {
-    mode: 'none',
-    why: `on cgroup v2 gdn must run inside /${parent} to place containers there (it runs in ${own})`,
-    fix: `start it from a shell moved there once by root: sudo sh -c 'mkdir -p /sys/fs/cgroup/${parent}/gdn && chown ${uid}:${gid} /sys/fs/cgroup/${parent}/gdn/cgroup.procs && echo <shell pid> > /sys/fs/cgroup/${parent}/gdn/cgroup.procs'`,
-  };
+  if (v1) {
+    const d = delegatedCgroup(parent, mountinfo);
+    if (!d.ok) return { mode: 'none', why: `cgroups are not delegated to this user: ${d.why}`, fix: setup };
+    return { mode: 'v1', parent: `/${parent}` };
+  }
+  const v2 = mounts.find((m) => m.fsType === 'cgroup2' && m.mountPoint === '/sys/fs/cgroup') ?? mounts.find((m) => m.fsType === 'cgroup2');
+  if (v2 === undefined) return { mode: 'none', why: 'no cgroup filesystem is mounted', fix: 'mount cgroup2 at /sys/fs/cgroup' };
+  const placement = planV2(ownV2Cgroup(selfCgroup), `/${parent}`, uid, gid, systemd, shellPid);
+  if (!placement.ok) return { mode: 'none', why: placement.why, fix: placement.fix, refuse: true };
+  return { mode: 'v2', parent: placement.parent, mount: v2.mountPoint, placement };
 }
 
 /** Rootless overlay needs a kernel that allows it in a user namespace (mainline ≥ 5.11). */
@@ -101,12 +103,13 @@ export function probeOverlayInUserns(scratch: string): void {
   const res = execaSync(
     'unshare',
     ['--user', '--map-root-user', '--mount', 'mount', '-t', 'overlay', 'overlay', '-o', `lowerdir=${l},upperdir=${u},workdir=${w}`, m],
-    { reject: false },
+    // From /: the caller's cwd may be one this user cannot enter (sudo -u from /root).
+    { reject: false, cwd: '/' },
   );
   if (res.exitCode !== 0) {
     throw new FailedPrecondition(
       'ERR_TRELLIS_OVERLAY',
-      `overlay cannot be mounted in a user namespace here: ${res.stderr.trim() || `exit ${res.exitCode}`}`,
+      `overlay cannot be mounted in a user namespace here: ${res.stderr?.trim() || res.shortMessage || `exit ${res.exitCode}`}`,
       'use a kernel of 5.11 or later',
     );
   }

@@ -6,6 +6,10 @@ import { join } from 'node:path';
 import { FailedPrecondition } from '../errors.js';
 import { parseMountInfo, type MountEntry } from '../runtime/mountinfo.js';
 import { ensureRootDir, lstatOrUndefined, type Owner } from './host-files.js';
+import { GDN_LEAF } from '../runtime/cgroupv2.js';
+
+/** What a v2 delegation hands over (cgroup-v2.rst, "Delegation Containment"). */
+const V2_DELEGATED_FILES = ['.', 'cgroup.procs', 'cgroup.threads', 'cgroup.subtree_control'];
 
 export type MountInfo = MountEntry;
 export const parseMountinfo = parseMountInfo;
@@ -111,7 +115,15 @@ export function delegateCgroups(plan: CgroupPlan, owner: Owner): CgroupOutcome[]
     fillCpuset(h, garden, userDir);
     let changed: number;
     if (plan.mode === 'v2') {
-      changed = chownEntries(userDir, ['.', 'cgroup.procs', 'cgroup.threads', 'cgroup.subtree_control'], owner);
+      changed = chownEntries(userDir, V2_DELEGATED_FILES, owner);
+      // The leaf a gdn started by hand runs in (root moves its shell there once; see
+      // src/runtime/cgroupv2.ts): the user's, so containers can go beside it.
+      const leaf = join(userDir, GDN_LEAF);
+      if (lstatOrUndefined(leaf) === undefined) {
+        mkdirSync(leaf, { mode: 0o755 });
+        changed++;
+      }
+      changed += chownEntries(leaf, V2_DELEGATED_FILES, owner);
     } else {
       changed = chownTree(userDir, owner);
     }

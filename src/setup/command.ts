@@ -1,7 +1,7 @@
 // `gdn setup` as a command module: flags, help, handler. cmd/gdn.ts wires it in.
 import type { Argv, CommandModule } from 'yargs';
 import { errorMessage, InvalidArgument, TrellisError } from '../errors.js';
-import { notRootError, runSetup, type LogLevel } from './setup.js';
+import { notRootError, replaySetup, runSetup, type LogLevel } from './setup.js';
 
 export interface SetupArgs {
   'rootless-uid'?: number;
@@ -12,6 +12,8 @@ export interface SetupArgs {
   'network-subnet'?: string;
   'host-ports'?: string;
   'log-level': LogLevel;
+  systemd: boolean;
+  boot: boolean;
 }
 
 export interface ResolvedIds {
@@ -55,16 +57,23 @@ export const setupCommand: CommandModule<object, SetupArgs> = {
       .option('store-size-bytes', { type: 'number', describe: 'btrfs: size of the loopback filesystem (sparse; default 10 GiB)' })
       .option('network-subnet', { type: 'string', describe: "the user's container subnet (default: the next free /24 of 10.88.0.0/16)" })
       .option('host-ports', { type: 'string', describe: 'START-END host ports for net-in (default: the next free 500 from 20000)' })
+      .option('systemd', { type: 'boolean', default: false, describe: "also install the systemd units (a boot unit that redoes this after a reboot, the user unit gdn.service) and let the user's systemd run without a login" })
+      .option('boot', { type: 'boolean', default: false, describe: 'redo setup for every user set up before (what the boot unit runs); takes no other flag' })
       .option('log-level', { choices: ['debug', 'info', 'error', 'fatal'] as const, default: 'info' as const, describe: 'how much to print' }),
   handler: async (argv) => {
     try {
+      if (argv.boot) {
+        if (process.geteuid?.() !== 0) throw notRootError('<uid>', '<gid>');
+        if (!(await replaySetup((line) => process.stdout.write(`${line}\n`), argv['log-level']))) process.exitCode = 1;
+        return;
+      }
       const ids = resolveIds(
         { uid: argv['rootless-uid'], gid: argv['rootless-gid'] },
         process.env,
         process.geteuid?.() ?? 0,
         { uid: process.getuid?.() ?? 0, gid: process.getgid?.() ?? 0 },
       );
-      await runSetup({ ...ids, storeDriver: argv['store-driver'], store: argv.store, storeSizeBytes: argv['store-size-bytes'], networkSubnet: argv['network-subnet'], hostPorts: argv['host-ports'], logLevel: argv['log-level'] }, (line) => {
+      await runSetup({ ...ids, storeDriver: argv['store-driver'], store: argv.store, storeSizeBytes: argv['store-size-bytes'], networkSubnet: argv['network-subnet'], hostPorts: argv['host-ports'], logLevel: argv['log-level'], systemd: argv.systemd }, (line) => {
         process.stdout.write(`${line}\n`);
       });
     } catch (err) {

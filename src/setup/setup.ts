@@ -12,6 +12,7 @@ import { ensureRootDir, ensureUserDir, lstatOrUndefined, readTextOrEmpty, writeF
 import { importRootfs } from './rootfs.js';
 import { ensureNetwork } from './network.js';
 import { planSubIds, RANGE_SIZE, userName, type SubIdPlan } from './subids.js';
+import { installSystemd, readRecords, RECORD_DIR, recordName, thisGdn, writeRecord } from './systemd.js';
 
 export type LogLevel = 'debug' | 'info' | 'error' | 'fatal';
 
@@ -28,6 +29,8 @@ export interface SetupOptions {
   hostPorts?: string;
   /** info: one line per step; debug: also details; error, fatal: nothing on success. */
   logLevel?: LogLevel;
+  /** Also install the systemd units (boot replay, the user's gdn.service) and lingering. */
+  systemd?: boolean;
 }
 
 const SUBUID = '/etc/subuid';
@@ -137,7 +140,30 @@ export async function runSetup(opts: SetupOptions, print: (line: string) => void
 
   // f. host checks
   for (const bin of ['newuidmap', 'newgidmap']) info(checkSetuidHelper(bin));
+  // g. what a reboot undoes is redone from this record at boot (gdn setup --boot, run by the unit)
+  const record = { uid: opts.uid, gid: opts.gid, storeDriver: opts.storeDriver, store: opts.store, storeSizeBytes: opts.storeSizeBytes, networkSubnet: opts.networkSubnet, hostPorts: opts.hostPorts };
+  info(`setup record ${join(RECORD_DIR, recordName(record))} for the boot unit (${writeRecord(record)})`);
+  if (opts.systemd === true) {
+    if (name === undefined) throw new InvalidArgument(`--systemd needs a user with a name in /etc/passwd; uid ${opts.uid} has none`);
+    installSystemd({ name, uid: opts.uid }, thisGdn(), info);
+  }
   info(`done: ${who} can now run 'gdn server' (XDG_RUNTIME_DIR=/run/user/${opts.uid})`);
+}
+
+/** `gdn setup --boot`: setup again for every recorded user (the boot unit); false when one failed. */
+export async function replaySetup(print: (line: string) => void, logLevel: LogLevel = 'info'): Promise<boolean> {
+  let ok = true;
+  const records = readRecords();
+  if (records.length === 0) print('setup: no users recorded in /etc/trellis/setup: nothing to do');
+  for (const r of records) {
+    try {
+      await runSetup({ ...r, logLevel }, print);
+    } catch (err) {
+      ok = false;
+      print(`setup: uid ${r.uid}${r.store === undefined ? '' : ` store ${r.store}`} failed: ${(err as Error).message}`);
+    }
+  }
+  return ok;
 }
 
 type DirKind = 'root' | 'user';
