@@ -740,8 +740,10 @@ describe('cni-gate attacks (issue #4): another user cannot touch a victim throug
           expect(interfacesOf(pid), `del ${i}: no eth0`).to.not.include('eth0');
         }
       } finally {
+        // 'close', not 'exit': its last words may still be in the pipe when it exits
+        const closed = new Promise((r) => forger.on('close', r));
         forger.kill('SIGTERM');
-        await new Promise((r) => forger.on('exit', r));
+        await closed;
         gate(['del', 'forged', pid]);
       }
       const reached = /reached (\d+) delivered (\d+)/.exec(said);
