@@ -133,6 +133,9 @@ export class Metrics {
           counter.inc({ outcome: 'failure' });
           end({ outcome: 'failure' });
           throw err;
+        } finally {
+          // the next scrape shows the containers as they are now, not the last second's
+          if (method !== 'run') this.snapshot = undefined;
         }
       };
     };
