@@ -115,7 +115,6 @@ const USER = userName(uid);
 const SUBUID = subRange('/etc/subuid', USER, uid);
 const SUBGID = subRange('/etc/subgid', USER, uid);
 const ROOTFS = `/var/lib/trellis/${uid}/rootfs`;
-const CATATONIT = '/usr/bin/catatonit';
 
 function which(cmd) {
   for (const d of ENV.PATH.split(':')) if (existsSync(join(d, cmd))) return join(d, cmd);
@@ -130,7 +129,7 @@ const PATH_ROOT = 'PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:
 
 // The baseline runs Trellis's own container config (same namespaces, id maps, mounts and
 // seccomp filter), from the build: bare runc then differs from Trellis only in the path to it.
-const { buildBundle, UNPRIVILEGED_CAPS } = await import(join(REPO, 'dist/src/runtime/bundle.js'));
+const { buildBundle, UNPRIVILEGED_CAPS, BUILT_INIT, INIT_PATH } = await import(join(REPO, 'dist/src/runtime/bundle.js'));
 const { DEFAULT_PROFILE, loadProfile } = await import(join(REPO, 'dist/src/runtime/seccomp.js'));
 const { lockedFlags } = await import(join(REPO, 'dist/src/runtime/mountinfo.js'));
 const SECCOMP = loadProfile(DEFAULT_PROFILE, UNPRIVILEGED_CAPS);
@@ -138,7 +137,7 @@ const configSource = 'Trellis buildBundle with its seccomp filter (dist/src/runt
 
 const UID_MAPS = [{ containerID: 0, hostID: uid, size: 1 }, { containerID: 1, hostID: SUBUID.start, size: SUBUID.count }];
 const GID_MAPS = [{ containerID: 0, hostID: gid, size: 1 }, { containerID: 1, hostID: SUBGID.start, size: SUBGID.count }];
-const INIT_FLAGS = lockedFlags(CATATONIT);
+const INIT_FLAGS = lockedFlags(BUILT_INIT);
 
 let TMP; // everything of ours lives here: bundles, runc root, the server's socket, depot and log
 let RUNC_ROOT;
@@ -153,7 +152,7 @@ function makeBundle(args) {
   const config = buildBundle({
     handle: id, rootfsPath: join(b, 'rootfs'),
     imageMounts: [{ destination: '/', type: 'overlay', source: 'overlay', options: [`lowerdir=${ROOTFS},upperdir=${b}/upper,workdir=${b}/work`] }],
-    env: [PATH_ROOT], uidMappings: UID_MAPS, gidMappings: GID_MAPS, initBinary: CATATONIT, initLockedFlags: INIT_FLAGS,
+    env: [PATH_ROOT], uidMappings: UID_MAPS, gidMappings: GID_MAPS, initBinary: BUILT_INIT, initLockedFlags: INIT_FLAGS,
     bindMounts: [], cgroupsPath, limits: {}, seccomp: SECCOMP,
   });
   config.process.args = args;
@@ -248,7 +247,7 @@ async function runcRun() {
 
 /** What Trellis does underneath, without Trellis: init container, exec `true`, force delete. Reference only. */
 async function runcTrellisSteps() {
-  const { id, b } = makeBundle(['/dev/init', '-P']);
+  const { id, b } = makeBundle([INIT_PATH]);
   const t0 = now();
   await runcDetached(b, id, 'Trellis steps');
   await runc('exec', id, 'true');
@@ -258,7 +257,7 @@ async function runcTrellisSteps() {
 
 /** The same, but kill the init, wait for it to die and delete without --force (runc 1.1's --force polls every 100 ms). */
 async function runcTrellisStepsKill() {
-  const { id, b } = makeBundle(['/dev/init', '-P']);
+  const { id, b } = makeBundle([INIT_PATH]);
   const t0 = now();
   // The init holds this pipe: its EOF is the init's death.
   const pidFile = join(b, 'pid');
@@ -548,7 +547,7 @@ async function main() {
   }
 
   // Long-running containers for the exec/run cases.
-  const ex = makeBundle(['/dev/init', '-P']);
+  const ex = makeBundle([INIT_PATH]);
   execTarget = ex.id;
   await runcDetached(ex.b, ex.id, 'exec target');
   if (client) runTarget = await trellisCreate();
@@ -590,7 +589,7 @@ async function main() {
   }
   const bare = [];
   for (let i = 0; i < K; i++) {
-    const { id, b } = makeBundle(['/dev/init', '-P']);
+    const { id, b } = makeBundle([INIT_PATH]);
     await runcDetached(b, id, 'memory');
     bare.push(id);
   }
@@ -683,7 +682,7 @@ async function main() {
     }
   };
   if (client) perContainer(`Trellis, ${K} idle containers, processes outside gdn`, trellisProcs, K);
-  perContainer(`bare runc, ${K} detached catatonit -P containers (no monitor)`, bareProcs, K);
+  perContainer(`bare runc, ${K} detached garden-init containers (no monitor)`, bareProcs, K);
   if (client) {
     const mon = byComm(trellisProcs).find((g) => g.comm === 'conmon');
     console.log(`  per-container monitor (conmon): ${mon ? `VmRSS ${mib(mon.rss)}, Pss ${mib(mon.pss)}` : 'none found'}; bare runc: none`);
