@@ -15,6 +15,7 @@ import {
 import type { IdMapping } from '../idmap/subid.js';
 import type { ImagePlugin, ImageResult } from '../image/plugin.js';
 import type { OciMount } from '../runtime/bundle.js';
+import type { RunSpec } from './gardener.js';
 import type { ContainerRecord, Depot } from '../runtime/depot.js';
 import { writeJsonAtomic } from '../runtime/depot.js';
 import { lockedFlags } from '../runtime/mountinfo.js';
@@ -45,20 +46,8 @@ export interface PeaSandbox {
   processes: Map<string, ProcessHandle>;
 }
 
-export interface PeaRunSpec {
-  path: string;
-  args: string[];
-  env: string[];
-  dir: string;
-  user: string;
-  rlimits: Record<string, number>;
-  tty: boolean;
-  windowSize?: { rows: number; columns: number };
-  image: string;
-  bindMounts: number;
-  /** Garden's OverrideContainerLimits: present (even empty) means the pea is outside the container's limits. */
-  overrideLimits?: { memoryBytes: bigint; cpuShares: bigint };
-}
+/** A Run request with an image (gardener.ts's RunSpec; the gardener has already taken its id). */
+export type PeaRunSpec = Omit<RunSpec, 'id'>;
 
 export interface PeasConfig {
   depot: Depot;
