@@ -8,21 +8,15 @@ import { fileURLToPath } from 'node:url';
 import { execaSync } from 'execa';
 import { FailedPrecondition } from '../errors.js';
 import { readTextOrEmpty, writeFileAtomic } from './host-files.js';
+import type { SetupOptions } from './setup.js';
 
 export const RECORD_DIR = '/etc/trellis/setup';
 export const BOOT_UNIT = 'trellis-setup.service';
 export const USER_UNIT = 'gdn.service';
 const SHIPPED_GDN = '/usr/local/bin/gdn';
 
-export interface SetupRecord {
-  uid: number;
-  gid: number;
-  storeDriver?: 'overlay' | 'btrfs';
-  store?: string;
-  storeSizeBytes?: number;
-  networkSubnet?: string;
-  hostPorts?: string;
-}
+/** What `gdn setup` was asked, kept so that `gdn setup --boot` can ask it again. */
+export type SetupRecord = Pick<SetupOptions, 'uid' | 'gid' | 'storeDriver' | 'store' | 'storeSizeBytes' | 'networkSubnet' | 'hostPorts'>;
 
 /** One record per user and store: the default store's is UID.json. */
 export function recordName(r: SetupRecord): string {
