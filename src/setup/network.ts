@@ -219,6 +219,29 @@ export const FORWARD_CHAIN = 'TRELLIS-FORWARD';
 export const OUTPUT_CHAIN = 'TRELLIS-OUTPUT';
 /** portmap's top-level DNAT chain (containernetworking-plugins), entered for every local destination. */
 const HOSTPORT_DNAT = 'CNI-HOSTPORT-DNAT';
+/** nat: UDP net-in (issue #13), entered for every local destination but loopback; one jump per user's port block. */
+export const UDP_CHAIN = 'TRELLIS-UDP';
+/** nat: one user's UDP DNAT rules, which the gate rebuilds whole from the user's records on every ports and del. */
+export const udpChain = (uid: number): string => `${UDP_CHAIN}-${uid}`;
+
+/** The jumps to this user's UDP chain: exactly one, for its port block (a block changed by setup leaves no stale jump). */
+function ensureUdpJump(n: UserNetwork, uid: number): boolean {
+  const want = ['-p', 'udp', '-m', 'udp', '--dport', `${n.portStart}:${n.portEnd}`, '-j', udpChain(uid)];
+  let changed = false;
+  let listed = '';
+  try {
+    listed = execFileSync('iptables', ['-w', '-t', 'nat', '-S', UDP_CHAIN], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+  } catch {
+    // no chain yet: made by the caller first
+  }
+  for (const line of listed.split('\n')) {
+    const words = line.trim().split(/\s+/);
+    if (words[0] !== '-A' || words[words.length - 1] !== udpChain(uid) || words.slice(2).join(' ') === want.join(' ')) continue;
+    if (!iptables(['-t', 'nat', '-D', UDP_CHAIN, ...words.slice(2)])) throw new FailedPrecondition('ERR_TRELLIS_IPTABLES', `iptables -t nat -D ${line.trim().slice(3)} failed`);
+    changed = true;
+  }
+  return ensureRule('nat', UDP_CHAIN, want) || changed;
+}
 
 /** The host's own traffic into bridge b (filter OUTPUT): replies, net-in (DNAT), the owner's and root's sockets; nothing else. */
 export function outputRules(b: string, uid: number, family: 4 | 6): string[][] {
@@ -267,6 +290,13 @@ export function ensureHostRules(n: UserNetwork, uid: number): 'created' | 'alrea
   // portmap's DNAT skips loopback: 127.0.0.1:<hostport> reaches gdn's own socket, which splices to the container (route_localnet stays off).
   changed = ensureChain('nat', HOSTPORT_DNAT) || changed;
   changed = ensureRule('nat', HOSTPORT_DNAT, ['-d', '127.0.0.0/8', '-j', 'RETURN'], true) || changed;
+  // UDP net-in is the gate's own DNAT, not portmap's (whose ADD flushes every UDP flow to that port, on any
+  // address): TRELLIS-UDP for local destinations, loopback skipped as above, then this user's block into its chain.
+  changed = ensureChain('nat', UDP_CHAIN) || changed;
+  for (const base of ['PREROUTING', 'OUTPUT']) changed = ensureRule('nat', base, ['-m', 'addrtype', '--dst-type', 'LOCAL', '-j', UDP_CHAIN]) || changed;
+  changed = ensureRule('nat', UDP_CHAIN, ['-d', '127.0.0.0/8', '-j', 'RETURN'], true) || changed;
+  changed = ensureChain('nat', udpChain(uid)) || changed;
+  changed = ensureUdpJump(n, uid) || changed;
   return changed ? 'created' : 'already present';
 }
 
@@ -368,7 +398,7 @@ export function ensureNetwork(opts: NetworkSetupOptions, info: (line: string) =>
   }
   info(`network ${path}: bridge ${net.bridge}, subnet ${net.subnet}, gateway ${net.gateway}, host ports ${net.portStart}-${net.portEnd} (${outcome})`);
   info(`bridge ${net.bridge} ${net.gateway}/${parseCidr(net.subnet).prefix} (${ensureBridge(net)})`);
-  info(`host rules for ${net.bridge}: no 127.0.0.0/8 from bridges, no source outside ${net.subnet}, no other user's bridge, only replies and net-in in, no DNAT of loopback, from the host only the owner's and root's sockets (IPv4 and IPv6), masquerade out (${ensureHostRules(net, opts.uid)})`);
+  info(`host rules for ${net.bridge}: no 127.0.0.0/8 from bridges, no source outside ${net.subnet}, no other user's bridge, only replies and net-in in, no DNAT of loopback, UDP net-in through ${udpChain(opts.uid)}, from the host only the owner's and root's sockets (IPv4 and IPv6), masquerade out (${ensureHostRules(net, opts.uid)})`);
   info(`reserved host ports (ip_local_reserved_ports, ${RESERVED_PORTS_CONF}): ${ensureReservedPorts([net, ...others(confDir, opts.uid)])}`);
   const fwd = readFileSync('/proc/sys/net/ipv4/ip_forward', 'utf8').trim();
   if (fwd !== '1') execFileSync('sysctl', ['-q', '-w', 'net.ipv4.ip_forward=1']);

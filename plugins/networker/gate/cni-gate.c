@@ -52,6 +52,8 @@
 #include <unistd.h>
 #include <linux/magic.h>
 #include <linux/netlink.h>
+#include <linux/netfilter/nfnetlink.h>
+#include <linux/netfilter/nfnetlink_conntrack.h>
 #include <linux/nsfs.h>
 #include <linux/rtnetlink.h>
 
@@ -1820,6 +1822,454 @@ static void cmd_add(int netns, uint32_t req_ip, uint32_t rs, uint32_t re)
 	fail("%s (rolled back)", problem);
 }
 
+/* ------------------------------------------------------------------ UDP mappings (issue #13) */
+
+/*
+ * UDP mappings do not go through portmap: its ADD deletes every UDP conntrack entry whose
+ * destination port is the mapped one, on any address, so one user's mapping would cut
+ * other users' and the host's flows to remote hosts on that port. The gate installs the
+ * UDP DNAT itself, with portmap's semantics (any local address but loopback, the host
+ * port, to the container's address and port), in the nat chain TRELLIS-UDP-<uid>. gdn
+ * setup makes that chain and the only way into it: from TRELLIS-UDP (entered from
+ * PREROUTING and OUTPUT for local destinations, loopback excluded) for the user's own
+ * port block. The chain is rebuilt whole, from the user's ports/ records, in one
+ * iptables-restore transaction on every ports and del: a call cut short is finished
+ * (or undone) by the next one, and no rule of another user can ever be touched. Then
+ * only the conntrack entries the mapping applies to are deleted: UDP, original
+ * destination a local, non-loopback address of the host, original destination port the
+ * mapped one (never a flow to a remote host).
+ */
+#define IPT_RESTORE "/usr/sbin/iptables-restore"
+#define EXEC_TIMEOUT_MS 30000
+#define MAX_LOCAL 1024
+#define NLA_HDR sizeof(struct nlattr)
+
+static size_t al4(size_t n) { return (n + 3) & ~(size_t)3; }
+
+/*
+ * Runs path (root in every id, a clean environment, no fd of ours) with input on stdin:
+ * 0 it exited 0; else -1 with its last stderr line (or why) in err.
+ */
+static int run_exec(const char *path, char *const argv[], const struct buf *input, char *err, size_t errlen)
+{
+	struct stat st;
+	if (stat(path, &st) < 0 || !trusted(&st, S_IFREG) || !(st.st_mode & S_IXUSR)) {
+		snprintf(err, errlen, "%s is missing, not root-owned or writable by others", path);
+		return -1;
+	}
+	int in = (int)syscall(SYS_memfd_create, "in", 1U /* MFD_CLOEXEC */);
+	int out = (int)syscall(SYS_memfd_create, "err", 1U);
+	if (in < 0 || out < 0) {
+		snprintf(err, errlen, "memfd_create: %s", strerror(errno));
+		return -1;
+	}
+	for (size_t off = 0; off < input->n;) {
+		ssize_t w = write(in, input->p + off, input->n - off);
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w <= 0) {
+			snprintf(err, errlen, "cannot buffer the input of %s: %s", path, strerror(errno));
+			close(in);
+			close(out);
+			return -1;
+		}
+		off += (size_t)w;
+	}
+	lseek(in, 0, SEEK_SET);
+	char *envp[] = {CHILD_PATH, NULL};
+	pid_t pid = fork();
+	if (pid < 0) {
+		snprintf(err, errlen, "fork: %s", strerror(errno));
+		return -1;
+	}
+	if (pid == 0) {
+		sigset_t none;
+		sigemptyset(&none);
+		if (setsid() < 0 || setgroups(0, NULL) < 0 || setgid(0) < 0 || setuid(0) < 0)
+			_exit(127);
+		umask(022);
+		for (int s = 1; s < NSIG; s++)
+			signal(s, SIG_DFL);
+		sigprocmask(SIG_SETMASK, &none, NULL);
+		if (dup2(in, 0) < 0 || dup2(out, 1) < 0 || dup2(out, 2) < 0)
+			_exit(127);
+		if (syscall(SYS_close_range, 3U, ~0U, 0) < 0)
+			for (int fd = 3; fd < 65536; fd++)
+				close(fd);
+		execve(path, argv, envp);
+		_exit(127);
+	}
+	close(in);
+	int status = 0, timed_out = 0;
+	int pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
+	if (pidfd >= 0) {
+		long deadline = now_ms() + EXEC_TIMEOUT_MS;
+		for (;;) {
+			long left = deadline - now_ms();
+			struct pollfd pf = {pidfd, POLLIN, 0};
+			int pr = left > 0 ? poll(&pf, 1, (int)left) : 0;
+			if (pr < 0 && errno == EINTR)
+				continue;
+			if (pr == 0) {
+				timed_out = 1;
+				kill(-pid, SIGKILL);
+				kill(pid, SIGKILL);
+			}
+			break;
+		}
+		close(pidfd);
+	}
+	while (waitpid(pid, &status, 0) < 0)
+		if (errno != EINTR)
+			break;
+	if (!timed_out && WIFEXITED(status) && WEXITSTATUS(status) == 0) {
+		close(out);
+		return 0;
+	}
+	char tail[1024];
+	off_t size = lseek(out, 0, SEEK_END);
+	off_t from = size > (off_t)sizeof tail - 1 ? size - (off_t)sizeof tail + 1 : 0;
+	ssize_t k = pread(out, tail, sizeof tail - 1, from);
+	close(out);
+	size_t e = k > 0 ? (size_t)k : 0, s;
+	while (e && (tail[e - 1] == '\n' || tail[e - 1] == ' '))
+		e--;
+	for (s = e; s && tail[s - 1] != '\n'; s--)
+		;
+	if (timed_out)
+		snprintf(err, errlen, "%s timed out after %d s", path, EXEC_TIMEOUT_MS / 1000);
+	else if (e > s)
+		snprintf(err, errlen, "%s failed: %.*s", path, (int)(e - s), tail + s);
+	else
+		snprintf(err, errlen, "%s failed (status %d)", path, status);
+	return -1;
+}
+
+/* The caller's UDP chain, from every ports/ record (but skip's) with a usable stored result: 0 done, -1 (err). */
+static int udp_sync(const struct state *s, const char *skip, char *err, size_t errlen)
+{
+	struct buf in = {0};
+	b_fmt(&in, "*nat\n:TRELLIS-UDP-%u - [0:0]\n", caller);
+	int lfd = openat(s->ports, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	DIR *d = lfd < 0 ? NULL : fdopendir(lfd);
+	if (!d) {
+		snprintf(err, errlen, "cannot list " STATE_DIR "/%u/ports: %s", caller, strerror(errno));
+		b_free(&in);
+		return -1;
+	}
+	struct dirent *e;
+	while ((e = readdir(d))) {
+		if (!valid_id(e->d_name) || (skip && !strcmp(e->d_name, skip)))
+			continue;
+		struct buf pf = {0}, res = {0};
+		struct mapping m[MAX_PORTS];
+		struct addr a[MAX_IPS];
+		size_t nm = 0, na = 0;
+		char rn[300], ip[16];
+		snprintf(rn, sizeof rn, "%s.json", e->d_name);
+		/* a corrupt record or a result that is not (yet) a real one maps nothing */
+		if (read_state(s->ports, "ports", e->d_name, &pf, PORTS_FILE_CAP) == 0 && parse_ports_file(&pf, m, &nm) == 0 &&
+		    read_state(s->res, "results", rn, &res, OUT_CAP) == 0 && result_addrs(&res, &conf, 1, a, &na) == 0) {
+			fmt_ip(a[0].ip, ip);
+			for (size_t i = 0; i < nm; i++)
+				if (m[i].udp && m[i].host >= conf.port_start && m[i].host <= conf.port_end)
+					b_fmt(&in, "-A TRELLIS-UDP-%u -p udp -m udp --dport %u -m comment --comment \"u%u-%s\" -j DNAT --to-destination %s:%u\n",
+					      caller, m[i].host, caller, e->d_name, ip, m[i].cont);
+		}
+		b_free(&pf);
+		b_free(&res);
+	}
+	closedir(d);
+	b_str(&in, "COMMIT\n");
+	char *argv[] = {"iptables-restore", "--noflush", "--wait", NULL};
+	int rc = run_exec(IPT_RESTORE, argv, &in, err, errlen);
+	b_free(&in);
+	return rc;
+}
+
+/* --- conntrack, through ctnetlink (no tool, no package: the gate reads and deletes the entries itself) */
+
+static int nf_socket(int proto)
+{
+	int fd = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, proto);
+	if (fd < 0)
+		return -1;
+	struct timeval tv = {NETLINK_TIMEOUT_S, 0};
+	int big = 1 << 20;
+	setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &big, sizeof big);
+	if (setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) < 0) {
+		close(fd);
+		return -1;
+	}
+	return fd;
+}
+
+/*
+ * Sends the dump request h and hands each answer of the kernel's (sequence, type) to fn
+ * until NLMSG_DONE: 0 done, -1 failed (errno). Datagrams from anyone but the kernel are ignored.
+ */
+static int nl_dump(int fd, struct nlmsghdr *h, void (*fn)(const struct nlmsghdr *, void *), void *ctx)
+{
+	static uint32_t dseq = 1u << 20;
+	h->nlmsg_seq = ++dseq;
+	h->nlmsg_flags |= NLM_F_REQUEST | NLM_F_DUMP;
+	struct sockaddr_nl sa;
+	memset(&sa, 0, sizeof sa);
+	sa.nl_family = AF_NETLINK;
+	if (sendto(fd, h, h->nlmsg_len, 0, (struct sockaddr *)&sa, sizeof sa) < 0)
+		return -1;
+	long deadline = now_s() + 4 * NETLINK_TIMEOUT_S;
+	static union {
+		struct nlmsghdr h;
+		char b[65536];
+	} r;
+	for (;;) {
+		struct sockaddr_nl from;
+		socklen_t fl = sizeof from;
+		memset(&from, 0, sizeof from);
+		ssize_t got = recvfrom(fd, &r, sizeof r, 0, (struct sockaddr *)&from, &fl);
+		if (got < 0 && errno == EINTR)
+			continue;
+		if (got < 0)
+			return -1;
+		if (now_s() > deadline) {
+			errno = ETIMEDOUT;
+			return -1;
+		}
+		if (fl != sizeof from || from.nl_family != AF_NETLINK || from.nl_pid != 0)
+			continue;
+		size_t left = (size_t)got;
+		for (struct nlmsghdr *m = &r.h; NLMSG_OK(m, left); m = NLMSG_NEXT(m, left)) {
+			if (m->nlmsg_seq != dseq)
+				continue;
+			if (m->nlmsg_type == NLMSG_DONE)
+				return 0;
+			if (m->nlmsg_type == NLMSG_ERROR) {
+				struct nlmsgerr e;
+				if (m->nlmsg_len < NLMSG_LENGTH(sizeof e)) {
+					errno = EPROTO;
+					return -1;
+				}
+				memcpy(&e, NLMSG_DATA(m), sizeof e);
+				errno = e.error ? -e.error : EPROTO;
+				return -1;
+			}
+			fn(m, ctx);
+		}
+	}
+}
+
+static const struct nlattr *nla_find(const void *p, size_t len, unsigned short type)
+{
+	const char *s = p, *e = s + len;
+	while ((size_t)(e - s) >= NLA_HDR) {
+		const struct nlattr *a = (const void *)s;
+		if (a->nla_len < NLA_HDR || a->nla_len > (size_t)(e - s))
+			return NULL;
+		if ((a->nla_type & NLA_TYPE_MASK) == type)
+			return a;
+		s += al4(a->nla_len);
+	}
+	return NULL;
+}
+
+static const void *nla_data(const struct nlattr *a) { return (const char *)a + NLA_HDR; }
+static size_t nla_len(const struct nlattr *a) { return (size_t)a->nla_len - NLA_HDR; }
+
+struct local_nets {
+	uint32_t net[MAX_LOCAL];
+	unsigned prefix[MAX_LOCAL];
+	size_t n;
+	int overflow;
+};
+
+/* Each route of type local (what "-m addrtype --dst-type LOCAL" matches) but loopback's. */
+static void on_route(const struct nlmsghdr *m, void *ctx)
+{
+	struct local_nets *l = ctx;
+	if (m->nlmsg_type != RTM_NEWROUTE || m->nlmsg_len < NLMSG_LENGTH(sizeof(struct rtmsg)))
+		return;
+	const struct rtmsg *rt = NLMSG_DATA(m);
+	if (rt->rtm_family != AF_INET || rt->rtm_type != RTN_LOCAL || rt->rtm_dst_len > 32)
+		return;
+	uint32_t dst = 0;
+	const char *at = (const char *)rt + NLMSG_ALIGN(sizeof *rt);
+	size_t len = m->nlmsg_len - NLMSG_LENGTH(sizeof *rt);
+	const struct nlattr *a = nla_find(at, len, RTA_DST);
+	if (a && nla_len(a) == 4)
+		memcpy(&dst, nla_data(a), 4);
+	uint32_t net = ntohl(dst) & mask_of(rt->rtm_dst_len);
+	if ((net >> 24) == 127)
+		return;
+	if (l->n >= MAX_LOCAL) {
+		l->overflow = 1;
+		return;
+	}
+	l->net[l->n] = net;
+	l->prefix[l->n++] = rt->rtm_dst_len;
+}
+
+struct ct_scan {
+	const struct local_nets *local;
+	const unsigned *ports;
+	size_t nports;
+	struct buf del; /* matching entries: [u32 length][CTA_TUPLE_ORIG attribute][CTA_ID attribute or nothing] */
+	size_t found;
+};
+
+static void on_conntrack(const struct nlmsghdr *m, void *ctx)
+{
+	struct ct_scan *c = ctx;
+	if (m->nlmsg_type != ((NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_NEW) || m->nlmsg_len < NLMSG_LENGTH(sizeof(struct nfgenmsg)))
+		return;
+	const struct nfgenmsg *g = NLMSG_DATA(m);
+	if (g->nfgen_family != AF_INET)
+		return;
+	const char *attrs = (const char *)g + NLMSG_ALIGN(sizeof *g);
+	size_t alen = m->nlmsg_len - NLMSG_LENGTH(NLMSG_ALIGN(sizeof *g));
+	const struct nlattr *orig = nla_find(attrs, alen, CTA_TUPLE_ORIG);
+	if (!orig)
+		return;
+	const struct nlattr *ip = nla_find(nla_data(orig), nla_len(orig), CTA_TUPLE_IP);
+	const struct nlattr *pr = nla_find(nla_data(orig), nla_len(orig), CTA_TUPLE_PROTO);
+	if (!ip || !pr)
+		return;
+	const struct nlattr *dst = nla_find(nla_data(ip), nla_len(ip), CTA_IP_V4_DST);
+	const struct nlattr *num = nla_find(nla_data(pr), nla_len(pr), CTA_PROTO_NUM);
+	const struct nlattr *dport = nla_find(nla_data(pr), nla_len(pr), CTA_PROTO_DST_PORT);
+	if (!dst || nla_len(dst) != 4 || !num || nla_len(num) != 1 || !dport || nla_len(dport) != 2)
+		return;
+	if (*(const uint8_t *)nla_data(num) != IPPROTO_UDP)
+		return;
+	uint16_t p;
+	uint32_t d;
+	memcpy(&p, nla_data(dport), 2);
+	memcpy(&d, nla_data(dst), 4);
+	unsigned port = ntohs(p);
+	uint32_t addr = ntohl(d);
+	int want = 0;
+	for (size_t i = 0; i < c->nports && !want; i++)
+		want = c->ports[i] == port;
+	int local = 0;
+	for (size_t i = 0; i < c->local->n && !local; i++)
+		local = (addr & mask_of(c->local->prefix[i])) == c->local->net[i];
+	if (!want || !local || (addr >> 24) == 127)
+		return;
+	const struct nlattr *id = nla_find(attrs, alen, CTA_ID);
+	uint32_t len = (uint32_t)(al4(orig->nla_len) + (id && nla_len(id) == 4 ? al4(id->nla_len) : 0));
+	b_add(&c->del, &len, sizeof len);
+	b_add(&c->del, orig, orig->nla_len);
+	b_add(&c->del, "\0\0\0", al4(orig->nla_len) - orig->nla_len);
+	if (id && nla_len(id) == 4)
+		b_add(&c->del, id, al4(id->nla_len));
+	c->found++;
+}
+
+/*
+ * Deletes the host's IPv4 UDP conntrack entries whose original destination is a local,
+ * non-loopback address and whose original destination port is one of ports: those
+ * that a UDP mapping of these ports applies to (set up before it, they would bypass
+ * its DNAT; made by it, they would outlive it). 0 done, -1 (err).
+ */
+static int ct_flush_udp(const unsigned *ports, size_t nports, char *err, size_t errlen)
+{
+	if (nports == 0)
+		return 0;
+	static struct local_nets local;
+	memset(&local, 0, sizeof local);
+	union {
+		struct nlmsghdr h;
+		char b[256];
+	} q;
+	int fd = nf_socket(NETLINK_ROUTE);
+	if (fd < 0) {
+		snprintf(err, errlen, "rtnetlink: %s", strerror(errno));
+		return -1;
+	}
+	memset(&q, 0, sizeof q);
+	q.h.nlmsg_len = NLMSG_LENGTH(sizeof(struct rtmsg));
+	q.h.nlmsg_type = RTM_GETROUTE;
+	((struct rtmsg *)NLMSG_DATA(&q.h))->rtm_family = AF_INET;
+	int rc = nl_dump(fd, &q.h, on_route, &local);
+	close(fd);
+	if (rc < 0 || local.overflow) {
+		snprintf(err, errlen, "cannot list the host's local addresses: %s", rc < 0 ? strerror(errno) : "too many");
+		return -1;
+	}
+	fd = nf_socket(NETLINK_NETFILTER);
+	if (fd < 0) {
+		snprintf(err, errlen, "ctnetlink: %s", strerror(errno));
+		return -1;
+	}
+	struct ct_scan scan = {&local, ports, nports, {0}, 0};
+	memset(&q, 0, sizeof q);
+	q.h.nlmsg_len = NLMSG_LENGTH(sizeof(struct nfgenmsg));
+	q.h.nlmsg_type = (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET;
+	struct nfgenmsg *g = NLMSG_DATA(&q.h);
+	g->nfgen_family = AF_INET;
+	g->version = NFNETLINK_V0;
+	if (nl_dump(fd, &q.h, on_conntrack, &scan) < 0) {
+		snprintf(err, errlen, "cannot list the host's conntrack entries: %s", strerror(errno));
+		close(fd);
+		b_free(&scan.del);
+		return -1;
+	}
+	/* each one by its original tuple and id: never a delete without a tuple, which would flush the table */
+	rc = 0;
+	for (size_t off = 0; off + 4 <= scan.del.n && rc == 0;) {
+		uint32_t len;
+		memcpy(&len, scan.del.p + off, 4);
+		off += 4;
+		union {
+			struct nlmsghdr h;
+			char b[1024];
+		} dq;
+		if (len == 0 || len > scan.del.n - off || NLMSG_LENGTH(NLMSG_ALIGN(sizeof(struct nfgenmsg))) + len > sizeof dq) {
+			off += len;
+			continue;
+		}
+		memset(&dq, 0, sizeof dq);
+		dq.h.nlmsg_len = NLMSG_LENGTH(NLMSG_ALIGN(sizeof(struct nfgenmsg))) + len;
+		dq.h.nlmsg_type = (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_DELETE;
+		struct nfgenmsg *dg = NLMSG_DATA(&dq.h);
+		dg->nfgen_family = AF_INET;
+		dg->version = NFNETLINK_V0;
+		memcpy((char *)dg + NLMSG_ALIGN(sizeof *dg), scan.del.p + off, len);
+		off += len;
+		/* gone already (it timed out, or a reply deleted it): fine */
+		if (nl_do(fd, &dq.h) < 0 && errno != ENOENT) {
+			snprintf(err, errlen, "cannot delete a conntrack entry: %s", strerror(errno));
+			rc = -1;
+		}
+	}
+	close(fd);
+	b_free(&scan.del);
+	return rc;
+}
+
+/* The UDP host ports of m (deduplicated into out, which holds 2 * MAX_PORTS). */
+static size_t udp_ports_of(const struct mapping *m, size_t n, unsigned *out, size_t have)
+{
+	for (size_t i = 0; i < n; i++) {
+		int dup = 0;
+		for (size_t j = 0; j < have && !dup; j++)
+			dup = out[j] == m[i].host;
+		if (m[i].udp && !dup && have < 2 * MAX_PORTS)
+			out[have++] = m[i].host;
+	}
+	return have;
+}
+
+/* The TCP mappings of m, the ones portmap makes (into out). */
+static size_t tcp_only(const struct mapping *m, size_t n, struct mapping *out)
+{
+	size_t k = 0;
+	for (size_t i = 0; i < n; i++)
+		if (!m[i].udp)
+			out[k++] = m[i];
+	return k;
+}
+
 /* portmap DEL of everything of this container id (any non-empty list of mappings does). */
 static int portmap_del_all(int netns, const struct mapping *m, size_t nm, const struct buf *res, char *err, size_t errlen)
 {
@@ -1856,8 +2306,13 @@ static void cmd_del(int netns)
 		nm = 0;
 	if (portmap_del_all(netns, m, nm, have_res && !intent ? &res : NULL, err, sizeof err))
 		fail("%s", err);
+	/* the user's UDP rules without this id's, then its record (a del cut short between them is redone) */
+	if (have_ports && udp_sync(&s, cont_id, err, sizeof err))
+		fail("%s", err);
 	if (have_ports && remove_state_file(s.ports, cont_id))
 		fail("cannot remove " STATE_DIR "/%u/ports/%s: %s", caller, cont_id, strerror(errno));
+	unsigned flush[2 * MAX_PORTS];
+	ct_flush_udp(flush, udp_ports_of(m, nm, flush, 0), err, sizeof err); /* best effort, as portmap's own */
 	if (intent) {
 		/*
 		 * An add that never finished: bridge DEL in the namespace it was about, when the
@@ -2048,26 +2503,43 @@ static void cmd_ports(const char *id, int netns, const struct mapping *m, size_t
 	/* always: whatever an earlier call cut short may have mapped goes too */
 	if (portmap_del_all(netns, om, on, &res, err, sizeof err))
 		fail("%s", err);
+	/* UDP: the entries of every port this call maps or unmaps go (only those of local destinations) */
+	unsigned flush[2 * MAX_PORTS];
+	size_t nflush = udp_ports_of(m, nm, flush, udp_ports_of(om, on, flush, 0));
 	if (nm == 0) {
+		/* the UDP rules before the record: a call cut short here leaves the record, for the next one */
+		if (udp_sync(&s, id, err, sizeof err))
+			fail("%s", err);
 		if (remove_state_file(s.ports, id))
 			fail("cannot remove " STATE_DIR "/%u/ports/%s: %s", caller, id, strerror(errno));
+		ct_flush_udp(flush, nflush, err, sizeof err); /* best effort, as portmap's own */
 		exit(0);
 	}
+	/* TCP through portmap, UDP by the gate (portmap's UDP ADD would flush other users' flows) */
+	struct mapping t[MAX_PORTS];
+	size_t nt = tcp_only(m, nm, t);
 	struct buf c = {0};
-	conf_portmap(&c, m, nm, &res);
-	if (portmap_add(netns, &c, err, sizeof err) == 0)
+	conf_portmap(&c, t, nt, &res);
+	if ((nt == 0 || portmap_add(netns, &c, err, sizeof err) == 0) && udp_sync(&s, NULL, err, sizeof err) == 0 &&
+	    ct_flush_udp(flush, nflush, err, sizeof err) == 0)
 		exit(0);
 	/* roll back to the old mappings: remove what ADD made, re-add the old set */
-	if (plugin("portmap", "DEL", netns, NULL, &c, err2, sizeof err2))
+	if (nt && plugin("portmap", "DEL", netns, NULL, &c, err2, sizeof err2))
 		fail("%s; rollback failed: %s", err, err2);
 	b_free(&c);
 	if (old_valid && write_state_file(s.ports, id, old.p, old.n) == 0) {
-		conf_portmap(&c, om, on, &res);
-		if (portmap_add(netns, &c, err2, sizeof err2) == 0)
+		nt = tcp_only(om, on, t);
+		conf_portmap(&c, t, nt, &res);
+		if ((nt == 0 || portmap_add(netns, &c, err2, sizeof err2) == 0) && udp_sync(&s, NULL, err2, sizeof err2) == 0) {
+			ct_flush_udp(flush, nflush, err2, sizeof err2);
 			fail("%s (the previous mappings are restored)", err);
-		plugin("portmap", "DEL", netns, NULL, &c, err2, sizeof err2);
+		}
+		if (nt)
+			plugin("portmap", "DEL", netns, NULL, &c, err2, sizeof err2);
 	}
-	remove_state_file(s.ports, id);
+	if (udp_sync(&s, id, err2, sizeof err2) == 0)
+		remove_state_file(s.ports, id);
+	ct_flush_udp(flush, nflush, err2, sizeof err2);
 	fail("%s (the container has no port mappings now)", err);
 }
 
