@@ -13,7 +13,7 @@
 // from a leak (an address or host port that cannot be handed out again).
 
 import { expect } from 'chai';
-import { execFile, execFileSync } from 'node:child_process';
+import { execFile, execFileSync, spawnSync } from 'node:child_process';
 import dgram from 'node:dgram';
 import { mkdir, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
 import { readFileSync } from 'node:fs';
@@ -22,7 +22,7 @@ import { join } from 'node:path';
 import type { GardenClient } from '../../src/client/client.js';
 import type { ContainerSpec, NetOutRule } from '../../src/client/types.js';
 import { Protocol } from '../../src/client/types.js';
-import { inSubnet, intToIp, ipToInt, loadUserNetwork } from '../../plugins/networker/config.js';
+import { DEFAULT_GATE, inSubnet, intToIp, ipToInt, loadUserNetwork } from '../../plugins/networker/config.js';
 import { gateId, hostResolvers } from '../../plugins/networker/networker.js';
 import {
   cleanupServer, dumpLogsIfFailed, eventually, GAOL, gardenError, leftovers, PATHS, rawRequest, REPO, restartServer,
@@ -90,6 +90,23 @@ async function hostUdp(): Promise<HostUdp> {
   });
   await new Promise<void>((resolve) => sock.bind(0, GW, resolve));
   return { port: sock.address().port, got, close: () => sock.close() };
+}
+
+/** One datagram from a fresh host socket: the first answer within 2 s, or 'timeout'. */
+function hostUdpAsk(ip: string, port: number, text: string): Promise<string> {
+  return new Promise((resolve) => {
+    const s = dgram.createSocket('udp4');
+    const t = setTimeout(() => {
+      s.close();
+      resolve('timeout');
+    }, 2000);
+    s.on('message', (m) => {
+      clearTimeout(t);
+      s.close();
+      resolve(m.toString());
+    });
+    s.send(text, port, ip);
+  });
 }
 
 /** Connects from the host to ip:port and returns everything the other side wrote before closing. */
@@ -405,6 +422,58 @@ describe('network (integration, issue #4)', function () {
     } finally {
       await new Promise((resolve) => other.close(resolve));
       await server.client.destroy(h);
+    }
+  });
+
+  it('issue #13: a UDP mapping (the gate\'s own DNAT, not portmap\'s) delivers datagrams from the host and from another container, and stops with the mapping', async function () {
+    // Garden's net-in is TCP only, so the gate is asked directly, as the networker would,
+    // for the container gdn made. The gate installs the UDP DNAT itself (portmap's UDP ADD
+    // flushed every UDP flow to that port on any address); root's leftovers check around
+    // this suite proves the rule goes with the mapping.
+    const work = await mkdtemp(join(runtimeDir(), 'net-udp-'));
+    try {
+      await writeFile(join(work, 'udpprobe.c'), UDPPROBE_C);
+      execFileSync('gcc', ['-static', '-O2', '-o', join(work, 'udpprobe'), join(work, 'udpprobe.c')], { stdio: 'pipe' });
+      const hostPort = await freeHostPort(server.client);
+      const probe = [{ src_path: work, dst_path: '/opt/probe', mode: 0 as const, origin: 0 as const }];
+      const target = await server.client.create(spec({ handle: 'net-udp-target', bind_mounts: probe }));
+      const peer = await server.client.create(spec({ handle: 'net-udp-peer', bind_mounts: probe, netout_rules: [rule(Protocol.UDP, GW, hostPort)] }));
+      try {
+        const serving = await server.client.run(target, sh('exec /opt/probe/udpprobe serve 7000 > /tmp/udp.log'), {});
+        serving.detach();
+        const ready = await runAndWait(server.client, target, sh("for i in $(seq 100); do netstat -uln | grep -q ':7000 ' && exit 0; sleep 0.1; done; exit 1"));
+        expect(ready.code, 'the probe serves :7000/udp in the target').to.equal(0);
+        const { pid } = JSON.parse(readFileSync(join(NETWORKER_STATE, `${gateId(target)}.json`), 'utf8')) as { pid: number };
+        const gate = (...args: string[]): { code: number | null; stderr: string } => {
+          const r = spawnSync(DEFAULT_GATE, args, { env: {}, encoding: 'utf8' });
+          return { code: r.status, stderr: r.stderr };
+        };
+        const targetIp = (await server.client.info(target)).ContainerIP;
+        const peerIp = (await server.client.info(peer)).ContainerIP;
+        const log = async (): Promise<string> => (await runAndWait(server.client, target, sh('cat /tmp/udp.log'))).stdout;
+        // Before the mapping: nothing there (and nothing delivered).
+        expect(await hostUdpAsk(GW, hostPort, 'early'), 'before the mapping').to.equal('timeout');
+        expect(gate('ports', gateId(target), String(pid), `${hostPort}:7000/udp`), 'cni-gate ports').to.deep.equal({ code: 0, stderr: '' });
+        // The host: its datagram arrives with its own source address, and the answer comes back from the mapped port.
+        expect(await hostUdpAsk(GW, hostPort, 'from-host'), 'the host through the mapping').to.equal('echo:from-host');
+        // Another container: through the gateway, DNATed on the bridge to its neighbour.
+        const sent = await runAndWait(server.client, peer, sh(`/opt/probe/udpprobe send ${GW} ${hostPort} from-peer`));
+        expect(sent.stdout, `the peer through the mapping (${sent.stderr})`).to.equal('echo:from-peer\n');
+        expect(await log(), 'what the target received, from whom').to.equal(`${GW} from-host\n${peerIp} from-peer\n`);
+        // Mapping gone: nothing gets through, from either side, and the target saw nothing more.
+        expect(gate('ports', gateId(target), String(pid)), 'cni-gate ports (none)').to.deep.equal({ code: 0, stderr: '' });
+        expect(await hostUdpAsk(GW, hostPort, 'late-host'), 'the host after the mapping is gone').to.equal('timeout');
+        const late = await runAndWait(server.client, peer, sh(`/opt/probe/udpprobe send ${GW} ${hostPort} late-peer`));
+        expect(late.code, `the peer after the mapping is gone (${late.stdout}${late.stderr})`).to.equal(1);
+        expect(await log(), `what ${targetIp} received in all`).to.equal(`${GW} from-host\n${peerIp} from-peer\n`);
+        // Mapped again, then the container destroyed: del takes the mapping with it (root's leftovers check).
+        expect(gate('ports', gateId(target), String(pid), `${hostPort}:7000/udp`), 'cni-gate ports (again)').to.deep.equal({ code: 0, stderr: '' });
+      } finally {
+        await server.client.destroy(target);
+        await server.client.destroy(peer);
+      }
+    } finally {
+      await rm(work, { recursive: true, force: true });
     }
   });
 
@@ -936,5 +1005,59 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	return 0;
+}
+`;
+
+/**
+ * udpprobe serve PORT: prints "<source address> <payload>" for each datagram and answers "echo:<payload>".
+ * udpprobe send IP PORT TEXT: sends TEXT, prints the first answer within 2 s (exit 0), else exit 1.
+ */
+const UDPPROBE_C = String.raw`#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+  int s = socket(AF_INET, SOCK_DGRAM, 0);
+  struct sockaddr_in a;
+  char buf[512];
+  memset(&a, 0, sizeof a);
+  a.sin_family = AF_INET;
+  if (s < 0) return 3;
+  if (argc == 3 && !strcmp(argv[1], "serve")) {
+    a.sin_port = htons((unsigned short)atoi(argv[2]));
+    if (bind(s, (struct sockaddr *)&a, sizeof a)) return 3;
+    for (;;) {
+      struct sockaddr_in f;
+      socklen_t fl = sizeof f;
+      ssize_t n = recvfrom(s, buf, sizeof buf - 1, 0, (struct sockaddr *)&f, &fl);
+      if (n < 0) continue;
+      buf[n] = 0;
+      printf("%s %s\n", inet_ntoa(f.sin_addr), buf);
+      fflush(stdout);
+      char out[600];
+      int k = snprintf(out, sizeof out, "echo:%s", buf);
+      sendto(s, out, (size_t)k, 0, (struct sockaddr *)&f, fl);
+    }
+  }
+  if (argc == 5 && !strcmp(argv[1], "send")) {
+    struct timeval tv = {2, 0};
+    a.sin_port = htons((unsigned short)atoi(argv[3]));
+    if (inet_pton(AF_INET, argv[2], &a.sin_addr) != 1) return 2;
+    setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    if (sendto(s, argv[4], strlen(argv[4]), 0, (struct sockaddr *)&a, sizeof a) < 0) {
+      perror("sendto");
+      return 2;
+    }
+    ssize_t n = recv(s, buf, sizeof buf - 1, 0);
+    if (n < 0) return 1;
+    buf[n] = 0;
+    printf("%s\n", buf);
+    return 0;
+  }
+  return 2;
 }
 `;
