@@ -108,14 +108,15 @@ kill_gate_under() {
 
 # Issue #13, finding 3, from root (the one who can still kill the setuid gate; cgroup.kill
 # can too): a gate killed at any moment of ports or add leaves a record that the next
-# call, or del, uses to finish the job: no DNAT rule, eth0, veth or lease is left.
+# call, or del, uses to finish the job: no DNAT rule (portmap's TCP, the gate's own UDP),
+# eth0, veth or lease is left.
 interrupted_gate_checks() {
   local tuid p ms pid ok=1 left spare rc
   tuid=$(id -u "$TEST_USER")
   p=$(conf_value "$tuid" port_end)
   echo "== interrupted gate checks (root)"
   for ms in 5 15 25 35 50 70 100; do
-    as_test_user "$GATE" ports "$VICTIM_ID" "$VICTIM_PID" "$p:8080/tcp" >/dev/null 2>&1 &
+    as_test_user "$GATE" ports "$VICTIM_ID" "$VICTIM_PID" "$p:8080/tcp" "$p:8080/udp" >/dev/null 2>&1 &
     pid=$!
     sleep "$(printf '0.%03d' "$ms")"
     kill_gate_under "$pid"
@@ -147,4 +148,76 @@ interrupted_gate_checks() {
     kill "$spare" 2>/dev/null || true
   done
   check "issue #13: a killed add is undone by del" "$ok"
+}
+
+# udp_ask USER HOST PORT SPORT: the first answer to one datagram sent from USER's host
+# socket bound to SPORT (so a second ask is the same flow), within 2 s; empty otherwise.
+udp_ask() {
+  runuser -u "$1" -- node -e "
+    const s = require('dgram').createSocket('udp4');
+    const t = setTimeout(() => s.close(), 2000);
+    s.on('message', (m) => { clearTimeout(t); process.stdout.write(String(m)); s.close(); });
+    s.bind($4, () => s.send('hello', $3, '$2'));" </dev/null 2>/dev/null || true
+}
+
+# udp_echo_in USER PID PORT NAME: a UDP server answering NAME in PID's namespaces, as USER; prints its pid.
+udp_echo_in() {
+  runuser -u "$1" -- nsenter --preserve-credentials -t "$2" -U -n node -e "
+    const u = require('dgram').createSocket('udp4');
+    u.on('message', (m, r) => u.send('$4', r.port, r.address));
+    u.bind($3);" </dev/null >/dev/null 2>&1 &
+  echo $!
+}
+
+# Issue #13, the last item, from root (this user can read the conntrack table; the
+# intruder cannot): a UDP mapping deletes only the conntrack entries it applies to (UDP,
+# original destination a local address of the host, the mapped port). The victim's flow
+# from its host shell to its container's address, port P (a remote host, reached through
+# a veth), keeps its entry and keeps working after the intruder maps UDP P; root's
+# unreplied flow to the intruder's gateway:P, which the mapping does apply to, is deleted,
+# so its next datagram reaches the intruder's container. (portmap's UDP ADD deleted both.)
+udp_flush_checks() {
+  local iuid vip igw p spare srv1 srv2 ok=1 out entry
+  iuid=$(id -u "$INTRUDER")
+  vip=$(nsenter -t "$VICTIM_PID" -n ip -4 -o addr show dev eth0 | awk '{print $4}' | cut -d/ -f1)
+  igw=$(conf_value "$iuid" gateway)
+  p=$(($(conf_value "$iuid" port_start) + 9))
+  echo "== UDP mapping conntrack checks (root): the victim's flow to $vip:$p/udp, then the intruder maps $p/udp"
+  spare=$(runuser -u "$INTRUDER" -- bash -c 'unshare --user --map-root-user --net sleep 600 </dev/null >/dev/null 2>&1 & echo $!')
+  for _ in $(seq 100); do [[ $(cat "/proc/$spare/comm" 2>/dev/null) == sleep ]] && break; sleep 0.05; done
+  runuser -u "$INTRUDER" -- "$GATE" add udpflush "$spare" >/dev/null || ok=0
+  srv1=$(udp_echo_in "$INTRUDER" "$spare" 7000 intruder)
+  srv2=$(udp_echo_in "$TEST_USER" "$VICTIM_PID" "$p" victim)
+  for _ in $(seq 100); do
+    [[ $(nsenter -t "$spare" -n ss -lunH 'sport = :7000' | wc -l) -ge 1 && $(nsenter -t "$VICTIM_PID" -n ss -lunH "sport = :$p" | wc -l) -ge 1 ]] && break
+    sleep 0.1
+  done
+  out=$(udp_ask "$TEST_USER" "$vip" "$p" 41001)
+  echo "the victim -> $vip:$p: ${out:-no answer}"
+  [[ $out == victim ]] || ok=0
+  out=$(udp_ask root "$igw" "$p" 41002)
+  echo "root -> $igw:$p before the mapping: ${out:-no answer}"
+  [[ -z $out ]] || ok=0
+  entry=$(grep -E " dst=$vip sport=41001 dport=$p " /proc/net/nf_conntrack || true)
+  [[ -n $entry ]] || { echo "scripts/test: no conntrack entry for the victim's flow" >&2; ok=0; }
+  grep -qE " dst=$igw sport=41002 dport=$p " /proc/net/nf_conntrack || { echo "scripts/test: no conntrack entry for root's flow to $igw:$p" >&2; ok=0; }
+  runuser -u "$INTRUDER" -- "$GATE" ports udpflush "$spare" "$p:7000/udp" || ok=0
+  # no datagram of the victim's flow went in between: an entry now is the one from before
+  if ! grep -qE " dst=$vip sport=41001 dport=$p " /proc/net/nf_conntrack; then
+    echo "scripts/test: the intruder's UDP mapping of $p deleted the victim's conntrack entry to $vip:$p" >&2
+    ok=0
+  fi
+  if grep -qE " dst=$igw sport=41002 dport=$p " /proc/net/nf_conntrack; then
+    echo "scripts/test: the UDP mapping of $p left root's unreplied entry to $igw:$p (it would bypass the mapping)" >&2
+    ok=0
+  fi
+  out=$(udp_ask "$TEST_USER" "$vip" "$p" 41001)
+  echo "the victim -> $vip:$p after the mapping: ${out:-no answer}"
+  [[ $out == victim ]] || ok=0
+  out=$(udp_ask root "$igw" "$p" 41002)
+  echo "root -> $igw:$p after the mapping: ${out:-no answer}"
+  [[ $out == intruder ]] || ok=0
+  runuser -u "$INTRUDER" -- "$GATE" del udpflush "$spare" || ok=0
+  kill "$srv1" "$srv2" "$spare" 2>/dev/null || true
+  check "issue #13: a UDP mapping deletes only the conntrack entries it applies to (another user's flow to a remote host on that port keeps its entry and works)" "$ok"
 }

@@ -642,6 +642,35 @@ describe('cni-gate attacks (issue #4): another user cannot touch a victim throug
       }
     });
 
+    it("finding 2, UDP: a UDP mapping is the gate's own DNAT (portmap's UDP ADD flushed every flow to that port, on any address): the own container answers through it and not after it is gone; the victim's UDP service is untouched", async function () {
+      // What the mapping does to conntrack (only entries of local destinations on the port go,
+      // not a flow of the victim's to a remote host on it) is checked from root by scripts/test
+      // (udp_flush_checks in scripts/test.d/isolation.sh): this user cannot read the table.
+      const port = mine.portStart + 1;
+      const echo = spawn('nsenter', ['--preserve-credentials', '-t', own, '-U', '-n', process.execPath, '-e',
+        "const u = require('dgram').createSocket('udp4'); u.on('message', (m, r) => u.send('mine ' + m, r.port, r.address)); u.bind(7000, () => console.log('bound'))"],
+      { stdio: ['ignore', 'pipe', 'inherit'] });
+      spawned.push(echo);
+      await new Promise<void>((resolve, reject) => {
+        echo.stdout!.once('data', () => resolve());
+        echo.once('exit', (code) => reject(new Error(`the UDP echo in the own netns exited ${code}`)));
+      });
+      const [, , victimUdp] = held();
+      try {
+        expect(await udpAsk(mine.gateway, port, 1500), 'before the mapping').to.equal('timeout');
+        expect(gate(['ports', 'mine', own, `${mine.portStart}:80/tcp`, `${port}:7000/udp`], hostile), 'ports with a UDP mapping').to.deep.equal({ code: 0, stdout: '', stderr: '' });
+        expect(await udpAsk(mine.gateway, port), 'the own container through the UDP mapping').to.equal('mine hello');
+        expect(await viaMapping(), 'the TCP mapping beside it').to.equal('mine\n');
+        expect(await udpAsk(victimUdp!.host, victimUdp!.port), "the victim's UDP service in this port block").to.equal('victim\n');
+        expect(gate(['ports', 'mine', own, `${mine.portStart}:80/tcp`]), 'ports without it').to.deep.equal({ code: 0, stdout: '', stderr: '' });
+        expect(await udpAsk(mine.gateway, port, 1500), 'after the mapping is gone').to.equal('timeout');
+        expect(await viaMapping(), 'the TCP mapping stays').to.equal('mine\n');
+        expect(await markers(), 'planted programs that ran').to.deep.equal([]);
+      } finally {
+        echo.kill('SIGKILL');
+      }
+    });
+
     it('finding 2: setup reserved every port block (ip_local_reserved_ports)', function () {
       const reserved = readFileSync('/proc/sys/net/ipv4/ip_local_reserved_ports', 'utf8').trim().split(',').map((r) => r.split('-').map(Number));
       for (const n of [mine, theirs]) {
