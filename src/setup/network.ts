@@ -300,6 +300,46 @@ export function ensureHostRules(n: UserNetwork, uid: number): 'created' | 'alrea
   return changed ? 'created' : 'already present';
 }
 
+/** nftables, bridge family (no br_netfilter, no sysctl): each container's host veth carries only its own addresses (issue #13). */
+export const SPOOF_TABLE = 'trellis';
+const SPOOF_RULES = [
+  'iifname @veths iifname . ip saddr != @own drop',
+  'iifname @veths iifname . arp saddr ip != @own drop',
+];
+
+/**
+ * The table, its sets (veths: ifname; own: ifname . ipv4_addr, which the gate fills at add and
+ * empties at del) and the two drops. Shared by every user: the gate only ever adds and removes
+ * its own container's veth, and veths it never listed (containers from before) pass.
+ */
+export function ensureSpoofGuard(): 'created' | 'already present' {
+  const run = (args: string[], input?: string): string =>
+    execFileSync('nft', args, { encoding: 'utf8', input, stdio: [input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'] });
+  let chain = '';
+  try {
+    chain = run(['list', 'chain', 'bridge', SPOOF_TABLE, 'prerouting']);
+  } catch {
+    // no table yet
+  }
+  const rules = chain.split('\n').map((l) => l.trim()).filter((l) => l.includes(' drop'));
+  if (rules.length === SPOOF_RULES.length && SPOOF_RULES.every((r, i) => rules[i] === r)) return 'already present';
+  try {
+    run(['-f', '-'], [
+      `add table bridge ${SPOOF_TABLE}`,
+      `add set bridge ${SPOOF_TABLE} veths { type ifname; }`,
+      `add set bridge ${SPOOF_TABLE} own { type ifname . ipv4_addr; }`,
+      `add chain bridge ${SPOOF_TABLE} prerouting { type filter hook prerouting priority -300; policy accept; }`,
+      `flush chain bridge ${SPOOF_TABLE} prerouting`,
+      ...SPOOF_RULES.map((r) => `add rule bridge ${SPOOF_TABLE} prerouting ${r}`),
+      '',
+    ].join('\n'));
+  } catch (err) {
+    const why = ((err as { stderr?: string }).stderr ?? String(err)).trim().split('\n').pop();
+    throw new FailedPrecondition('ERR_TRELLIS_NFT', `nft: cannot make the table bridge ${SPOOF_TABLE}: ${why}`, "install it: 'apt-get install nftables'");
+  }
+  return 'created';
+}
+
 const RESERVED_PORTS = '/proc/sys/net/ipv4/ip_local_reserved_ports';
 export const RESERVED_PORTS_CONF = '/etc/sysctl.d/60-trellis-reserved-ports.conf';
 
@@ -399,6 +439,7 @@ export function ensureNetwork(opts: NetworkSetupOptions, info: (line: string) =>
   info(`network ${path}: bridge ${net.bridge}, subnet ${net.subnet}, gateway ${net.gateway}, host ports ${net.portStart}-${net.portEnd} (${outcome})`);
   info(`bridge ${net.bridge} ${net.gateway}/${parseCidr(net.subnet).prefix} (${ensureBridge(net)})`);
   info(`host rules for ${net.bridge}: no 127.0.0.0/8 from bridges, no source outside ${net.subnet}, no other user's bridge, only replies and net-in in, no DNAT of loopback, UDP net-in through ${udpChain(opts.uid)}, from the host only the owner's and root's sockets (IPv4 and IPv6), masquerade out (${ensureHostRules(net, opts.uid)})`);
+  info(`per-veth anti-spoofing (nftables table bridge ${SPOOF_TABLE}: a container's veth carries only its own IPv4 and ARP sender addresses) (${ensureSpoofGuard()})`);
   info(`reserved host ports (ip_local_reserved_ports, ${RESERVED_PORTS_CONF}): ${ensureReservedPorts([net, ...others(confDir, opts.uid)])}`);
   const fwd = readFileSync('/proc/sys/net/ipv4/ip_forward', 'utf8').trim();
   if (fwd !== '1') execFileSync('sysctl', ['-q', '-w', 'net.ipv4.ip_forward=1']);

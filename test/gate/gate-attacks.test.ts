@@ -334,7 +334,7 @@ describe('cni-gate attacks (issue #4): another user cannot touch a victim throug
     // Leave nothing of the intruder's own behind, whatever failed.
     if (own) gate(['del', 'mine', own]);
     gate(['del', 'spare']);
-    for (const id of ['renamed', 'full', 'forged']) gate(['del', id]);
+    for (const id of ['renamed', 'full', 'forged', 'twin']) gate(['del', id]);
     for (const c of spawned) c.kill('SIGKILL');
     if (work) await rm(work, { recursive: true, force: true });
   });
@@ -731,6 +731,39 @@ describe('cni-gate attacks (issue #4): another user cannot touch a victim throug
         listener.close();
       }
       expect(got, 'what the host listener saw').to.deep.equal([`from ${ownIp}`]);
+    });
+
+    it("finding 5, per veth: a container cannot send from its neighbour's address (another container of the same user, same subnet)", async function () {
+      // The bridge's subnet rule cannot tell two containers of one user apart; the host veth
+      // can: gdn setup's nftables bridge table drops IPv4 and ARP whose sender is not the
+      // veth's own address (the gate lists each veth and its addresses at add, and unlists them at del).
+      const twin = await container();
+      const added = gate(['add', 'twin', twin]);
+      expect(added.code, `add twin: ${added.stderr}`).to.equal(0);
+      const twinIp = addressesOf(twin)[0]!;
+      const ownIp = addressesOf(own)[0]!;
+      const port = mine.portStart + 8;
+      const got: string[] = [];
+      const listener = dgram.createSocket('udp4');
+      listener.on('message', (m) => got.push(m.toString()));
+      await new Promise<void>((resolve) => listener.bind(port, mine.gateway, () => resolve()));
+      const send = (pid: string, from: string): void => {
+        execFileSync('nsenter', ['--preserve-credentials', '-t', pid, '-U', '-n', process.execPath, '-e',
+          `const s = require('dgram').createSocket('udp4'); s.bind({ address: '${from}' }, () => s.send('from ${from} by ${pid === own ? 'own' : 'twin'}', ${port}, '${mine.gateway}', () => s.close()))`]);
+      };
+      const ns = ['--preserve-credentials', '-t', own, '-U', '-n'];
+      try {
+        execFileSync('nsenter', [...ns, 'ip', 'addr', 'add', `${twinIp}/32`, 'dev', 'eth0']);
+        send(own, twinIp);
+        send(own, ownIp);
+        send(twin, twinIp);
+        await new Promise((r) => setTimeout(r, 1500));
+      } finally {
+        spawnSync('nsenter', [...ns, 'ip', 'addr', 'del', `${twinIp}/32`, 'dev', 'eth0']);
+        listener.close();
+        expect(gate(['del', 'twin', twin]), 'del twin').to.deep.equal({ code: 0, stdout: '', stderr: '' });
+      }
+      expect(got.sort(), 'what the host listener saw').to.deep.equal([`from ${ownIp} by own`, `from ${twinIp} by twin`].sort());
     });
 
     it('finding 6: forged rtnetlink answers from root of the own user namespace are ignored; the gate finishes correctly', async function () {

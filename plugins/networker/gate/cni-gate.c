@@ -1761,6 +1761,8 @@ static void netns_identity(int netns, char out[64])
 		snprintf(out, 64, "%lu:%lu", (unsigned long)st.st_dev, (unsigned long)st.st_ino);
 }
 
+static int veth_guard(int add, const struct buf *res, const struct addr *a, size_t na, char *err, size_t errlen);
+
 static void cmd_add(int netns, uint32_t req_ip, uint32_t rs, uint32_t re)
 {
 	int has = container_has_eth0(netns);
@@ -1808,12 +1810,16 @@ static void cmd_add(int netns, uint32_t req_ip, uint32_t rs, uint32_t re)
 	} else if (write_state_file(s.res, res_name, r.out.p, r.out.n)) {
 		snprintf(err, sizeof err, "cannot store " STATE_DIR "/%u/results/%s: %s", caller, res_name, strerror(errno));
 		problem = err;
+	} else if (veth_guard(1, &r.out, a, na, err, sizeof err)) {
+		problem = err;
 	} else if (write_stdout(r.out.p, r.out.n)) {
 		problem = "cannot write the result to stdout";
 	}
 	if (!problem)
 		exit(0);
 	/* roll back: no lease, veth or rule is left; the record goes only when that worked */
+	if (r.ok && na)
+		veth_guard(0, &r.out, a, na, rb, sizeof rb);
 	int bad = bridge_teardown(netns, r.ok ? &r.out : NULL, a, na, rb, sizeof rb);
 	run_free(&r);
 	if (bad)
@@ -2270,6 +2276,46 @@ static size_t tcp_only(const struct mapping *m, size_t n, struct mapping *out)
 	return k;
 }
 
+/* ------------------------------------------------------------------ per-veth anti-spoofing (issue #13) */
+
+/*
+ * A container's host veth carries only its own addresses: IPv4 and ARP frames that enter
+ * the bridge from it with any other sender address are dropped. gdn setup makes the
+ * nftables table "bridge trellis" (bridge family: no br_netfilter, no sysctl) with the
+ * sets veths (ifname) and own (ifname . ipv4_addr) and, in its prerouting chain, the two
+ * drops for "iifname @veths" whose (iifname, sender) pair is not in @own. The gate adds
+ * the veth and its addresses at add, and takes them out at del; veths the gate never
+ * listed (containers from before) are left alone. One nft -f transaction each way,
+ * built from the stored result (a veth name of [A-Za-z0-9_.-] and parsed addresses).
+ */
+#define NFT "/usr/sbin/nft"
+
+static int veth_guard(int add, const struct buf *res, const struct addr *a, size_t na, char *err, size_t errlen)
+{
+	char veth[IFNAMSIZ], ip[16];
+	if (result_host_veth(res, veth) != 1) {
+		snprintf(err, errlen, "the result names no host veth");
+		return add ? -1 : 0;
+	}
+	struct buf in = {0};
+	/* table and sets too (idempotent): a gate newer than the last gdn setup still works */
+	b_str(&in, "add table bridge trellis\nadd set bridge trellis veths { type ifname; }\n"
+		   "add set bridge trellis own { type ifname . ipv4_addr; }\n");
+	/* added either way: nft 1.0.6 has no "destroy", and deleting an absent element fails */
+	for (int pass = 0; pass < (add ? 1 : 2); pass++) {
+		const char *verb = pass ? "delete" : "add";
+		for (size_t i = 0; i < na; i++) {
+			fmt_ip(a[i].ip, ip);
+			b_fmt(&in, "%s element bridge trellis own { \"%s\" . %s }\n", verb, veth, ip);
+		}
+		b_fmt(&in, "%s element bridge trellis veths { \"%s\" }\n", verb, veth);
+	}
+	char *argv[] = {"nft", "-f", "-", NULL};
+	int rc = run_exec(NFT, argv, &in, err, errlen);
+	b_free(&in);
+	return rc;
+}
+
 /* portmap DEL of everything of this container id (any non-empty list of mappings does). */
 static int portmap_del_all(int netns, const struct mapping *m, size_t nm, const struct buf *res, char *err, size_t errlen)
 {
@@ -2313,6 +2359,9 @@ static void cmd_del(int netns)
 		fail("cannot remove " STATE_DIR "/%u/ports/%s: %s", caller, cont_id, strerror(errno));
 	unsigned flush[2 * MAX_PORTS];
 	ct_flush_udp(flush, udp_ports_of(m, nm, flush, 0), err, sizeof err); /* best effort, as portmap's own */
+	/* the veth's anti-spoofing entries (best effort: a stale one only names a veth that is gone) */
+	if (have_res && !intent && na)
+		veth_guard(0, &res, a, na, err, sizeof err);
 	if (intent) {
 		/*
 		 * An add that never finished: bridge DEL in the namespace it was about, when the
