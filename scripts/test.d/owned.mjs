@@ -98,6 +98,9 @@ for (const l of lines) {
     const [, name, , master] = l.split(' ');
     const base = name.split('@')[0];
     if (bridges.has(base) || (master !== undefined && bridges.has(master)) || (master === undefined && /^veth/.test(base))) out.push(`link ${base}`);
+  } else if (l.startsWith('nft ')) {
+    // issue #13: a veth's anti-spoofing entry is the user's whose subnet holds its address
+    if (mentionsUser(l)) out.push(l);
   } else if (l.startsWith('gate state ')) {
     if (uids.includes(l.slice('gate state '.length).split('/')[0])) out.push(l);
   } else {
