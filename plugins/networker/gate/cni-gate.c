@@ -2359,9 +2359,6 @@ static void cmd_del(int netns)
 		fail("cannot remove " STATE_DIR "/%u/ports/%s: %s", caller, cont_id, strerror(errno));
 	unsigned flush[2 * MAX_PORTS];
 	ct_flush_udp(flush, udp_ports_of(m, nm, flush, 0), err, sizeof err); /* best effort, as portmap's own */
-	/* the veth's anti-spoofing entries (best effort: a stale one only names a veth that is gone) */
-	if (have_res && !intent && na)
-		veth_guard(0, &res, a, na, err, sizeof err);
 	if (intent) {
 		/*
 		 * An add that never finished: bridge DEL in the namespace it was about, when the
@@ -2386,6 +2383,9 @@ static void cmd_del(int netns)
 		 */
 		fail("%s", err);
 	}
+	/* the veth's anti-spoofing entries, once it is gone (best effort: a stale one only names a veth that is gone) */
+	if (have_res && !intent && na)
+		veth_guard(0, &res, a, na, err, sizeof err);
 	if (remove_state_file(s.res, res_name))
 		fail("cannot remove " STATE_DIR "/%u/results/%s: %s", caller, res_name, strerror(errno));
 	exit(0);
