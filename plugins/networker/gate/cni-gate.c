@@ -2253,6 +2253,17 @@ static int ct_flush_udp(const unsigned *ports, size_t nports, char *err, size_t 
 	return rc;
 }
 
+/* Whether gdn setup made the way into the caller's UDP chain (else its rules would be dead: refuse). */
+static int udp_jump_present(void)
+{
+	char range[32], chain[32], err[256];
+	snprintf(range, sizeof range, "%u:%u", conf.port_start, conf.port_end);
+	snprintf(chain, sizeof chain, "TRELLIS-UDP-%u", caller);
+	char *argv[] = {"iptables", "-w", "-t", "nat", "-C", "TRELLIS-UDP", "-p", "udp", "-m", "udp", "--dport", range, "-j", chain, NULL};
+	struct buf none = {0};
+	return run_exec("/usr/sbin/iptables", argv, &none, err, sizeof err) == 0;
+}
+
 /* The UDP host ports of m (deduplicated into out, which holds 2 * MAX_PORTS). */
 static size_t udp_ports_of(const struct mapping *m, size_t n, unsigned *out, size_t have)
 {
@@ -2524,6 +2535,14 @@ static void cmd_ports(const char *id, int netns, const struct mapping *m, size_t
 					refuse("host port %u/%s is already mapped by container %s", m[i].host, m[i].udp ? "udp" : "tcp", e->d_name);
 	}
 	closedir(d);
+
+	/* UDP mappings are the gate's own rules, reached only through gdn setup's jump for this user's block */
+	for (size_t i = 0; i < nm; i++)
+		if (m[i].udp) {
+			if (!udp_jump_present())
+				refuse("UDP mappings need the host rules of a newer gdn setup (nat TRELLIS-UDP to TRELLIS-UDP-%u): run 'gdn setup' as root", caller);
+			break;
+		}
 
 	/* no host port+protocol that a socket of another user, or of the host, holds */
 	for (size_t i = 0; i < nm; i++) {
