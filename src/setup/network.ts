@@ -226,7 +226,8 @@ export const udpChain = (uid: number): string => `${UDP_CHAIN}-${uid}`;
 
 /** The jumps to this user's UDP chain: exactly one, for its port block (a block changed by setup leaves no stale jump). */
 function ensureUdpJump(n: UserNetwork, uid: number): boolean {
-  const want = ['-p', 'udp', '-m', 'udp', '--dport', `${n.portStart}:${n.portEnd}`, '-j', udpChain(uid)];
+  const dport = n.portStart === n.portEnd ? String(n.portStart) : `${n.portStart}:${n.portEnd}`; // as iptables -S prints it
+  const want = ['-p', 'udp', '-m', 'udp', '--dport', dport, '-j', udpChain(uid)];
   let changed = false;
   let listed = '';
   try {
@@ -303,13 +304,18 @@ export function ensureHostRules(n: UserNetwork, uid: number): 'created' | 'alrea
 /** nftables, bridge family (no br_netfilter, no sysctl): each container's host veth carries only its own addresses (issue #13). */
 export const SPOOF_TABLE = 'trellis';
 const SPOOF_RULES = [
+  // IPv4 and ARP only: VLAN-tagged frames would hide their payload's type from the rules below
+  'iifname @veths ether type != { ip, arp } drop',
+  'iifname @veths iifname . ether saddr != @ownmac drop',
   'iifname @veths iifname . ip saddr != @own drop',
   'iifname @veths iifname . arp saddr ip != @own drop',
+  'iifname @veths iifname . arp saddr ether != @ownmac drop',
 ];
 
 /**
- * The table, its sets (veths: ifname; own: ifname . ipv4_addr, which the gate fills at add and
- * empties at del) and the two drops. Shared by every user: the gate only ever adds and removes
+ * The table, its sets (veths: ifname; own: ifname . ipv4_addr; ownmac: ifname . ether_addr, which
+ * the gate fills at add and empties at del) and the drops: from a listed veth, only IPv4 and ARP
+ * frames whose sender MAC and address are that container's own. Shared by every user: the gate only ever adds and removes
  * its own container's veth, and veths it never listed (containers from before) pass.
  */
 export function ensureSpoofGuard(): 'created' | 'already present' {
@@ -328,6 +334,7 @@ export function ensureSpoofGuard(): 'created' | 'already present' {
       `add table bridge ${SPOOF_TABLE}`,
       `add set bridge ${SPOOF_TABLE} veths { type ifname; }`,
       `add set bridge ${SPOOF_TABLE} own { type ifname . ipv4_addr; }`,
+      `add set bridge ${SPOOF_TABLE} ownmac { type ifname . ether_addr; }`,
       `add chain bridge ${SPOOF_TABLE} prerouting { type filter hook prerouting priority -300; policy accept; }`,
       `flush chain bridge ${SPOOF_TABLE} prerouting`,
       ...SPOOF_RULES.map((r) => `add rule bridge ${SPOOF_TABLE} prerouting ${r}`),

@@ -174,6 +174,47 @@ function procNet(pid: string): string[] {
   return [`dev ${dev.join(' ')}`, `fib ${fib}`, ...route.map((r) => `route ${r}`)];
 }
 
+/** Sends one hand-made Ethernet frame: raw IPv4/UDP or an ARP reply, with optional 802.1Q tags (review of issue #13). */
+const FRAME_C = String.raw`#include <arpa/inet.h>
+#include <linux/if_packet.h>
+#include <net/if.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+static void mac(const char *s, unsigned char *o) { for (int i = 0; i < 6; i++) o[i] = (unsigned char)strtoul(s + 3 * i, NULL, 16); }
+static unsigned short sum(const unsigned char *b, int n) { unsigned long s = 0; for (int i = 0; i + 1 < n; i += 2) s += (b[i] << 8) | b[i + 1]; while (s >> 16) s = (s & 0xffff) + (s >> 16); return (unsigned short)~s; }
+/* frame IFNAME DSTMAC SRCMAC TAGS(-|0|0,0) ip|arp SRCIP DSTIP DPORT PAYLOAD */
+int main(int argc, char **argv) {
+  if (argc != 10) return 2;
+  unsigned char f[256] = {0}; int n = 0;
+  mac(argv[2], f); mac(argv[3], f + 6); n = 12;
+  for (const char *t = argv[4]; *t && *t != '-'; t += (t[1] == ',') ? 2 : 1) { f[n++] = 0x81; f[n++] = 0x00; f[n++] = 0; f[n++] = (unsigned char)atoi(t); if (!t[1]) break; }
+  struct in_addr sa, da; inet_aton(argv[6], &sa); inet_aton(argv[7], &da);
+  if (!strcmp(argv[5], "ip")) {
+    f[n++] = 0x08; f[n++] = 0x00;
+    unsigned char *ip = f + n; int pl = (int)strlen(argv[9]); int len = 20 + 8 + pl;
+    ip[0] = 0x45; ip[2] = (unsigned char)(len >> 8); ip[3] = (unsigned char)len; ip[5] = 1; ip[8] = 64; ip[9] = 17;
+    memcpy(ip + 12, &sa, 4); memcpy(ip + 16, &da, 4);
+    unsigned short c = sum(ip, 20); ip[10] = (unsigned char)(c >> 8); ip[11] = (unsigned char)c;
+    unsigned char *u = ip + 20; int dp = atoi(argv[8]);
+    u[0] = 0x11; u[1] = 0x5c; u[2] = (unsigned char)(dp >> 8); u[3] = (unsigned char)dp; u[4] = (unsigned char)((8 + pl) >> 8); u[5] = (unsigned char)(8 + pl);
+    memcpy(u + 8, argv[9], (size_t)pl); n += len;
+  } else {
+    f[n++] = 0x08; f[n++] = 0x06;
+    unsigned char *a = f + n;
+    a[1] = 1; a[2] = 8; a[4] = 6; a[5] = 4; a[7] = 2;
+    memcpy(a + 8, f + 6, 6); memcpy(a + 14, &sa, 4); memcpy(a + 18, f, 6); memcpy(a + 24, &da, 4); n += 28;
+  }
+  if (n < 60) n = 60;
+  int s = socket(AF_PACKET, SOCK_RAW, 0); if (s < 0) return 3;
+  struct sockaddr_ll ll = {0}; ll.sll_family = AF_PACKET; ll.sll_ifindex = (int)if_nametoindex(argv[1]); ll.sll_halen = 6; memcpy(ll.sll_addr, f, 6);
+  if (sendto(s, f, (size_t)n, 0, (struct sockaddr *)&ll, sizeof ll) != n) return 4;
+  return 0;
+}
+`;
+
 /** Host addresses a container holds, from /proc/<pid>/net/fib_trie (the `/32 host LOCAL` entries). */
 function addressesOf(pid: string): string[] {
   const lines = readFileSync(`/proc/${pid}/net/fib_trie`, 'utf8').split('\n');
@@ -764,6 +805,67 @@ describe('cni-gate attacks (issue #4): another user cannot touch a victim throug
         expect(gate(['del', 'twin', twin]), 'del twin').to.deep.equal({ code: 0, stdout: '', stderr: '' });
       }
       expect(got.sort(), 'what the host listener saw').to.deep.equal([`from ${ownIp} by own`, `from ${twinIp} by twin`].sort());
+    });
+
+    it("finding 5, per veth (review): VLAN-0 tags, a neighbour's MAC and the bridge's link-local group address carry no spoofed frame", async function () {
+      // A security review of the first per-veth guard got spoofed IPv4 and ARP through it: under one
+      // or two VLAN-0 tags (the rules read the tag as the frame's type), with the container's own
+      // address but its neighbour's MAC (the bridge learnt the neighbour on the wrong port), and to
+      // 01:80:c2:00:00:0e, which the bridge hands to the host as received on the veth itself.
+      const src = join(work, 'frame.c');
+      const frame = join(work, 'frame');
+      await writeFile(src, FRAME_C);
+      execFileSync('gcc', ['-O2', '-o', frame, src], { stdio: 'pipe' });
+      const twin = await container();
+      const added = gate(['add', 'twin', twin]);
+      expect(added.code, `add twin: ${added.stderr}`).to.equal(0);
+      /** The host end of a container's eth0: its peer's index (eth0@ifN), named on the host. */
+      const hostVethOf = (pid: string): string => {
+        const out = execFileSync('nsenter', ['--preserve-credentials', '-t', pid, '-U', '-n', 'ip', '-o', 'link', 'show', 'eth0'], { encoding: 'utf8' });
+        const index = /eth0@if(\d+)/.exec(out)![1]!;
+        const host = execFileSync('ip', ['-o', 'link', 'show'], { encoding: 'utf8' }).split('\n').find((l) => l.startsWith(`${index}: `))!;
+        return /^\d+: ([^@:]+)/.exec(host)![1]!;
+      };
+      const linkMac = (pid: string): string => {
+        const out = execFileSync('nsenter', ['--preserve-credentials', '-t', pid, '-U', '-n', 'ip', '-o', 'link', 'show', 'eth0'], { encoding: 'utf8' });
+        return /link\/ether ([0-9a-f:]{17})/.exec(out)![1]!;
+      };
+      const twinIp = addressesOf(twin)[0]!;
+      const ownIp = addressesOf(own)[0]!;
+      const ownMac = linkMac(own);
+      const twinMac = linkMac(twin);
+      const gwMac = readFileSync(`/sys/class/net/${mine.bridge}/address`, 'utf8').trim();
+      const port = mine.portStart + 9;
+      const got: string[] = [];
+      const listener = dgram.createSocket('udp4');
+      listener.on('message', (m) => got.push(m.toString()));
+      await new Promise<void>((resolve) => listener.bind(port, mine.gateway, () => resolve()));
+      const send = (dst: string, srcMac: string, tags: string, kind: string, from: string, to: string, what: string): void => {
+        execFileSync('nsenter', ['--preserve-credentials', '-t', own, '-U', '-n', frame, 'eth0', dst, srcMac, tags, kind, from, to, String(port), what]);
+      };
+      try {
+        send(gwMac, ownMac, '-', 'ip', ownIp, mine.gateway, 'control: own MAC and address');
+        send(gwMac, ownMac, '0', 'ip', twinIp, mine.gateway, 'one VLAN-0 tag');
+        send(gwMac, ownMac, '0,0', 'ip', twinIp, mine.gateway, 'two VLAN-0 tags');
+        send(gwMac, ownMac, '0,0', 'ip', '8.8.8.8', mine.gateway, 'two VLAN-0 tags, a foreign source');
+        send(gwMac, twinMac, '-', 'ip', ownIp, mine.gateway, "own address, the twin's MAC");
+        send('01:80:c2:00:00:0e', ownMac, '-', 'ip', twinIp, mine.gateway, 'link-local group, the twin address');
+        send('01:80:c2:00:00:0e', ownMac, '-', 'ip', '8.8.8.8', mine.gateway, 'link-local group, a foreign source');
+        // ARP: "the twin's address is at my MAC", plain and under a VLAN-0 tag
+        send(gwMac, ownMac, '-', 'arp', twinIp, mine.gateway, 'x');
+        send(gwMac, ownMac, '0', 'arp', twinIp, mine.gateway, 'x');
+        await new Promise((r) => setTimeout(r, 1500));
+      } finally {
+        listener.close();
+      }
+      const neigh = execFileSync('ip', ['neigh', 'show', twinIp, 'dev', mine.bridge], { encoding: 'utf8' });
+      const fdb = execFileSync('bridge', ['fdb', 'show', 'br', mine.bridge], { encoding: 'utf8' });
+      expect(gate(['del', 'twin', twin]), 'del twin').to.deep.equal({ code: 0, stdout: '', stderr: '' });
+      expect(got, 'what the host listener saw').to.deep.equal(['control: own MAC and address']);
+      expect(neigh, "the host's entry for the twin").not.to.include(ownMac);
+      const learnt = fdb.split('\n').filter((l) => l.startsWith(`${twinMac} `));
+      const ownVeth = hostVethOf(own);
+      expect(learnt.filter((l) => l.includes(`dev ${ownVeth} `)), "the bridge learnt the twin's MAC on own's port").to.deep.equal([]);
     });
 
     it('finding 6: forged rtnetlink answers from root of the own user namespace are ignored; the gate finishes correctly', async function () {

@@ -1593,6 +1593,60 @@ static int result_host_veth(const struct buf *res, char name[IFNAMSIZ])
 }
 
 /*
+ * The MAC of the container's own interface (the one with a "sandbox") in a stored result,
+ * re-formatted as six lower-case hex pairs: 1 found, 0 none, -1 unreadable.
+ */
+static int hexval(char c)
+{
+	return is_digit(c) ? c - '0' : (c >= 'a' && c <= 'f') ? c - 'a' + 10 : (c >= 'A' && c <= 'F') ? c - 'A' + 10 : -1;
+}
+
+static int result_sandbox_mac(const struct buf *res, char mac[18])
+{
+	size_t vs, ve;
+	if (!res->n || j_object_doc(res->p, res->n) || j_get(res->p, res->n, "interfaces", &vs, &ve) != 1 || res->p[vs] != '[')
+		return -1;
+	struct jp p = {res->p, ve, vs + 1};
+	j_ws(&p);
+	if (p.i < p.n && res->p[p.i] == ']')
+		return 0;
+	for (;;) {
+		j_ws(&p);
+		size_t es = p.i;
+		if (j_val(&p, 1))
+			return -1;
+		size_t ee = p.i, a, b;
+		struct buf m = {0};
+		int found = 0;
+		if (res->p[es] == '{' && j_get(res->p + es, ee - es, "sandbox", &a, &b) == 1 && j_get_str(res->p + es, ee - es, "mac", &m) &&
+		    m.n == 17) {
+			unsigned char o[6];
+			found = 1;
+			for (int i = 0; i < 6 && found; i++) {
+				int h = hexval(m.p[3 * i]), l = hexval(m.p[3 * i + 1]);
+				if (h < 0 || l < 0 || (i < 5 && m.p[3 * i + 2] != ':'))
+					found = 0;
+				else
+					o[i] = (unsigned char)(h << 4 | l);
+			}
+			if (found)
+				snprintf(mac, 18, "%02x:%02x:%02x:%02x:%02x:%02x", o[0], o[1], o[2], o[3], o[4], o[5]);
+		}
+		b_free(&m);
+		if (found)
+			return 1;
+		j_ws(&p);
+		if (p.i >= p.n)
+			return -1;
+		char d = res->p[p.i++];
+		if (d == ']')
+			return 0;
+		if (d != ',')
+			return -1;
+	}
+}
+
+/*
  * Deletes the host link name when it is a veth whose master is the user's bridge (that
  * removes both ends, whatever the container renamed its end to): 0 done or no such
  * link, 1 a link of that name that is not ours (left alone), -1 failed.
@@ -2101,6 +2155,14 @@ static void on_route(const struct nlmsghdr *m, void *ctx)
 	uint32_t dst = 0;
 	const char *at = (const char *)rt + NLMSG_ALIGN(sizeof *rt);
 	size_t len = m->nlmsg_len - NLMSG_LENGTH(sizeof *rt);
+	/* the kernel's own local table only: a policy-routing table (e.g. local 0.0.0.0/0 for a
+	   transparent proxy) would make every address look local */
+	const struct nlattr *t = nla_find(at, len, RTA_TABLE);
+	uint32_t table = rt->rtm_table;
+	if (t && nla_len(t) == 4)
+		memcpy(&table, nla_data(t), 4);
+	if (table != RT_TABLE_LOCAL)
+		return;
 	const struct nlattr *a = nla_find(at, len, RTA_DST);
 	if (a && nla_len(a) == 4)
 		memcpy(&dst, nla_data(a), 4);
@@ -2264,14 +2326,14 @@ static int udp_jump_present(void)
 	return run_exec("/usr/sbin/iptables", argv, &none, err, sizeof err) == 0;
 }
 
-/* The UDP host ports of m (deduplicated into out, which holds 2 * MAX_PORTS). */
+/* The UDP host ports of m inside the caller's current block (deduplicated into out, which holds 2 * MAX_PORTS). */
 static size_t udp_ports_of(const struct mapping *m, size_t n, unsigned *out, size_t have)
 {
 	for (size_t i = 0; i < n; i++) {
 		int dup = 0;
 		for (size_t j = 0; j < have && !dup; j++)
 			dup = out[j] == m[i].host;
-		if (m[i].udp && !dup && have < 2 * MAX_PORTS)
+		if (m[i].udp && !dup && m[i].host >= conf.port_start && m[i].host <= conf.port_end && have < 2 * MAX_PORTS)
 			out[have++] = m[i].host;
 	}
 	return have;
@@ -2290,28 +2352,58 @@ static size_t tcp_only(const struct mapping *m, size_t n, struct mapping *out)
 /* ------------------------------------------------------------------ per-veth anti-spoofing (issue #13) */
 
 /*
- * A container's host veth carries only its own addresses: IPv4 and ARP frames that enter
- * the bridge from it with any other sender address are dropped. gdn setup makes the
+ * A container's host veth carries only its own addresses: frames that enter the bridge
+ * from it are dropped unless they are IPv4 or ARP (a VLAN tag would hide the rest from the
+ * rules) with the container's own MAC and IPv4 address as sender. gdn setup makes the
  * nftables table "bridge trellis" (bridge family: no br_netfilter, no sysctl) with the
- * sets veths (ifname) and own (ifname . ipv4_addr) and, in its prerouting chain, the two
- * drops for "iifname @veths" whose (iifname, sender) pair is not in @own. The gate adds
+ * sets veths (ifname), own (ifname . ipv4_addr) and ownmac (ifname . ether_addr) and, in
+ * its prerouting chain, the drops for "iifname @veths" whose (iifname, sender) pairs are
+ * not in @own and @ownmac. The gate adds
  * the veth and its addresses at add, and takes them out at del; veths the gate never
  * listed (containers from before) are left alone. One nft -f transaction each way,
  * built from the stored result (a veth name of [A-Za-z0-9_.-] and parsed addresses).
  */
 #define NFT "/usr/sbin/nft"
 
+/* Writes v to /proc/sys/net/<family>/conf/<veth>/<key> (a link the gate names: [A-Za-z0-9_.-]). */
+static int veth_sysctl(const char *family, const char *veth, const char *key, const char *v)
+{
+	char path[128];
+	snprintf(path, sizeof path, "/proc/sys/net/%s/conf/%s/%s", family, veth, key);
+	int fd = open(path, O_WRONLY | O_NOFOLLOW | O_CLOEXEC);
+	if (fd < 0)
+		return -1;
+	ssize_t w = write(fd, v, strlen(v));
+	return close(fd) < 0 || w != (ssize_t)strlen(v) ? -1 : 0;
+}
+
 static int veth_guard(int add, const struct buf *res, const struct addr *a, size_t na, char *err, size_t errlen)
 {
-	char veth[IFNAMSIZ], ip[16];
+	char veth[IFNAMSIZ], ip[16], mac[18];
 	if (result_host_veth(res, veth) != 1) {
 		snprintf(err, errlen, "the result names no host veth");
 		return add ? -1 : 0;
 	}
+	int has_mac = result_sandbox_mac(res, mac) == 1;
+	if (add && !has_mac) {
+		snprintf(err, errlen, "the result names no MAC address of the container's interface");
+		return -1;
+	}
+	/*
+	 * Frames to the bridge's link-local group addresses (01:80:c2:00:00:0x) are passed to
+	 * the host stack as received on the veth itself, past every bridge hook: strict
+	 * reverse-path filtering there drops any IPv4 of theirs (the way back to a container
+	 * is the bridge, never the veth), and the veth gets no IPv6 at all.
+	 */
+	if (add && (veth_sysctl("ipv4", veth, "rp_filter", "1\n") || veth_sysctl("ipv6", veth, "disable_ipv6", "1\n"))) {
+		snprintf(err, errlen, "cannot set reverse-path filtering on %s: %s", veth, strerror(errno));
+		return -1;
+	}
 	struct buf in = {0};
 	/* table and sets too (idempotent): a gate newer than the last gdn setup still works */
 	b_str(&in, "add table bridge trellis\nadd set bridge trellis veths { type ifname; }\n"
-		   "add set bridge trellis own { type ifname . ipv4_addr; }\n");
+		   "add set bridge trellis own { type ifname . ipv4_addr; }\n"
+		   "add set bridge trellis ownmac { type ifname . ether_addr; }\n");
 	/* added either way: nft 1.0.6 has no "destroy", and deleting an absent element fails */
 	for (int pass = 0; pass < (add ? 1 : 2); pass++) {
 		const char *verb = pass ? "delete" : "add";
@@ -2319,6 +2411,8 @@ static int veth_guard(int add, const struct buf *res, const struct addr *a, size
 			fmt_ip(a[i].ip, ip);
 			b_fmt(&in, "%s element bridge trellis own { \"%s\" . %s }\n", verb, veth, ip);
 		}
+		if (has_mac)
+			b_fmt(&in, "%s element bridge trellis ownmac { \"%s\" . %s }\n", verb, veth, mac);
 		b_fmt(&in, "%s element bridge trellis veths { \"%s\" }\n", verb, veth);
 	}
 	char *argv[] = {"nft", "-f", "-", NULL};
@@ -2417,6 +2511,9 @@ static void cmd_check(int netns)
 	conf_bridge(&c, &conf, 0, 0, &res);
 	if (plugin("bridge", "CHECK", netns, NULL, &c, err, sizeof err))
 		fail("%s", err);
+	/* an add cut short after storing its result left the veth unlisted: list it (idempotent) */
+	if (veth_guard(1, &res, a, na, err, sizeof err))
+		fail("%s", err);
 	exit(0);
 }
 
@@ -2511,6 +2608,13 @@ static void cmd_ports(const char *id, int netns, const struct mapping *m, size_t
 	size_t na;
 	if (result_addrs(&res, &conf, 1, a, &na))
 		refuse("the stored result of container %s does not fit the current network config", id);
+
+	/* an add cut short after storing its result left the veth unlisted: list it (idempotent) */
+	{
+		char gerr[1400];
+		if (veth_guard(1, &res, a, na, gerr, sizeof gerr))
+			fail("cannot list the veth of container %s for anti-spoofing: %s", id, gerr);
+	}
 
 	/* no host port+protocol mapped by another container of this user */
 	int lfd = openat(s.ports, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
