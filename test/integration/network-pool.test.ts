@@ -215,7 +215,6 @@ describe('network pool (integration, issue #8)', function () {
     const live = await server.client.create(spec({ handle: 'pool-live', network: s.cidr }));
     try {
       const handles = (await server.client.list()).sort();
-      const state = await entries(NETWORKER_STATE);
       const pool = poolState();
       const cases: [string, string, RegExp][] = [
         ['pool-bad-outside', '172.31.250.0/24', /outside this user's subnet .* and address pool/],
@@ -233,7 +232,8 @@ describe('network pool (integration, issue #8)', function () {
         expect(await entries(NETWORKER_STATE), network).to.not.include(`${gateId(handle)}.json`);
       }
       expect((await server.client.list()).sort()).to.deep.equal(handles);
-      expect(await entries(NETWORKER_STATE)).to.deep.equal(state);
+      // (the state dir is shared with every server of this user: only these handles' files are compared)
+      expect(await entries(NETWORKER_STATE), 'the live container keeps its state').to.include(`${gateId(live)}.json`);
       expect(poolState(), 'no bridge, veth or route came or went').to.deep.equal(pool);
     } finally {
       await server.client.destroy(live);

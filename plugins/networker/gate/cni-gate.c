@@ -1923,10 +1923,10 @@ static int pool_record(struct state *s, const char *id, struct poolnet *p)
 
 /*
  * The bridge for subnet want: the one a container of this user already has for exactly
- * that subnet, else the lowest free index. Refuses a subnet that overlaps one in use with
- * a different prefix. Other records are read under the lock.
+ * that subnet (1), else the lowest free index (0). Refuses a subnet that overlaps one in
+ * use with a different prefix. Other records are read under the lock.
  */
-static void pool_select(struct state *s, const char *id, struct poolnet *want)
+static int pool_select(struct state *s, const char *id, struct poolnet *want)
 {
 	unsigned char used[POOL_BRIDGES];
 	memset(used, 0, sizeof used);
@@ -1953,12 +1953,12 @@ static void pool_select(struct state *s, const char *id, struct poolnet *want)
 	}
 	closedir(d);
 	if (found)
-		return;
+		return 1;
 	char name[16];
 	for (unsigned i = 0; i < POOL_BRIDGES && pool_bridge_name(i, name) == 0; i++)
 		if (!used[i]) {
 			want->index = i;
-			return;
+			return 0;
 		}
 	refuse("no free pool bridge left: at most %d subnets of your pool can be in use at once", POOL_BRIDGES);
 }
@@ -2063,7 +2063,7 @@ static void cmd_add(int netns, uint32_t req_ip, uint32_t rs, uint32_t re, const 
 	if (pr->set) {
 		pn.net = pr->net;
 		pn.prefix = pr->prefix;
-		pool_select(&s, cont_id, &pn);
+		int shared = pool_select(&s, cont_id, &pn);
 		char rec[64], na[16];
 		fmt_ip(pn.net, na);
 		int k = snprintf(rec, sizeof rec, "%s/%u %u\n", na, pn.prefix, pn.index);
@@ -2071,7 +2071,8 @@ static void cmd_add(int netns, uint32_t req_ip, uint32_t rs, uint32_t re, const 
 		if (write_state_file(s.pool, cont_id, rec, (size_t)k))
 			fail("cannot store " STATE_DIR "/%u/pool/%s: %s", caller, cont_id, strerror(errno));
 		pool_apply(&pn);
-		if (pool_bridge_make()) {
+		/* a bridge of this name that no record names is debris (a del cut short): it goes, addresses and all */
+		if ((!shared && pool_bridge_remove(pn.index)) || pool_bridge_make()) {
 			int e = errno;
 			pool_release(&s, cont_id, &pn);
 			fail("cannot make bridge %s: %s", conf.bridge, strerror(e));
