@@ -18,7 +18,7 @@ import { Protocol } from '../../src/client/types.js';
 import { intToIp, ipToInt, loadUserNetwork } from '../../plugins/networker/config.js';
 import { parseCidr } from '../../plugins/networker/netout.js';
 import { gateId } from '../../plugins/networker/networker.js';
-import { cleanupServer, dumpLogsIfFailed, entries, gardenError, leftovers, PATHS, rawRequest, runAndWait, type Server, sh, spec, startServer } from './harness.js';
+import { cleanupServer, dumpLogsIfFailed, entries, gardenError, leftovers, PATHS, rawRequest, restartServer, runAndWait, type Server, sh, spec, startServer } from './harness.js';
 
 const uid = process.getuid?.() ?? 0;
 const NET = loadUserNetwork(uid);
@@ -26,11 +26,11 @@ const GW = NET.gateway;
 const NETWORKER_STATE = join(PATHS.runtimeDir, 'network');
 const POOL_BRIDGE = new RegExp(`^tr${uid}p\\d+$`);
 
-/** The i-th /24 of the pool (the suite needs a pool of at least a /22). */
+/** The i-th /24 of the pool (the suite uses the first 9: a pool of a /20 or more). */
 function subnet(i: number): { cidr: string; base: number; gw: string; at: (n: number) => string } {
   if (NET.pool === undefined) throw new Error(`uid ${uid} has no address pool: run gdn setup --network-pool (scripts/test does)`);
   const pool = parseCidr(NET.pool);
-  if (pool.prefix > 22) throw new Error(`the pool ${NET.pool} is smaller than the /22 this suite uses`);
+  if ((i + 1) * 256 > 2 ** (32 - pool.prefix)) throw new Error(`the pool ${NET.pool} has no ${i + 1}th /24: this suite needs a /20 or more`);
   const base = ipToInt(pool.network) + i * 256;
   return { cidr: `${intToIp(base)}/24`, base, gw: intToIp(base + 1), at: (n) => intToIp(base + n) };
 }
@@ -238,6 +238,42 @@ describe('network pool (integration, issue #8)', function () {
     } finally {
       await server.client.destroy(live);
     }
+  });
+
+  it('issue #8: a pool container keeps its subnet, address, gateway and net-in across a daemon restart; net-in from the host reaches it', async function () {
+    const s = subnet(8);
+    const host = await hostServer();
+    const h = 'pool-restart';
+    try {
+      await server.client.create(spec({ handle: h, network: `${s.at(20)}/24`, netout_rules: [rule(GW, host.port)] }));
+      await listen(server.client, h, 8080);
+      const { host_port: hostPort } = await server.client.netIn(h, 0, 8080);
+      const hostReads = (): Promise<string> => new Promise((resolve) => {
+        const c = net.connect(hostPort, GW);
+        let text = '';
+        c.setEncoding('utf8');
+        c.setTimeout(5000, () => c.destroy());
+        c.on('data', (d: string) => (text += d));
+        c.on('close', () => resolve(text));
+        c.on('error', () => resolve(text));
+      });
+      const check = async (when: string): Promise<void> => {
+        const info = await server.client.info(h);
+        expect([info.ContainerIP, info.HostIP], when).to.deep.equal([s.at(20), s.gw]);
+        expect(info.MappedPorts, when).to.deep.equal([{ HostPort: hostPort, ContainerPort: 8080 }]);
+        expect((await hostReads()).trim(), `${when}: net-in through ${GW}:${hostPort}`).to.equal(h);
+        expect(await tcpFrom(server.client, h, GW, host.port), `${when}: out through ${s.gw}`).to.equal('host');
+      };
+      await check('before the restart');
+      await server.stop();
+      server = await restartServer(server);
+      await check('after the restart');
+      expect(bridgeOf(s.cidr), 'the bridge').to.match(POOL_BRIDGE);
+    } finally {
+      await server.client.destroy(h).catch(() => undefined);
+      await host.close();
+    }
+    expect(bridgeOf(s.cidr), 'after destroy').to.equal(undefined);
   });
 
   it('issue #8: destroy leaves nothing of the pool: the same address can be had again at once, and bridges, veths and routes are as before', async function () {
