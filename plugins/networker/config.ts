@@ -24,6 +24,8 @@ export interface UserNetwork {
   portStart: number;
   portEnd: number;
   mtu: number;
+  /** Issue #8: the address pool root granted (CIDR), whose subnets creates may ask for; each gets its own bridge. */
+  pool?: string;
 }
 
 const KEYS = new Set(['bridge', 'subnet', 'gateway', 'port_start', 'port_end', 'mtu']);
@@ -80,6 +82,52 @@ export function parseUserNetwork(text: string): UserNetwork {
   return { bridge, subnet, gateway, portStart, portEnd, mtu: int('mtu', 576, 9000, 1500) };
 }
 
+/**
+ * Issue #8: /etc/trellis/net/<uid>.pool, beside the config (so a gate or networker from
+ * before pools reads the config unchanged): `pool=a.b.c.d/nn`, /12 to /30, clear of subnet.
+ */
+export function parsePool(text: string, subnet: string): string {
+  const lines = text.split('\n').map((l) => l.trim()).filter((l) => l !== '' && !l.startsWith('#'));
+  const m = lines.length === 1 ? /^pool=(\S+)$/.exec(lines[0] as string) : null;
+  if (!m) throw new InvalidArgument('want one line pool=a.b.c.d/nn');
+  const pool = m[1] as string;
+  const { prefix } = parseCidr(pool);
+  if (prefix < 12 || prefix > 30) throw new InvalidArgument('the pool must be between /12 and /30');
+  if (cidrsOverlap(pool, subnet)) throw new InvalidArgument(`the pool ${pool} overlaps the subnet ${subnet}`);
+  return pool;
+}
+
+export function formatPool(pool: string): string {
+  return `# Written by gdn setup --network-pool; read by the setuid CNI gate. Root-owned on purpose.\npool=${pool}\n`;
+}
+
+/** The user's network with its pool, if root granted one. */
+export function withPool(n: UserNetwork, uid: number, dir = NET_CONF_DIR): UserNetwork {
+  const path = `${dir}/${uid}.pool`;
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch {
+    return n;
+  }
+  try {
+    return { ...n, pool: parsePool(text, n.subnet) };
+  } catch (err) {
+    throw new FailedPrecondition('ERR_TRELLIS_NETWORK_CONFIG', `${path}: ${(err as Error).message}`);
+  }
+}
+
+/** Do two CIDRs share an address? */
+export function cidrsOverlap(a: string, b: string): boolean {
+  const span = (c: string): [number, number] => {
+    const { network, prefix } = parseCidr(c);
+    return [ipToInt(network), ipToInt(network) + 2 ** (32 - prefix) - 1];
+  };
+  const [a0, a1] = span(a);
+  const [b0, b1] = span(b);
+  return a0 <= b1 && b0 <= a1;
+}
+
 /** Addresses a subnet gives containers: all but the network, the gateway and the broadcast address. */
 export function containerAddresses(subnet: string): number {
   const { prefix } = parseCidr(subnet);
@@ -98,11 +146,13 @@ export function loadUserNetwork(uid: number, dir = NET_CONF_DIR): UserNetwork {
       `run 'sudo gdn setup --rootless-uid ${uid} --rootless-gid <gid>'`,
     );
   }
+  let n: UserNetwork;
   try {
-    return parseUserNetwork(text);
+    n = parseUserNetwork(text);
   } catch (err) {
     throw new FailedPrecondition('ERR_TRELLIS_NETWORK_CONFIG', `${path}: ${(err as Error).message}`);
   }
+  return withPool(n, uid, dir);
 }
 
 export function formatUserNetwork(n: UserNetwork): string {

@@ -27,9 +27,10 @@ export class Gate {
     return r.stdout;
   }
 
-  async add(id: string, pid: number, request?: { ip?: string; range?: string }): Promise<CniResult> {
+  async add(id: string, pid: number, request?: { ip?: string; range?: string; net?: string }): Promise<CniResult> {
     const args = ['add', id, String(pid)];
-    if (request?.ip) args.push(`ip=${request.ip}`);
+    if (request?.net) args.push(`net=${request.net}`);
+    else if (request?.ip) args.push(`ip=${request.ip}`);
     else if (request?.range) args.push(`range=${request.range}`);
     const out = await this.run(args);
     try {

@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { execa } from 'execa';
 import { pino, type Logger } from 'pino';
 import { ExternalFailure, InvalidArgument, TrellisError, errorMessage } from '../../src/errors.js';
-import { inSubnet, type UserNetwork } from './config.js';
+import { inSubnet, intToIp, ipToInt, type UserNetwork } from './config.js';
 import type { Gate, PortMapping } from './gate.js';
 import { PortHolder, PortInUse } from './loopback.js';
 import { ipv4Table, ipv6Table, parseCidr, parseRule, type NetOutRule } from './netout.js';
@@ -42,6 +42,9 @@ interface State {
   ip: string;
   rules: NetOutRule[];
   mappings: PortMapping[];
+  /** A container on a subnet of the user's address pool (issue #8): that subnet and its gateway. */
+  subnet?: string;
+  gateway?: string;
 }
 
 export interface UpInput {
@@ -72,15 +75,39 @@ export function hostResolvers(text: string): string[] {
   return out;
 }
 
-/** `a.b.c.d` → a static IP; `a.b.c.d/nn` → that range (network address) or that IP (host address). */
-export function parseRequest(spec: string | undefined, net: UserNetwork): { ip?: string; range?: string } {
+/** What a create's `network` asks the gate for. */
+export interface NetworkRequest {
+  ip?: string;
+  range?: string;
+  /** A subnet of the user's pool, or an address in one (the gate's `net=`), with that subnet and its gateway. */
+  net?: string;
+  subnet?: string;
+  gateway?: string;
+}
+
+/**
+ * In the user's subnet: `a.b.c.d` → a static IP; `a.b.c.d/nn` → that range (network address)
+ * or that IP (host address). In the user's address pool (issue #8): `a.b.c.d/nn` → that
+ * subnet, its own bridge, any free address (network address) or exactly that one.
+ */
+export function parseRequest(spec: string | undefined, net: UserNetwork): NetworkRequest {
   if (spec === undefined || spec === '') return {};
   const [addr, bits] = spec.split('/');
   if (addr === undefined || !isIPv4(addr) || (bits !== undefined && !/^\d{1,2}$/.test(bits))) {
     throw new InvalidArgument(`invalid network \`${spec}\`: want an IPv4 address or CIDR`);
   }
+  const user = parseCidr(net.subnet);
+  const inUserNet = (ipToInt(addr) & maskOf(user.prefix)) >>> 0 === ipToInt(user.network);
+  if (!inUserNet && net.pool !== undefined) {
+    const pool = parseCidr(net.pool);
+    if ((ipToInt(addr) & maskOf(pool.prefix)) >>> 0 === ipToInt(pool.network)) return poolRequest(spec, addr, bits, pool);
+  }
   const outside = (): InvalidArgument =>
-    new InvalidArgument(`network \`${spec}\` is outside this user's subnet ${net.subnet} (gdn setup decides the subnet)`);
+    new InvalidArgument(
+      net.pool === undefined
+        ? `network \`${spec}\` is outside this user's subnet ${net.subnet} (gdn setup decides the subnet; root may grant an address pool with gdn setup --network-pool)`
+        : `network \`${spec}\` is outside this user's subnet ${net.subnet} and address pool ${net.pool} (gdn setup decides both)`,
+    );
   if (bits === undefined || bits === '32') {
     if (!inSubnet(addr, net.subnet) || addr === net.gateway) throw outside();
     return { ip: addr };
@@ -96,9 +123,27 @@ export function parseRequest(spec: string | undefined, net: UserNetwork): { ip?:
     return { ip: addr };
   }
   const { prefix } = parseCidr(spec);
-  const user = parseCidr(net.subnet);
   if (prefix < user.prefix || !inSubnet(addr, net.subnet) && addr !== user.network) throw outside();
   return { range: spec };
+}
+
+function maskOf(prefix: number): number {
+  return prefix === 0 ? 0 : (0xffffffff << (32 - prefix)) >>> 0;
+}
+
+/** A subnet of the pool (the gate checks all of it again). */
+function poolRequest(spec: string, addr: string, bits: string | undefined, pool: { network: string; prefix: number }): NetworkRequest {
+  if (bits === undefined) throw new InvalidArgument(`network \`${spec}\` is in this user's address pool: give its subnet too (a.b.c.d/nn)`);
+  const prefix = Number(bits);
+  if (prefix < 16 || prefix > 30 || prefix < pool.prefix) {
+    throw new InvalidArgument(`network \`${spec}\`: a subnet of the address pool ${pool.network}/${pool.prefix} must be a /${Math.max(16, pool.prefix)} to a /30`);
+  }
+  const network = (ipToInt(addr) & maskOf(prefix)) >>> 0;
+  const gateway = intToIp(network + 1);
+  if (addr === gateway || ipToInt(addr) === (network | ~maskOf(prefix)) >>> 0) {
+    throw new InvalidArgument(`network \`${spec}\`: ${addr} is the gateway or the broadcast address of its subnet`);
+  }
+  return { net: spec, subnet: `${intToIp(network)}/${prefix}`, gateway };
 }
 
 /** Field 22 of /proc/<pid>/stat (after the parenthesised name, which may hold anything). */
@@ -175,8 +220,8 @@ export class Networker {
   /** Writes the whole table into the container's netns (iptables-restore replaces it atomically). */
   private async applyFirewall(s: State): Promise<void> {
     const v4 = ipv4Table({
-      subnet: this.o.network.subnet,
-      gateway: this.o.network.gateway,
+      subnet: s.subnet ?? this.o.network.subnet,
+      gateway: s.gateway ?? this.o.network.gateway,
       dnsServers: this.dns,
       allowNetworks: this.o.allowNetworks ?? [],
       denyNetworks: this.o.denyNetworks ?? [],
@@ -206,7 +251,7 @@ export class Networker {
     const startTime = processStartTime(input.Pid);
     if (startTime === undefined) throw new InvalidArgument(`no process ${input.Pid}`);
     log.info({ id, pid: input.Pid }, 'up.start');
-    const s: State = { handle, id, pid: input.Pid, startTime, ip: '', rules, mappings: [] };
+    const s: State = { handle, id, pid: input.Pid, startTime, ip: '', rules, mappings: [], ...(request.subnet !== undefined ? { subnet: request.subnet, gateway: request.gateway } : {}) };
     // The egress table does not depend on the address: write it while the gate works.
     const [added, firewall] = await Promise.allSettled([this.o.gate.add(id, input.Pid, request), this.applyFirewall(s)]);
     if (added.status === 'rejected') throw added.reason;
@@ -228,7 +273,7 @@ export class Networker {
     return {
       properties: {
         'garden.network.container-ip': s.ip,
-        'garden.network.host-ip': this.o.network.gateway,
+        'garden.network.host-ip': s.gateway ?? this.o.network.gateway,
         'garden.network.mapped-ports': JSON.stringify(s.mappings.map((m) => ({ HostPort: m.hostPort, ContainerPort: m.containerPort }))),
       },
       dns_servers: this.dns,

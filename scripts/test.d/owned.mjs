@@ -22,14 +22,21 @@ const users = uids.map((uid) => {
   } catch {
     // no network for this user: only its ids and gate state can be its
   }
-  let net;
-  const m = /^(\d+\.\d+\.\d+\.\d+)\/(\d+)$/.exec(conf.subnet ?? '');
-  if (m) {
+  // issue #8: the address pool root granted (/etc/trellis/net/UID.pool), whose subnets get bridges trUIDpN
+  try {
+    const m = /^pool=(\S+)$/m.exec(readFileSync(`/etc/trellis/net/${uid}.pool`, 'utf8'));
+    if (m) conf.pool = m[1];
+  } catch {
+    // no pool
+  }
+  const netOf = (cidr) => {
+    const m = /^(\d+\.\d+\.\d+\.\d+)\/(\d+)$/.exec(cidr ?? '');
+    if (!m) return undefined;
     const prefix = Number(m[2]);
     const mask = prefix === 0 ? 0 : (0xffffffff << (32 - prefix)) >>> 0;
-    net = { base: (ipToInt(m[1]) & mask) >>> 0, mask };
-  }
-  return { uid, bridge: conf.bridge, net };
+    return { base: (ipToInt(m[1]) & mask) >>> 0, mask };
+  };
+  return { uid, bridge: conf.bridge, net: netOf(conf.subnet), pool: netOf(conf.pool), poolBridge: new RegExp(`^tr${uid}p\\d+$`) };
 });
 
 const escape = (s) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
@@ -37,11 +44,13 @@ function mentionsUser(text) {
   for (const u of users) {
     if (text.includes(`u${u.uid}-`) || text.includes(`trellis-${u.uid}\\"`) || text.includes(`trellis-${u.uid}"`)) return true;
     if (u.bridge && new RegExp(`(^|[^A-Za-z0-9+])${escape(u.bridge)}($|[^A-Za-z0-9+])`).test(text)) return true;
-    if (u.net) {
+    if (new RegExp(`(^|[^A-Za-z0-9+])tr${u.uid}p(\\d+|\\+)($|[^A-Za-z0-9+])`).test(text)) return true;
+    for (const n of [u.net, u.pool]) {
+      if (!n) continue;
       for (const [, ip, p] of text.matchAll(/(?<![\d.])(\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3})(?:\/(\d+))?(?![\d.])/g)) {
-        // An address, or a network no wider than the user's subnet, inside that subnet.
-        if (p !== undefined && Number(p) < bitsOf(u.net.mask)) continue;
-        if (((ipToInt(ip) & u.net.mask) >>> 0) === u.net.base) return true;
+        // An address, or a network no wider than the user's subnet (or pool), inside it.
+        if (p !== undefined && Number(p) < bitsOf(n.mask)) continue;
+        if (((ipToInt(ip) & n.mask) >>> 0) === n.base) return true;
       }
     }
   }
@@ -97,7 +106,8 @@ for (const l of lines) {
   } else if (l.startsWith('link ')) {
     const [, name, , master] = l.split(' ');
     const base = name.split('@')[0];
-    if (bridges.has(base) || (master !== undefined && bridges.has(master)) || (master === undefined && /^veth/.test(base))) out.push(`link ${base}`);
+    const pool = (n) => n !== undefined && users.some((u) => u.poolBridge.test(n));
+    if (bridges.has(base) || pool(base) || (master !== undefined && (bridges.has(master) || pool(master))) || (master === undefined && /^veth/.test(base))) out.push(`link ${base}`);
   } else if (l.startsWith('nft ')) {
     // issue #13: a veth's anti-spoofing entry is the user's whose subnet holds its address
     if (mentionsUser(l)) out.push(l);

@@ -7,7 +7,7 @@ import { chmodSync, chownSync, existsSync, readdirSync, readFileSync, renameSync
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { FailedPrecondition, InvalidArgument } from '../errors.js';
-import { DEFAULT_GATE, NET_CONF_DIR, formatUserNetwork, intToIp, ipToInt, parseUserNetwork, type UserNetwork } from '../../plugins/networker/config.js';
+import { DEFAULT_GATE, NET_CONF_DIR, cidrsOverlap, formatPool, formatUserNetwork, intToIp, ipToInt, parseUserNetwork, withPool, type UserNetwork } from '../../plugins/networker/config.js';
 import { parseCidr } from '../../plugins/networker/netout.js';
 import { ensureRootDir, writeFileAtomic } from './host-files.js';
 
@@ -27,6 +27,8 @@ export interface NetworkSetupOptions {
   subnet?: string;
   /** `START-END` host ports for net-in (default: the next free block of 500 from 20000). */
   hostPorts?: string;
+  /** Issue #8: an address pool (CIDR) whose subnets this user's creates may ask for (default: none, or the one granted before). */
+  pool?: string;
   /** The compiled gate to install (default: the one built beside this module). */
   gateSource?: string;
   gatePath?: string;
@@ -40,7 +42,14 @@ function others(confDir: string, uid: number): UserNetwork[] {
   for (const f of existsSync(confDir) ? readdirSync(confDir) : []) {
     if (!/^\d+\.conf$/.test(f) || f === `${uid}.conf`) continue;
     try {
-      out.push(parseUserNetwork(readFileSync(join(confDir, f), 'utf8')));
+      const n = parseUserNetwork(readFileSync(join(confDir, f), 'utf8'));
+      let pooled = n;
+      try {
+        pooled = withPool(n, Number(f.slice(0, -'.conf'.length)), confDir);
+      } catch {
+        // a broken pool file claims nothing
+      }
+      out.push(pooled);
     } catch {
       // a broken file claims nothing
     }
@@ -140,6 +149,86 @@ export function planNetwork(
   const net = parseCidr(subnet);
   // 9000: the bridge has no physical port, so jumbo frames cost nothing and carry ~2x the TCP throughput of 1500.
   return { bridge: `tr${uid}`, subnet, gateway: intToIp(ipToInt(net.network) + 1), portStart, portEnd, mtu: DEFAULT_MTU };
+}
+
+/** A route of the host's (`ip -j route show table all`), the parts the pool check needs. */
+export interface HostRoute {
+  dst: string;
+  dev?: string;
+  type?: string;
+}
+
+/**
+ * Checks an address pool for uid: a /12 to a /30 network outside 0/8, 127/8 and 224/3, clear
+ * of the user's own subnet, every other user's subnet and pool, and every route and address
+ * of the host but the default route and the user's own bridges'.
+ */
+export function checkPool(uid: number, pool: string, subnet: string, existing: UserNetwork[], routes: HostRoute[]): string {
+  const { network, prefix } = parseCidr(pool);
+  if (prefix < 12 || prefix > 30) throw new InvalidArgument(`--network-pool ${pool}: the pool must be a /12 to a /30`);
+  const first = Number(network.split('.')[0]);
+  if (first === 0 || first === 127 || first >= 224) throw new InvalidArgument(`--network-pool ${pool}: not in 0.0.0.0/8, 127.0.0.0/8 or 224.0.0.0/3`);
+  if (cidrsOverlap(pool, subnet)) throw new InvalidArgument(`--network-pool ${pool} overlaps this user's subnet ${subnet}`);
+  for (const n of existing) {
+    if (cidrsOverlap(pool, n.subnet)) throw new InvalidArgument(`--network-pool ${pool} overlaps ${n.subnet}, another user's subnet`);
+    if (n.pool !== undefined && cidrsOverlap(pool, n.pool)) throw new InvalidArgument(`--network-pool ${pool} overlaps ${n.pool}, another user's pool`);
+  }
+  const own = new RegExp(`^tr${uid}(p\\d+)?$`);
+  for (const r of routes) {
+    if (r.dst === 'default' || (r.dev !== undefined && own.test(r.dev))) continue;
+    const dst = r.dst.includes('/') ? r.dst : `${r.dst}/32`;
+    let ok = true;
+    try {
+      parseCidr(dst);
+    } catch {
+      ok = false;
+    }
+    if (ok && cidrsOverlap(pool, dst)) throw new InvalidArgument(`--network-pool ${pool} overlaps the host's route to ${r.dst}${r.dev ? ` (dev ${r.dev})` : ''}`);
+  }
+  return pool;
+}
+
+function hostRoutes(): HostRoute[] {
+  return JSON.parse(ip(['-j', '-4', 'route', 'show', 'table', 'all'])) as HostRoute[];
+}
+
+/** The pool bridges' wildcard: the gate names them tr<uid>p<n>. */
+export function poolBridges(uid: number): string {
+  return `tr${uid}p+`;
+}
+
+/**
+ * The host rules of ensureHostRules for every pool bridge of the user at once (interface
+ * wildcard): no source outside the pool; traffic within one bridge (bridged) passes, none
+ * goes to another bridge (another subnet of the same user, or another user's), only replies
+ * and net-in come in, from the host only the owner's and root's sockets; masquerade out.
+ */
+export function ensurePoolRules(n: UserNetwork & { pool: string }, uid: number, previous?: string): 'created' | 'already present' {
+  const w = poolBridges(uid);
+  let changed = false;
+  if (previous !== undefined && previous !== n.pool) {
+    changed = xtables('iptables', ['-t', 'raw', '-D', 'PREROUTING', '-i', w, '!', '-s', previous, '-j', 'DROP']) || changed;
+    changed = xtables('iptables', ['-t', 'nat', '-D', 'POSTROUTING', '-s', previous, '!', '-o', w, '-j', 'MASQUERADE']) || changed;
+  }
+  changed = ensureRule('raw', 'PREROUTING', ['-i', 'tr+', '-d', '127.0.0.0/8', '-j', 'DROP'], true) || changed;
+  changed = ensureRule('raw', 'PREROUTING', ['-i', w, '!', '-s', n.pool, '-j', 'DROP']) || changed;
+  changed = ensureChain('filter', FORWARD_CHAIN) || changed;
+  changed = ensureRule('filter', 'FORWARD', ['-j', FORWARD_CHAIN], true) || changed;
+  for (const rule of [
+    ['-i', w, '-m', 'physdev', '--physdev-is-bridged', '-j', 'ACCEPT'],
+    ['-i', w, '-o', 'tr+', '-j', 'DROP'],
+    ['-o', w, '-m', 'conntrack', '--ctstate', 'ESTABLISHED,RELATED,DNAT', '-j', 'ACCEPT'],
+    ['-o', w, '-j', 'DROP'],
+  ]) {
+    changed = ensureRule('filter', FORWARD_CHAIN, rule) || changed;
+  }
+  for (const [bin, family] of [['iptables', 4], ['ip6tables', 6]] as const) {
+    changed = ensureChain('filter', OUTPUT_CHAIN, bin) || changed;
+    changed = ensureRule('filter', 'OUTPUT', ['-j', OUTPUT_CHAIN], true, bin) || changed;
+    for (const rule of outputRules(w, uid, family)) changed = ensureRule('filter', OUTPUT_CHAIN, rule, false, bin) || changed;
+  }
+  changed = ensureRule('nat', 'POSTROUTING', ['-s', n.pool, '!', '-o', w, '-j', 'MASQUERADE']) || changed;
+  return changed ? 'created' : 'already present';
 }
 
 function ip(args: string[]): string {
@@ -425,28 +514,46 @@ export function ensureNetwork(opts: NetworkSetupOptions, info: (line: string) =>
   const busy = (start: number, end: number): string | undefined => busyIn(sockets, opts.uid, start, end);
   let net: UserNetwork;
   let outcome: string;
+  let previousPool: string | undefined;
   if (existsSync(path)) {
     net = parseUserNetwork(readFileSync(path, 'utf8'));
+    try {
+      previousPool = withPool(net, opts.uid, confDir).pool;
+    } catch {
+      previousPool = undefined; // a broken pool file is rewritten below, or removed by purge-user
+    }
     const wanted = planNetwork(opts.uid, others(confDir, opts.uid), {
       subnet: opts.subnet ?? net.subnet,
       hostPorts: opts.hostPorts ?? `${net.portStart}-${net.portEnd}`,
     }, busy);
     if (wanted.subnet !== net.subnet || wanted.portStart !== net.portStart || wanted.portEnd !== net.portEnd || net.mtu !== DEFAULT_MTU) {
       net = { ...net, subnet: wanted.subnet, gateway: wanted.gateway, portStart: wanted.portStart, portEnd: wanted.portEnd, mtu: DEFAULT_MTU };
-      writeFileAtomic(path, formatUserNetwork(net), { mode: 0o644, uid: 0, gid: 0 });
       outcome = 'changed';
     } else {
       outcome = 'already present';
     }
   } else {
     net = planNetwork(opts.uid, others(confDir, opts.uid), opts, busy);
-    writeFileAtomic(path, formatUserNetwork(net), { mode: 0o644, uid: 0, gid: 0 });
     outcome = 'created';
   }
-  info(`network ${path}: bridge ${net.bridge}, subnet ${net.subnet}, gateway ${net.gateway}, host ports ${net.portStart}-${net.portEnd} (${outcome})`);
+  // Issue #8: the pool, checked (against the host's routes too) before anything is written; kept once granted.
+  const pool = opts.pool ?? previousPool;
+  if (pool !== undefined) net.pool = checkPool(opts.uid, pool, net.subnet, others(confDir, opts.uid), hostRoutes());
+  if (outcome !== 'already present') writeFileAtomic(path, formatUserNetwork(net), { mode: 0o644, uid: 0, gid: 0 });
+  if (pool !== undefined) {
+    const poolPath = join(confDir, `${opts.uid}.pool`);
+    if (pool !== previousPool || readFileSync(poolPath, 'utf8') !== formatPool(pool)) {
+      writeFileAtomic(poolPath, formatPool(pool), { mode: 0o644, uid: 0, gid: 0 });
+      if (outcome === 'already present') outcome = 'changed';
+    }
+  }
+  info(`network ${path}: bridge ${net.bridge}, subnet ${net.subnet}, gateway ${net.gateway}, host ports ${net.portStart}-${net.portEnd}${net.pool !== undefined ? `, address pool ${net.pool}` : ''} (${outcome})`);
   info(`bridge ${net.bridge} ${net.gateway}/${parseCidr(net.subnet).prefix} (${ensureBridge(net)})`);
   info(`host rules for ${net.bridge}: no 127.0.0.0/8 from bridges, no source outside ${net.subnet}, no other user's bridge, only replies and net-in in, no DNAT of loopback, UDP net-in through ${udpChain(opts.uid)}, from the host only the owner's and root's sockets (IPv4 and IPv6), masquerade out (${ensureHostRules(net, opts.uid)})`);
-  info(`per-veth anti-spoofing (nftables table bridge ${SPOOF_TABLE}: a container's veth carries only its own IPv4 and ARP sender addresses) (${ensureSpoofGuard()})`);
+  info(`per-veth anti-spoofing (nftables table bridge ${SPOOF_TABLE}: a container's veth carries only IPv4 and ARP with its own sender MAC and address) (${ensureSpoofGuard()})`);
+  if (net.pool !== undefined) {
+    info(`address pool ${net.pool}: a bridge tr${opts.uid}p<n> per subnet in use, made by the CNI gate; host rules for ${poolBridges(opts.uid)}: no source outside the pool, nothing between subnets or users, only replies and net-in in, from the host only the owner's and root's sockets, masquerade out (${ensurePoolRules({ ...net, pool: net.pool }, opts.uid, previousPool)})`);
+  }
   info(`reserved host ports (ip_local_reserved_ports, ${RESERVED_PORTS_CONF}): ${ensureReservedPorts([net, ...others(confDir, opts.uid)])}`);
   const fwd = readFileSync('/proc/sys/net/ipv4/ip_forward', 'utf8').trim();
   if (fwd !== '1') execFileSync('sysctl', ['-q', '-w', 'net.ipv4.ip_forward=1']);

@@ -27,6 +27,8 @@ export interface SetupOptions {
   /** The user's container subnet and net-in host ports (default: the next free ones). */
   networkSubnet?: string;
   hostPorts?: string;
+  /** Issue #8: the user's address pool (CIDR) for creates that ask for their own subnet. */
+  networkPool?: string;
   /** info: one line per step; debug: also details; error, fatal: nothing on success. */
   logLevel?: LogLevel;
   /** Also install the systemd units (boot replay, the user's gdn.service) and lingering. */
@@ -105,7 +107,7 @@ export async function runSetup(opts: SetupOptions, print: (line: string) => void
   }
 
   // c2. network: bridge, subnet, host ports, forwarding, the setuid CNI gate
-  ensureNetwork({ uid: opts.uid, subnet: opts.networkSubnet, hostPorts: opts.hostPorts }, info);
+  ensureNetwork({ uid: opts.uid, subnet: opts.networkSubnet, hostPorts: opts.hostPorts, pool: opts.networkPool }, info);
 
   // d. image store
   const storePath = opts.store ?? paths.store;
@@ -141,7 +143,7 @@ export async function runSetup(opts: SetupOptions, print: (line: string) => void
   // f. host checks
   for (const bin of ['newuidmap', 'newgidmap']) info(checkSetuidHelper(bin));
   // g. what a reboot undoes is redone from this record at boot (gdn setup --boot, run by the unit)
-  const record = { uid: opts.uid, gid: opts.gid, storeDriver: opts.storeDriver, store: opts.store, storeSizeBytes: opts.storeSizeBytes, networkSubnet: opts.networkSubnet, hostPorts: opts.hostPorts };
+  const record = { uid: opts.uid, gid: opts.gid, storeDriver: opts.storeDriver, store: opts.store, storeSizeBytes: opts.storeSizeBytes, networkSubnet: opts.networkSubnet, hostPorts: opts.hostPorts, networkPool: opts.networkPool };
   info(`setup record ${join(RECORD_DIR, recordName(record))} for the boot unit (${writeRecord(record)})`);
   if (opts.systemd === true) {
     if (name === undefined) throw new InvalidArgument(`--systemd needs a user with a name in /etc/passwd; uid ${opts.uid} has none`);

@@ -16,7 +16,7 @@ export const USER_UNIT = 'gdn.service';
 const SHIPPED_GDN = '/usr/local/bin/gdn';
 
 /** What `gdn setup` was asked, kept so that `gdn setup --boot` can ask it again. */
-export type SetupRecord = Pick<SetupOptions, 'uid' | 'gid' | 'storeDriver' | 'store' | 'storeSizeBytes' | 'networkSubnet' | 'hostPorts'>;
+export type SetupRecord = Pick<SetupOptions, 'uid' | 'gid' | 'storeDriver' | 'store' | 'storeSizeBytes' | 'networkSubnet' | 'hostPorts' | 'networkPool'>;
 
 /** One record per user and store: the default store's is UID.json. */
 export function recordName(r: SetupRecord): string {

@@ -375,7 +375,7 @@ describe('cni-gate attacks (issue #4): another user cannot touch a victim throug
     // Leave nothing of the intruder's own behind, whatever failed.
     if (own) gate(['del', 'mine', own]);
     gate(['del', 'spare']);
-    for (const id of ['renamed', 'full', 'forged', 'twin']) gate(['del', id]);
+    for (const id of ['renamed', 'full', 'forged', 'twin', 'pooled']) gate(['del', id]);
     for (const c of spawned) c.kill('SIGKILL');
     if (work) await rm(work, { recursive: true, force: true });
   });
@@ -424,6 +424,84 @@ describe('cni-gate attacks (issue #4): another user cannot touch a victim throug
       expect(await viaMapping()).to.equal('mine\n');
       expect(gate(['check', 'mine', own], hostile), 'check').to.deep.equal({ code: 0, stdout: '', stderr: '' });
       expect(await markers(), 'planted programs that ran').to.deep.equal([]);
+    });
+  });
+
+  describe("issue #8: the address pool (the intruder's own, from gdn setup --network-pool)", function () {
+    let pooled: string;
+    /** The intruder's pool, and its first /25 (its own container's subnet below). */
+    const pool = (): { base: number; prefix: number } => {
+      if (mine.pool === undefined) throw new Error(`uid ${me} has no address pool: scripts/test grants the intruder one`);
+      const [a, p] = mine.pool.split('/');
+      return { base: ipToInt(a!), prefix: Number(p) };
+    };
+    const poolBridges = (): string[] => ipJson<Link[]>(['link']).filter((l) => new RegExp(`^tr${me}p\\d+$`).test(l.ifname)).map((l) => l.ifname);
+
+    it('positive control: add net= on a subnet of its own pool gets a bridge tr<uid>p<n> named by the gate, with that subnet\'s gateway', async function () {
+      expect(pool().prefix, 'a pool that holds a /25').to.be.at.most(25);
+      expect(theirs.pool, "the victim's user has a pool too").to.be.a('string');
+      pooled = await container();
+      const subnet = `${intToIp(pool().base)}/25`;
+      const r = gate(['add', 'pooled', pooled, `net=${subnet}`], hostile);
+      expect(r.code, r.stderr).to.equal(0);
+      const address = (JSON.parse(r.stdout) as { ips: { address: string }[] }).ips[0]!.address;
+      expect(inSubnet(address.split('/')[0]!, subnet), `${address} in ${subnet}`).to.equal(true);
+      expect(address.endsWith('/25')).to.equal(true);
+      const bridges = poolBridges();
+      expect(bridges).to.have.length(1);
+      const gw = intToIp(pool().base + 1);
+      const addrs = ipJson<{ addr_info?: { local?: string }[] }[]>(['-4', 'addr', 'show', 'dev', bridges[0]!]);
+      expect(addrs[0]?.addr_info?.map((i) => i.local)).to.deep.equal([gw]);
+      expect(gate(['check', 'pooled', pooled], hostile), 'check').to.deep.equal({ code: 0, stdout: '', stderr: '' });
+      expect(await markers(), 'planted programs that ran').to.deep.equal([]);
+    });
+
+    it("refused: a subnet outside the caller's pool: another user's pool or subnet, its own default subnet, anywhere else", async function () {
+      const x = await container();
+      const victimPool = theirs.pool!.split('/')[0]!;
+      for (const net of [`${victimPool}/24`, `${intToIp(ipToInt(victimPool) + 5)}/24`, theirs.subnet, mine.subnet, '172.31.250.0/24', '8.8.8.0/24', '127.0.0.0/24']) {
+        await refused(['add', 'x', x, `net=${net}`], /is not inside your address pool/);
+      }
+      // a subnet that starts inside the pool but is wider than it
+      await refused(['add', 'x', x, `net=${intToIp(pool().base)}/${pool().prefix - 1}`], /is not inside your address pool/);
+    });
+
+    it("refused: the caller's pool with a bad prefix, the gateway or broadcast address, a malformed subnet", async function () {
+      const x = await container();
+      const base = intToIp(pool().base);
+      for (const p of ['31', '32', '0', '8', '15']) await refused(['add', 'x', x, `net=${base}/${p}`], /must be a \/16 to a \/30|is not inside your address pool/);
+      await refused(['add', 'x', x, `net=${intToIp(pool().base + 129)}/25`], /gateway or the broadcast address/);
+      await refused(['add', 'x', x, `net=${intToIp(pool().base + 255)}/25`], /gateway or the broadcast address/);
+      for (const bad of [`${base}/33`, `${base}/024`, `0${base}/25`, `${base}`, `${base}/25/25`, `${base}/25,bridge=evil`, `${base}/-1`, ' ', '']) {
+        await refused(['add', 'x', x, `net=${bad}`], /bad net=/);
+      }
+    });
+
+    it('refused: a subnet overlapping one of its own in use with another prefix', async function () {
+      const x = await container();
+      await refused(['add', 'x', x, `net=${intToIp(pool().base)}/26`], /overlaps .* the subnet of your container pooled/);
+      await refused(['add', 'x', x, `net=${intToIp(pool().base)}/24`], /overlaps .* the subnet of your container pooled|is not inside/);
+    });
+
+    it('refused: bridge names come from the gate only (no argument names one)', async function () {
+      const x = await container();
+      const net = `net=${intToIp(pool().base)}/25`;
+      for (const b of [`bridge=${theirs.bridge}`, `bridge=tr${victim.uid}p0`, 'bridge=eth0', `br=${mine.bridge}`]) {
+        await refused(['add', 'x', x, b], /bad argument/);
+        await refused(['add', 'x', x, net, b], /too many arguments/);
+      }
+      await refused(['add', 'x', x, `${net}`, 'ip=1.2.3.4'], /too many arguments/);
+    });
+
+    it("refused: the victim's namespace, with a subnet of the caller's own pool", async function () {
+      await refused(['add', 'x', victim.pid, `net=${intToIp(pool().base + 128)}/25`], /not in a user namespace of uid/);
+    });
+
+    it('del of its pool container removes the bridge with the subnet\'s last container; a repeated del is fine', async function () {
+      expect(gate(['del', 'pooled', pooled]), 'del').to.deep.equal({ code: 0, stdout: '', stderr: '' });
+      expect(poolBridges()).to.deep.equal([]);
+      expect(interfacesOf(pooled)).to.not.include('eth0');
+      expect(gate(['del', 'pooled']), 'del again').to.deep.equal({ code: 0, stdout: '', stderr: '' });
     });
   });
 

@@ -10,7 +10,7 @@
  * /etc/trellis/net/<uid>.conf, a parsed and re-formatted argument, or a file the gate
  * wrote itself into root-owned state.
  *
- *   cni-gate add   <id> <pid> [ip=A.B.C.D | range=A.B.C.D/NN]
+ *   cni-gate add   <id> <pid> [ip=A.B.C.D | range=A.B.C.D/NN | net=A.B.C.D/NN]
  *   cni-gate del   <id> [<pid>]
  *   cni-gate check <id> <pid>
  *   cni-gate ports <id> <pid> [<hostport>:<containerport>/<tcp|udp> ...]
@@ -472,10 +472,29 @@ static int j_get_str(const char *s, size_t n, const char *key, struct buf *out)
 
 /* ------------------------------------------------------------------ the user's network config */
 
+static int nets_overlap(uint32_t a, unsigned ap, uint32_t b, unsigned bp)
+{
+	unsigned pl = ap < bp ? ap : bp;
+	return (a & mask_of(pl)) == (b & mask_of(pl));
+}
+
+/* tr<digits>p...: the names the gate gives pool bridges (tr<uid>p<n>), never a config's bridge */
+static int pool_bridge_like(const char *v, size_t n)
+{
+	size_t i = 2;
+	if (n < 4 || v[0] != 't' || v[1] != 'r')
+		return 0;
+	while (i < n && is_digit(v[i]))
+		i++;
+	return i > 2 && i < n && v[i] == 'p';
+}
+
 struct netconf {
 	char bridge[16];
 	uint32_t net, gw;
 	unsigned prefix, port_start, port_end, mtu;
+	uint32_t pool_net;                   /* issue #8: the address pool root granted, when has_pool */
+	unsigned pool_prefix, has_pool;
 };
 
 static uint32_t bcast_of(const struct netconf *c) { return c->net | ~mask_of(c->prefix); }
@@ -523,6 +542,8 @@ static const char *parse_conf(const char *buf, size_t n, struct netconf *c, unsi
 			for (size_t i = 1; i < vl; i++)
 				if (!is_lower(v[i]) && !is_digit(v[i]))
 					return "bridge must match [a-z][a-z0-9]{0,14}";
+			if (pool_bridge_like(v, vl))
+				return "bridge must not be named tr<digits>p...: those are the pool bridges' names";
 			memcpy(c->bridge, v, vl);
 			c->bridge[vl] = 0;
 		} else if (KEY("subnet")) {
@@ -739,6 +760,8 @@ static int remove_state_file(int dirfd, const char *name)
 	return unlinkat(dirfd, name, 0) < 0 && errno != ENOENT ? -1 : 0;
 }
 
+static void load_pool(int dir, unsigned uid, struct netconf *c);
+
 /* Loads /etc/trellis/net/<uid>.conf; refuses on anything but a valid, trusted file. */
 static void load_conf(unsigned uid, struct netconf *c)
 {
@@ -752,7 +775,6 @@ static void load_conf(unsigned uid, struct netconf *c)
 		refuse("%s: refusing to trust it", why);
 	struct buf b = {0};
 	int r = read_trusted_file(dir, name, path, &b, CONF_CAP);
-	close(dir);
 	if (r == 1)
 		refuse("no network is configured for uid %u: run 'gdn setup' as root", uid);
 	if (r < 0)
@@ -762,6 +784,61 @@ static void load_conf(unsigned uid, struct netconf *c)
 	b_free(&b);
 	if (bad && line)
 		refuse("%s line %u: %s", path, line, bad);
+	if (bad)
+		refuse("%s: %s", path, bad);
+	load_pool(dir, uid, c);
+	close(dir);
+}
+
+/*
+ * Issue #8: /etc/trellis/net/<uid>.pool, the address pool root granted (beside the config,
+ * so that a gate or networker that predates pools reads the config unchanged): one line
+ * pool=a.b.c.d/nn, a network address, 12 <= nn <= 30, not in 0/8, 127/8 or 224.0.0.0/3, not
+ * overlapping the config's subnet. NULL when valid; else why not.
+ */
+static const char *parse_pool_conf(const char *buf, size_t n, struct netconf *c)
+{
+	const char *s = buf, *end = buf + n;
+	if (memchr(buf, 0, n))
+		return "contains a NUL byte";
+	while (s < end) {
+		const char *e = memchr(s, '\n', (size_t)(end - s));
+		if (!e)
+			e = end;
+		if (e == s || *s == '#') {
+			s = e + 1;
+			continue;
+		}
+		if (c->has_pool)
+			return "more than one pool line";
+		if ((size_t)(e - s) < 5 || memcmp(s, "pool=", 5) || parse_cidr(s + 5, e, &c->pool_net, &c->pool_prefix) || c->pool_prefix < 12 ||
+		    c->pool_prefix > 30 || (c->pool_net & ~mask_of(c->pool_prefix)))
+			return "want one line pool=a.b.c.d/nn, a network address with 12 <= nn <= 30";
+		if ((c->pool_net >> 24) == 0 || (c->pool_net >> 24) == 127 || (c->pool_net >> 24) >= 224)
+			return "the pool must not be in 0/8, 127/8 or 224.0.0.0/3";
+		c->has_pool = 1;
+		s = e + 1;
+	}
+	if (c->has_pool && nets_overlap(c->net, c->prefix, c->pool_net, c->pool_prefix))
+		return "the pool overlaps the subnet";
+	return NULL;
+}
+
+/* The pool of uid, when root granted one (no file: none); refuses an untrusted or invalid file. */
+static void load_pool(int dir, unsigned uid, struct netconf *c)
+{
+	char name[32], path[96];
+	snprintf(name, sizeof name, "%u.pool", uid);
+	snprintf(path, sizeof path, CONF_DIR "/%s", name);
+	struct buf b = {0};
+	c->has_pool = 0;
+	int r = read_trusted_file(dir, name, path, &b, CONF_CAP);
+	if (r == 1)
+		return;
+	if (r < 0)
+		refuse("%s: refusing to trust it", why);
+	const char *bad = parse_pool_conf(b.p ? b.p : "", b.n, c);
+	b_free(&b);
 	if (bad)
 		refuse("%s: %s", path, bad);
 }
@@ -790,12 +867,23 @@ static void check_no_overlap(unsigned uid, const struct netconf *c)
 		char path[300];
 		snprintf(path, sizeof path, CONF_DIR "/%s", e->d_name);
 		if (read_trusted_file(dirfd(d), e->d_name, path, &b, CONF_CAP) == 0 && !parse_conf(b.p ? b.p : "", b.n, &o, &line)) {
+			/* their pool, when valid (an invalid one makes their every call refuse: it claims nothing) */
+			struct buf pb = {0};
+			char pname[32];
+			snprintf(pname, sizeof pname, "%lu.pool", other);
+			if (read_trusted_file(dirfd(d), pname, path, &pb, CONF_CAP) != 0 || parse_pool_conf(pb.p ? pb.p : "", pb.n, &o))
+				o.has_pool = 0;
+			b_free(&pb);
 			unsigned pl = c->prefix < o.prefix ? c->prefix : o.prefix;
 			const char *what = NULL;
 			if (!strcmp(o.bridge, c->bridge))
 				what = "bridge";
 			else if ((c->net & mask_of(pl)) == (o.net & mask_of(pl)))
 				what = "subnet";
+			else if ((c->has_pool && nets_overlap(c->pool_net, c->pool_prefix, o.net, o.prefix)) ||
+			         (o.has_pool && nets_overlap(o.pool_net, o.pool_prefix, c->net, c->prefix)) ||
+			         (c->has_pool && o.has_pool && nets_overlap(c->pool_net, c->pool_prefix, o.pool_net, o.pool_prefix)))
+				what = "address pool";
 			else if (c->port_start <= o.port_end && o.port_start <= c->port_end)
 				what = "port range";
 			if (what) {
@@ -1433,7 +1521,7 @@ static int ghost_netns(const struct addr *a, size_t n)
 /* ------------------------------------------------------------------ state */
 
 struct state {
-	int dir, ipam, res, ports, lock;
+	int dir, ipam, res, ports, lock, pool;
 };
 
 /* Opens (creating when create) /var/lib/trellis/net/<uid>/{ipam,results,ports} and locks it. 1: missing. */
@@ -1461,9 +1549,9 @@ static int state_open(int create, struct state *s)
 	}
 	s->dir = fd;
 	/* the subdirectories are harmless to create in a verified root-owned state dir */
-	static const char *const subs[] = {"ipam", "results", "ports"};
-	int *dst[] = {&s->ipam, &s->res, &s->ports};
-	for (size_t i = 0; i < 3; i++) {
+	static const char *const subs[] = {"ipam", "results", "ports", "pool"};
+	int *dst[] = {&s->ipam, &s->res, &s->ports, &s->pool};
+	for (size_t i = 0; i < 4; i++) {
 		snprintf(path, sizeof path, STATE_DIR "/%u/%s", caller, subs[i]);
 		*dst[i] = open_below(s->dir, subs[i], path, 1, 0700);
 		if (*dst[i] < 0)
@@ -1817,7 +1905,209 @@ static void netns_identity(int netns, char out[64])
 
 static int veth_guard(int add, const struct buf *res, const struct addr *a, size_t na, char *err, size_t errlen);
 
-static void cmd_add(int netns, uint32_t req_ip, uint32_t rs, uint32_t re)
+
+/* ------------------------------------------------------------------ the address pool (issue #8) */
+
+/*
+ * A container may ask for a subnet of the address pool root granted its user (the
+ * config's pool=). Each subnet in use has its own bridge, tr<uid>p<n>, named by the gate:
+ * pool/<id> records "<network>/<prefix> <n>" for each container on one, written before
+ * the bridge or the container's network is made and removed after them. The bridge goes
+ * with the last container of its subnet. While a pool container is handled, conf
+ * describes its subnet and bridge instead of the user's default ones.
+ */
+#define POOL_BRIDGES 100
+
+struct poolnet {
+	uint32_t net;
+	unsigned prefix, index;
+};
+
+struct poolreq {
+	int set;
+	uint32_t net, ip; /* ip: 0 for any free address of the subnet */
+	unsigned prefix;
+};
+
+static int pool_bridge_name(unsigned index, char out[16])
+{
+	int k = snprintf(out, 16, "tr%up%u", caller, index);
+	return k > 0 && k < 16 ? 0 : -1;
+}
+
+/* "<network>/<prefix> <index>\n", strictly */
+static int parse_pool_file(const struct buf *b, struct poolnet *p)
+{
+	const char *s = b->p ? b->p : "", *end = s + b->n;
+	if (b->n < 2 || memchr(s, 0, b->n) || end[-1] != '\n')
+		return -1;
+	const char *sp = memchr(s, ' ', b->n);
+	unsigned long idx;
+	if (!sp || parse_cidr(s, sp, &p->net, &p->prefix) || parse_num(sp + 1, end - 1, POOL_BRIDGES - 1, &idx))
+		return -1;
+	if (p->prefix < 16 || p->prefix > 30 || (p->net & ~mask_of(p->prefix)))
+		return -1;
+	p->index = (unsigned)idx;
+	char name[16];
+	return pool_bridge_name(p->index, name);
+}
+
+/* conf from here on describes the pool subnet p and its bridge (host ports and mtu stay the user's) */
+static void pool_apply(const struct poolnet *p)
+{
+	pool_bridge_name(p->index, conf.bridge);
+	conf.net = p->net;
+	conf.prefix = p->prefix;
+	conf.gw = p->net + 1;
+}
+
+static int pool_inside(const struct poolnet *p)
+{
+	return conf.has_pool && p->prefix >= conf.pool_prefix && (p->net & mask_of(conf.pool_prefix)) == conf.pool_net;
+}
+
+/* pool/<id> of this container: 0 read (p), 1 none; refuses when it is corrupt */
+static int pool_record(struct state *s, const char *id, struct poolnet *p)
+{
+	struct buf b = {0};
+	if (read_state(s->pool, "pool", id, &b, 256) == 1)
+		return 1;
+	int bad = parse_pool_file(&b, p);
+	b_free(&b);
+	if (bad)
+		refuse(STATE_DIR "/%u/pool/%s is corrupt", caller, id);
+	return 0;
+}
+
+/*
+ * The bridge for subnet want: the one a container of this user already has for exactly
+ * that subnet (1), else the lowest free index (0). Refuses a subnet that overlaps one in
+ * use with a different prefix. Other records are read under the lock.
+ */
+static int pool_select(struct state *s, const char *id, struct poolnet *want)
+{
+	unsigned char used[POOL_BRIDGES];
+	memset(used, 0, sizeof used);
+	int lfd = openat(s->pool, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	DIR *d = lfd < 0 ? NULL : fdopendir(lfd);
+	if (!d)
+		refuse("cannot list " STATE_DIR "/%u/pool: %s", caller, strerror(errno));
+	struct dirent *e;
+	int found = 0;
+	while ((e = readdir(d))) {
+		struct poolnet o;
+		if (!valid_id(e->d_name) || !strcmp(e->d_name, id) || pool_record(s, e->d_name, &o) == 1)
+			continue;
+		used[o.index] = 1;
+		if (o.net == want->net && o.prefix == want->prefix) {
+			want->index = o.index;
+			found = 1;
+		} else if (nets_overlap(o.net, o.prefix, want->net, want->prefix)) {
+			char a[16], b[16];
+			fmt_ip(want->net, a);
+			fmt_ip(o.net, b);
+			refuse("subnet %s/%u overlaps %s/%u, the subnet of your container %s", a, want->prefix, b, o.prefix, e->d_name);
+		}
+	}
+	closedir(d);
+	if (found)
+		return 1;
+	char name[16];
+	for (unsigned i = 0; i < POOL_BRIDGES && pool_bridge_name(i, name) == 0; i++)
+		if (!used[i]) {
+			want->index = i;
+			return 0;
+		}
+	refuse("no free pool bridge left: at most %d subnets of your pool can be in use at once", POOL_BRIDGES);
+}
+
+/* A locally administered MAC fixed per subnet: a bridge left to itself takes its lowest port's (issue #8). */
+static int pool_bridge_make(void)
+{
+	int fd = nl_socket();
+	if (fd < 0)
+		return -1;
+	union {
+		struct nlmsghdr h;
+		char b[512];
+	} q;
+	struct rtattr *li = NULL;
+	unsigned char mac[6] = {0x02, 0x74, (unsigned char)(conf.net >> 24), (unsigned char)(conf.net >> 16), (unsigned char)(conf.net >> 8),
+	                        (unsigned char)conf.net};
+	uint32_t mtu = conf.mtu;
+	memset(&q, 0, sizeof q);
+	q.h.nlmsg_len = NLMSG_LENGTH(sizeof(struct ifinfomsg));
+	q.h.nlmsg_type = RTM_NEWLINK;
+	q.h.nlmsg_flags = NLM_F_CREATE | NLM_F_EXCL;
+	((struct ifinfomsg *)NLMSG_DATA(&q.h))->ifi_family = AF_UNSPEC;
+	if (nl_attr(&q.h, sizeof q, IFLA_IFNAME, conf.bridge, strlen(conf.bridge) + 1, NULL) || nl_attr(&q.h, sizeof q, IFLA_ADDRESS, mac, 6, NULL) ||
+	    nl_attr(&q.h, sizeof q, IFLA_MTU, &mtu, 4, NULL) || nl_attr(&q.h, sizeof q, IFLA_LINKINFO, NULL, 0, &li) ||
+	    nl_attr(&q.h, sizeof q, IFLA_INFO_KIND, "bridge", 7, NULL)) {
+		close(fd);
+		return -1;
+	}
+	li->rta_len = (unsigned short)((char *)&q.h + q.h.nlmsg_len - (char *)li);
+	int rc = nl_do(fd, &q.h) == 0 || errno == EEXIST ? 0 : -1;
+	close(fd);
+	return rc;
+}
+
+/* The pool bridge tr<uid>p<index>, gone (no such link is fine). */
+static int pool_bridge_remove(unsigned index)
+{
+	char name[16];
+	if (pool_bridge_name(index, name))
+		return -1;
+	int fd = nl_socket();
+	if (fd < 0)
+		return -1;
+	union {
+		struct nlmsghdr h;
+		char b[256];
+	} q;
+	memset(&q, 0, sizeof q);
+	q.h.nlmsg_len = NLMSG_LENGTH(sizeof(struct ifinfomsg));
+	q.h.nlmsg_type = RTM_DELLINK;
+	((struct ifinfomsg *)NLMSG_DATA(&q.h))->ifi_family = AF_UNSPEC;
+	int rc = -1;
+	if (nl_attr(&q.h, sizeof q, IFLA_IFNAME, name, strlen(name) + 1, NULL) == 0)
+		rc = nl_do(fd, &q.h) == 0 || errno == ENODEV ? 0 : -1;
+	close(fd);
+	return rc;
+}
+
+/* pool/<id> goes; so does its bridge when no other container of the user is on it. */
+static int pool_release(struct state *s, const char *id, const struct poolnet *p)
+{
+	if (remove_state_file(s->pool, id))
+		return -1;
+	int lfd = openat(s->pool, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	DIR *d = lfd < 0 ? NULL : fdopendir(lfd);
+	if (!d)
+		return -1;
+	struct dirent *e;
+	int in_use = 0;
+	while ((e = readdir(d))) {
+		struct poolnet o;
+		if (valid_id(e->d_name) && pool_record(s, e->d_name, &o) == 0 && o.index == p->index)
+			in_use = 1;
+	}
+	closedir(d);
+	return in_use ? 0 : pool_bridge_remove(p->index);
+}
+
+/* check and ports: a pool container's subnet and bridge, while its subnet is still inside the pool */
+static void pool_use(struct state *s, const char *id)
+{
+	struct poolnet pn;
+	if (pool_record(s, id, &pn) == 1)
+		return;
+	if (!pool_inside(&pn))
+		refuse("the subnet of container %s is no longer inside your address pool", id);
+	pool_apply(&pn);
+}
+
+static void cmd_add(int netns, uint32_t req_ip, uint32_t rs, uint32_t re, const struct poolreq *pr)
 {
 	int has = container_has_eth0(netns);
 	if (has != 0)
@@ -1827,6 +2117,26 @@ static void cmd_add(int netns, uint32_t req_ip, uint32_t rs, uint32_t re)
 	struct stat st;
 	if (fstatat(s.res, res_name, &st, AT_SYMLINK_NOFOLLOW) == 0 || errno != ENOENT)
 		refuse("container %s already has a network: del it first", cont_id);
+	struct poolnet pn = {0, 0, 0};
+	if (pr->set) {
+		pn.net = pr->net;
+		pn.prefix = pr->prefix;
+		int shared = pool_select(&s, cont_id, &pn);
+		char rec[64], na[16];
+		fmt_ip(pn.net, na);
+		int k = snprintf(rec, sizeof rec, "%s/%u %u\n", na, pn.prefix, pn.index);
+		/* the record first: del finds the subnet and bridge of an add cut short */
+		if (write_state_file(s.pool, cont_id, rec, (size_t)k))
+			fail("cannot store " STATE_DIR "/%u/pool/%s: %s", caller, cont_id, strerror(errno));
+		pool_apply(&pn);
+		/* a bridge of this name that no record names is debris (a del cut short): it goes, addresses and all */
+		if ((!shared && pool_bridge_remove(pn.index)) || pool_bridge_make()) {
+			int e = errno;
+			pool_release(&s, cont_id, &pn);
+			fail("cannot make bridge %s: %s", conf.bridge, strerror(e));
+		}
+		req_ip = pr->ip;
+	}
 
 	/* the intent first: an add cut short (killed, frozen) is undone by del or refused by the next add */
 	char ident[64];
@@ -1879,6 +2189,8 @@ static void cmd_add(int netns, uint32_t req_ip, uint32_t rs, uint32_t re)
 	if (bad)
 		fail("%s; rollback also failed: %s", problem, rb);
 	remove_state_file(s.res, res_name);
+	if (pr->set && pool_release(&s, cont_id, &pn))
+		fail("%s; rollback could not remove bridge %s", problem, conf.bridge);
 	fail("%s (rolled back)", problem);
 }
 
@@ -2437,6 +2749,10 @@ static void cmd_del(int netns)
 	struct state s;
 	if (state_open(0, &s) == 1)
 		exit(0); /* nothing was ever stored for this user */
+	struct poolnet pn;
+	int pooled = pool_record(&s, cont_id, &pn) == 0;
+	if (pooled)
+		pool_apply(&pn);
 	struct buf res = {0}, ports = {0};
 	int have_res = read_state(s.res, "results", res_name, &res, OUT_CAP) == 0;
 	int have_ports = read_state(s.ports, "ports", cont_id, &ports, PORTS_FILE_CAP) == 0;
@@ -2493,6 +2809,8 @@ static void cmd_del(int netns)
 		veth_guard(0, &res, a, na, err, sizeof err);
 	if (remove_state_file(s.res, res_name))
 		fail("cannot remove " STATE_DIR "/%u/results/%s: %s", caller, res_name, strerror(errno));
+	if (pooled && pool_release(&s, cont_id, &pn))
+		fail("cannot remove pool bridge %s: %s", conf.bridge, strerror(errno));
 	exit(0);
 }
 
@@ -2502,6 +2820,7 @@ static void cmd_check(int netns)
 	struct buf res = {0};
 	if (state_open(0, &s) == 1 || read_state(s.res, "results", res_name, &res, OUT_CAP) == 1)
 		refuse("container %s has no network", cont_id);
+	pool_use(&s, cont_id);
 	struct addr a[MAX_IPS];
 	size_t na;
 	if (result_addrs(&res, &conf, 1, a, &na))
@@ -2604,6 +2923,7 @@ static void cmd_ports(const char *id, int netns, const struct mapping *m, size_t
 	struct buf res = {0}, old = {0};
 	if (state_open(0, &s) == 1 || read_state(s.res, "results", res_name, &res, OUT_CAP) == 1)
 		refuse("container %s has no network: add it first", id);
+	pool_use(&s, id);
 	struct addr a[MAX_IPS];
 	size_t na;
 	if (result_addrs(&res, &conf, 1, a, &na))
@@ -2797,7 +3117,7 @@ static void harden(void)
 }
 
 static const char usage[] =
-    "usage: cni-gate add <id> <pid> [ip=A.B.C.D|range=A.B.C.D/NN] | del <id> [<pid>] | check <id> <pid> | "
+    "usage: cni-gate add <id> <pid> [ip=A.B.C.D|range=A.B.C.D/NN|net=A.B.C.D/NN] | del <id> [<pid>] | check <id> <pid> | "
     "ports <id> <pid> [<hostport>:<containerport>/<tcp|udp> ...]";
 
 static long parse_pid(const char *s)
@@ -2860,9 +3180,9 @@ int main(int argc, char **argv)
 	snprintf(res_name, sizeof res_name, "%s.json", id);
 
 	/* the syntax of the rest */
-	uint32_t req_ip = 0, rnet = 0;
-	unsigned rprefix = 0;
-	int has_range = 0;
+	uint32_t req_ip = 0, rnet = 0, nip = 0;
+	unsigned rprefix = 0, nprefix = 0;
+	int has_range = 0, has_net = 0;
 	struct mapping m[MAX_PORTS];
 	size_t nm = 0;
 	if (op == ADD && argc == 5) {
@@ -2874,8 +3194,12 @@ int main(int argc, char **argv)
 			if (parse_cidr(a + 6, a + strlen(a), &rnet, &rprefix) || (rnet & ~mask_of(rprefix)))
 				refuse("bad range= '%.40s': an IPv4 network a.b.c.d/nn", a + 6);
 			has_range = 1;
+		} else if (!strncmp(a, "net=", 4)) {
+			if (parse_cidr(a + 4, a + strlen(a), &nip, &nprefix))
+				refuse("bad net= '%.40s': an IPv4 subnet a.b.c.d/nn, or an address in one", a + 4);
+			has_net = 1;
 		} else {
-			refuse("bad argument '%.40s': ip=A.B.C.D or range=A.B.C.D/NN", a);
+			refuse("bad argument '%.40s': ip=A.B.C.D, range=A.B.C.D/NN or net=A.B.C.D/NN", a);
 		}
 	}
 	if (op == PORTS)
@@ -2908,6 +3232,25 @@ int main(int argc, char **argv)
 		if (rs > re)
 			refuse("range=%s holds no usable address", argv[4] + 6);
 	}
+	struct poolreq pr = {0, 0, 0, 0};
+	if (has_net) {
+		const char *a = argv[4] + 4;
+		if (!conf.has_pool)
+			refuse("net=%s: uid %u has no address pool (root grants one: gdn setup --network-pool CIDR)", a, caller);
+		if (nprefix < 16 || nprefix > 30)
+			refuse("net=%s: the subnet must be a /16 to a /30", a);
+		struct poolnet t = {nip & mask_of(nprefix), nprefix, 0};
+		char pa[16];
+		fmt_ip(conf.pool_net, pa);
+		if (!pool_inside(&t))
+			refuse("net=%s is not inside your address pool %s/%u", a, pa, conf.pool_prefix);
+		if (nip != t.net && (nip == t.net + 1 || nip == (t.net | ~mask_of(nprefix))))
+			refuse("net=%s is the gateway or the broadcast address of its subnet", a);
+		pr.set = 1;
+		pr.net = t.net;
+		pr.prefix = nprefix;
+		pr.ip = nip != t.net ? nip : 0;
+	}
 	for (size_t i = 0; i < nm; i++) {
 		if (m[i].host < conf.port_start || m[i].host > conf.port_end)
 			refuse("host port %u is outside your range %u-%u", m[i].host, conf.port_start, conf.port_end);
@@ -2921,7 +3264,7 @@ int main(int argc, char **argv)
 
 	switch (op) {
 	case ADD:
-		cmd_add(netns, req_ip, rs, re);
+		cmd_add(netns, req_ip, rs, re, &pr);
 		break;
 	case DEL:
 		cmd_del(netns);
