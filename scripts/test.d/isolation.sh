@@ -171,6 +171,28 @@ interrupted_gate_checks() {
     kill "$spare" 2>/dev/null || true
   done
   check "issue #8: a killed add on a pool subnet is undone by del" "$ok"
+  # issue #8 (review): a network that appears on the host after setup granted the pool (a VPN, a
+  # container engine) is not taken: a pool subnet that a host route covers is refused, nothing made
+  local base taken out
+  base=${pool%/*}
+  taken="${base%.*}.$((${base##*.} + 64))/26"
+  ok=1
+  ip link add trtest-taken type dummy
+  ip addr add "${base%.*}.$((${base##*.} + 65))/26" dev trtest-taken
+  ip link set trtest-taken up
+  spare=$(runuser -u "$TEST_USER" -- bash -c 'unshare --user --map-root-user --net sleep 600 </dev/null >/dev/null 2>&1 & echo $!')
+  for _ in $(seq 100); do [[ $(cat "/proc/$spare/comm" 2>/dev/null) == sleep ]] && break; sleep 0.05; done
+  rc=0
+  out=$(as_test_user "$GATE" add taken "$spare" "net=$taken" 2>&1) || rc=$?
+  if ((rc != 2)) || [[ $out != *"is not free on this host"* ]]; then
+    echo "scripts/test: a pool subnet ($taken) under a host route was not refused: exit $rc: $out" >&2
+    ok=0
+  fi
+  left=$( (nsenter -t "$spare" -n ip -o link show; ls "/var/lib/trellis/net/$tuid/results/taken.json" "/var/lib/trellis/net/$tuid/pool/taken"; ip -o link show | grep -E "^[0-9]+: tr${tuid}p[0-9]+[:@]") 2>/dev/null | grep -cv ': lo:' || true)
+  ((left == 0)) || { echo "scripts/test: the refused pool add left $left things" >&2; ok=0; }
+  kill "$spare" 2>/dev/null || true
+  ip link del trtest-taken
+  check "issue #8: a pool subnet that a host route now covers is refused, nothing made" "$ok"
 }
 
 # udp_ask USER HOST PORT SPORT: the first answer to one datagram sent from USER's host

@@ -1582,6 +1582,7 @@ static int read_state(int dirfd, const char *sub, const char *name, struct buf *
 /* ------------------------------------------------------------------ the commands */
 
 static struct netconf conf;
+static struct netconf user_conf; /* conf as loaded: the user's default subnet and bridge, whatever pool subnet conf holds later */
 static char cid[96];          /* u<uid>-<id>: one user can never name another's container */
 static const char *cont_id;   /* <id> */
 static char res_name[80];     /* <id>.json */
@@ -2079,8 +2080,6 @@ static int pool_bridge_remove(unsigned index)
 /* pool/<id> goes; so does its bridge when no other container of the user is on it. */
 static int pool_release(struct state *s, const char *id, const struct poolnet *p)
 {
-	if (remove_state_file(s->pool, id))
-		return -1;
 	int lfd = openat(s->pool, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	DIR *d = lfd < 0 ? NULL : fdopendir(lfd);
 	if (!d)
@@ -2089,11 +2088,14 @@ static int pool_release(struct state *s, const char *id, const struct poolnet *p
 	int in_use = 0;
 	while ((e = readdir(d))) {
 		struct poolnet o;
-		if (valid_id(e->d_name) && pool_record(s, e->d_name, &o) == 0 && o.index == p->index)
+		if (valid_id(e->d_name) && strcmp(e->d_name, id) && pool_record(s, e->d_name, &o) == 0 && o.index == p->index)
 			in_use = 1;
 	}
 	closedir(d);
-	return in_use ? 0 : pool_bridge_remove(p->index);
+	/* the bridge before the record: a release cut short leaves the record, never a nameless bridge */
+	if (!in_use && pool_bridge_remove(p->index))
+		return -1;
+	return remove_state_file(s->pool, id);
 }
 
 /* check and ports: a pool container's subnet and bridge, while its subnet is still inside the pool */
@@ -2107,6 +2109,8 @@ static void pool_use(struct state *s, const char *id)
 	pool_apply(&pn);
 }
 
+static int pool_routes_free(const struct poolnet *p, char *why, size_t whylen);
+
 static void cmd_add(int netns, uint32_t req_ip, uint32_t rs, uint32_t re, const struct poolreq *pr)
 {
 	int has = container_has_eth0(netns);
@@ -2118,9 +2122,26 @@ static void cmd_add(int netns, uint32_t req_ip, uint32_t rs, uint32_t re, const 
 	if (fstatat(s.res, res_name, &st, AT_SYMLINK_NOFOLLOW) == 0 || errno != ENOENT)
 		refuse("container %s already has a network: del it first", cont_id);
 	struct poolnet pn = {0, 0, 0};
+	if (!pr->set) {
+		/* a pool record without a result is what an add or del cut short left: it goes first */
+		struct poolnet old;
+		if (pool_record(&s, cont_id, &old) == 0 && pool_release(&s, cont_id, &old))
+			fail("cannot remove " STATE_DIR "/%u/pool/%s: %s", caller, cont_id, strerror(errno));
+	}
 	if (pr->set) {
 		pn.net = pr->net;
 		pn.prefix = pr->prefix;
+		/*
+		 * The pool was free when root granted it; the host's routes may have changed since
+		 * (a VPN, a container engine, DHCP). A subnet that a route of anything but this
+		 * user's own pool bridges covers, or that holds the default route's gateway, would
+		 * take that traffic: refused.
+		 */
+		char why[200], sn[16];
+		if (pool_routes_free(&pn, why, sizeof why)) {
+			fmt_ip(pn.net, sn);
+			refuse("subnet %s/%u is not free on this host: %s", sn, pn.prefix, why);
+		}
 		int shared = pool_select(&s, cont_id, &pn);
 		char rec[64], na[16];
 		fmt_ip(pn.net, na);
@@ -2340,8 +2361,19 @@ static int udp_sync(const struct state *s, const char *skip, char *err, size_t e
 		char rn[300], ip[16];
 		snprintf(rn, sizeof rn, "%s.json", e->d_name);
 		/* a corrupt record or a result that is not (yet) a real one maps nothing */
+		/* each container against its own subnet: the user's default one, or its pool subnet (conf may hold another) */
+		struct netconf c = user_conf;
+		struct buf pb = {0};
+		struct poolnet pn;
+		if (read_state(s->pool, "pool", e->d_name, &pb, 256) == 0 && parse_pool_file(&pb, &pn) == 0 && pool_inside(&pn)) {
+			pool_bridge_name(pn.index, c.bridge);
+			c.net = pn.net;
+			c.prefix = pn.prefix;
+			c.gw = pn.net + 1;
+		}
+		b_free(&pb);
 		if (read_state(s->ports, "ports", e->d_name, &pf, PORTS_FILE_CAP) == 0 && parse_ports_file(&pf, m, &nm) == 0 &&
-		    read_state(s->res, "results", rn, &res, OUT_CAP) == 0 && result_addrs(&res, &conf, 1, a, &na) == 0) {
+		    read_state(s->res, "results", rn, &res, OUT_CAP) == 0 && result_addrs(&res, &c, 1, a, &na) == 0) {
 			fmt_ip(a[0].ip, ip);
 			for (size_t i = 0; i < nm; i++)
 				if (m[i].udp && m[i].host >= conf.port_start && m[i].host <= conf.port_end)
@@ -2487,6 +2519,101 @@ static void on_route(const struct nlmsghdr *m, void *ctx)
 	}
 	l->net[l->n] = net;
 	l->prefix[l->n++] = rt->rtm_dst_len;
+}
+
+/* --- the host's routes against a pool subnet (issue #8) */
+
+struct route_scan {
+	uint32_t net;
+	unsigned prefix;
+	int bad, failed;
+	char why[200];
+};
+
+/* oif is one of the caller's pool bridges, tr<uid>p<digits> */
+static int own_pool_bridge(uint32_t oif)
+{
+	char name[IF_NAMESIZE + 1], pre[32];
+	if (!oif || !if_indextoname(oif, name))
+		return 0;
+	int k = snprintf(pre, sizeof pre, "tr%up", caller);
+	if (k <= 0 || strncmp(name, pre, (size_t)k) || !name[k])
+		return 0;
+	for (const char *d = name + k; *d; d++)
+		if (!is_digit(*d))
+			return 0;
+	return 1;
+}
+
+static void on_any_route(const struct nlmsghdr *m, void *ctx)
+{
+	struct route_scan *r = ctx;
+	if (r->bad || m->nlmsg_type != RTM_NEWROUTE || m->nlmsg_len < NLMSG_LENGTH(sizeof(struct rtmsg)))
+		return;
+	const struct rtmsg *rt = NLMSG_DATA(m);
+	if (rt->rtm_family != AF_INET || rt->rtm_dst_len > 32)
+		return;
+	const char *at = (const char *)rt + NLMSG_ALIGN(sizeof *rt);
+	size_t len = m->nlmsg_len - NLMSG_LENGTH(sizeof *rt);
+	uint32_t dst = 0, gw = 0, oif = 0;
+	const struct nlattr *a = nla_find(at, len, RTA_DST);
+	if (a && nla_len(a) == 4)
+		memcpy(&dst, nla_data(a), 4);
+	if ((a = nla_find(at, len, RTA_GATEWAY)) && nla_len(a) == 4)
+		memcpy(&gw, nla_data(a), 4);
+	if ((a = nla_find(at, len, RTA_OIF)) && nla_len(a) == 4)
+		memcpy(&oif, nla_data(a), 4);
+	dst = ntohl(dst);
+	gw = ntohl(gw);
+	int own = own_pool_bridge(oif);
+	char d[16], g[16];
+	if (gw && (gw & mask_of(r->prefix)) == r->net && !own) {
+		fmt_ip(gw, g);
+		snprintf(r->why, sizeof r->why, "it holds %s, the gateway of a route of this host", g);
+		r->bad = 1;
+		return;
+	}
+	if (rt->rtm_dst_len == 0)
+		return; /* a default route covers everything: only its gateway counts */
+	unsigned p = rt->rtm_dst_len < r->prefix ? rt->rtm_dst_len : r->prefix;
+	if ((dst & mask_of(p)) == (r->net & mask_of(p)) && !own) {
+		fmt_ip(dst & mask_of(rt->rtm_dst_len), d);
+		snprintf(r->why, sizeof r->why, "it overlaps %s/%u, a route or address of this host", d, rt->rtm_dst_len);
+		r->bad = 1;
+	}
+}
+
+/* 0 no route of the host's (any table) but the caller's own pool bridges' touches p; -1 why says */
+static int pool_routes_free(const struct poolnet *p, char *why, size_t whylen)
+{
+	struct route_scan r;
+	memset(&r, 0, sizeof r);
+	r.net = p->net;
+	r.prefix = p->prefix;
+	int fd = nl_socket();
+	if (fd < 0) {
+		snprintf(why, whylen, "cannot list the host's routes: %s", strerror(errno));
+		return -1;
+	}
+	union {
+		struct nlmsghdr h;
+		char b[256];
+	} q;
+	memset(&q, 0, sizeof q);
+	q.h.nlmsg_len = NLMSG_LENGTH(sizeof(struct rtmsg));
+	q.h.nlmsg_type = RTM_GETROUTE;
+	((struct rtmsg *)NLMSG_DATA(&q.h))->rtm_family = AF_INET;
+	int rc = nl_dump(fd, &q.h, on_any_route, &r);
+	close(fd);
+	if (rc < 0) {
+		snprintf(why, whylen, "cannot list the host's routes: %s", strerror(errno));
+		return -1;
+	}
+	if (r.bad) {
+		snprintf(why, whylen, "%s", r.why);
+		return -1;
+	}
+	return 0;
 }
 
 struct ct_scan {
@@ -3212,6 +3339,7 @@ int main(int argc, char **argv)
 
 	/* the root-owned inputs */
 	load_conf(caller, &conf);
+	user_conf = conf;
 	check_no_overlap(caller, &conf);
 	check_plugins();
 
