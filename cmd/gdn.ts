@@ -208,6 +208,7 @@ async function server(args: ServerArgs): Promise<void> {
     image = new InProcessImagePlugin(
       new ImageStore({
         storePath: paths.store,
+        gate: args['network-gate'],
         logger: log.child({ component: 'grootfs' }),
         defaultRegistry: args['docker-registry'],
         insecureRegistries: args['insecure-docker-registry'],
