@@ -67,6 +67,14 @@ export function defaultEnv(gate = DEFAULT_GATE): DoctorEnv {
   };
 }
 
+function quotaListed(store: string, uid: number): boolean {
+  try {
+    return readFileSync(`/etc/trellis/quota/${uid}.conf`, 'utf8').split('\n').includes(`store=${store}`);
+  } catch {
+    return false;
+  }
+}
+
 const setupFix = (e: DoctorEnv) => `sudo gdn setup --rootless-uid ${e.uid} --rootless-gid ${e.gid}`;
 
 function version(bin: string, path: string): string | undefined {
@@ -161,6 +169,18 @@ export function runChecks(e: DoctorEnv): Finding[] {
     const fs = r.stdout.trim();
     if (fs === 'overlayfs' || fs === 'overlay') add('store', 'fail', `the image store ${e.store} is on ${fs}: overlay layers cannot live on overlay`, `${setupFix(e)} --store <a directory on ext4, xfs or btrfs>`);
     else add('store', 'ok', `${e.store} on ${fs}`);
+    // Issue #11: whether the store enforces disk limits (overlay records them only).
+    let driver = 'overlay';
+    try {
+      driver = readFileSync(join(e.store, 'meta', 'driver'), 'utf8').trim();
+    } catch {
+      // stores made before the driver was recorded are overlay stores
+    }
+    if (driver !== 'btrfs') {
+      add('disk-limits', 'warn', `${e.store} is an ${driver} store: disk limits are recorded and reported, not enforced`, `${setupFix(e)} --store <a new path> (a btrfs store with quotas), then gdn server --store <that path>`);
+    } else if (!quotaListed(e.store, e.uid)) {
+      add('disk-limits', 'fail', `${e.store} is a btrfs store the gate may not limit (not in /etc/trellis/quota/${e.uid}.conf)`, setupFix(e));
+    } else add('disk-limits', 'ok', `${e.store}: btrfs qgroups, limits set through the gate`);
   }
 
   if (!existsSync(e.runtimeDir)) add('run-user', 'fail', `${e.runtimeDir} is missing (a reboot removes it)`, setupFix(e));
