@@ -6,10 +6,11 @@
 
 import { expect } from 'chai';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
-import { readdir, readFile } from 'node:fs/promises';
+import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { execa } from 'execa';
 import { dirname, join } from 'node:path';
 import { DiskLimitScope, type ContainerSpec } from '../../src/client/types.js';
-import { cleanupServer, dumpLogsIfFailed, eventually, restartServer, runAndWait, type Server, sh, spec, startServer, STORE } from './harness.js';
+import { cleanupServer, dumpLogsIfFailed, eventually, restartServer, runAndWait, runtimeDir, type Server, sh, spec, startServer, STORE } from './harness.js';
 
 const QUOTA_STORE = join(dirname(STORE), 'quota-store');
 const MiB = 1024 * 1024;
@@ -44,13 +45,42 @@ function readdirSyncSafe(dir: string): string[] {
   }
 }
 
+/** mksubvol <path>: BTRFS_IOC_SUBVOL_CREATE (or, with a second argument, SNAP_CREATE_V2 of /) below <path>'s parent. */
+const MKSUBVOL_C = String.raw`#include <fcntl.h>
+#include <libgen.h>
+#include <linux/btrfs.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/ioctl.h>
+int main(int argc, char **argv) {
+  char a[4096], b[4096];
+  snprintf(a, sizeof a, "%s", argv[1]); snprintf(b, sizeof b, "%s", argv[1]);
+  int dir = open(dirname(a), O_RDONLY | O_DIRECTORY);
+  int r;
+  if (argc > 2) {
+    struct btrfs_ioctl_vol_args_v2 v; memset(&v, 0, sizeof v);
+    v.fd = open("/", O_RDONLY | O_DIRECTORY); snprintf(v.name, sizeof v.name, "%s", basename(b));
+    r = ioctl(dir, BTRFS_IOC_SNAP_CREATE_V2, &v);
+  } else {
+    struct btrfs_ioctl_vol_args v; memset(&v, 0, sizeof v);
+    snprintf(v.name, sizeof v.name, "%s", basename(b));
+    r = ioctl(dir, BTRFS_IOC_SUBVOL_CREATE, &v);
+  }
+  if (r < 0) { perror("ioctl"); return 1; }
+  puts("made");
+  return 0;
+}
+`;
+
 describe('disk limits on the btrfs quota store (integration, issue #11)', function () {
   this.timeout(180_000);
   let server: Server;
 
   before(async function () {
     expect((await readFile(join(QUOTA_STORE, 'meta', 'driver'), 'utf8')).trim(), `${QUOTA_STORE} is a btrfs store`).to.equal('btrfs');
-    server = await startServer({ extraArgs: ['--store', QUOTA_STORE] });
+    // TRELLIS_GATE_UNDER_TEST: a build of the gate installed setuid elsewhere (as the gate suite takes it)
+    const gate = process.env.TRELLIS_GATE_UNDER_TEST ? ['--network-gate', process.env.TRELLIS_GATE_UNDER_TEST] : [];
+    server = await startServer({ extraArgs: ['--store', QUOTA_STORE, ...gate] });
     expect(server.logs()).to.include('disk-limits.enforced');
   });
 
@@ -114,6 +144,33 @@ describe('disk limits on the btrfs quota store (integration, issue #11)', functi
     expect(err?.message).to.match(/exceed disk quota/);
     await server.client.destroy(ex);
     await server.client.destroy(tot);
+  });
+
+  it('a subvolume or snapshot made inside the container (its own qgroup, outside the limit) is refused: EPERM', async function () {
+    const dir = await mkdtemp(join(runtimeDir(), 'mksubvol-'));
+    try {
+      await writeFile(join(dir, 'mksubvol.c'), MKSUBVOL_C);
+      await execa('gcc', ['-static', '-O2', '-o', join(dir, 'mksubvol'), join(dir, 'mksubvol.c')]);
+      // the control: the same program makes a subvolume on the host, in this user's store
+      const probe = join(QUOTA_STORE, 'tmp', `mksubvol-probe-${process.pid}`);
+      const host = await execa(join(dir, 'mksubvol'), [probe], { reject: false });
+      expect(host.stdout, host.stderr).to.equal('made');
+      await execa('btrfs', ['subvolume', 'delete', probe]);
+      const h = await server.client.create(
+        limited(8 * MiB, DiskLimitScope.Exclusive, { bind_mounts: [{ src_path: dir, dst_path: '/t', mode: 0, origin: 0 }] }),
+      );
+      for (const args of ['/sub', '/snap snap']) {
+        const r = await runAndWait(server.client, h, sh(`/t/mksubvol ${args}; echo rc=$?`));
+        expect(r.stdout + r.stderr).to.include('Operation not permitted');
+        expect(r.stdout).to.include('rc=1');
+      }
+      // and the ordinary ioctls still work (a terminal's)
+      const tty = await runAndWait(server.client, h, sh('ls /sub /snap 2>&1; stty size 2>&1 </dev/null; true'));
+      expect(tty.stdout).to.match(/No such file/);
+      await server.client.destroy(h);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 
   it('metrics and bulk_metrics: exclusive and total bytes follow the writes at once (qgroup counters)', async function () {
