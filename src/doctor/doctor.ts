@@ -36,6 +36,8 @@ export interface DoctorEnv {
   systemd: boolean;
   runtimeDir: string;
   store: string;
+  /** Root's list of each user's quota stores (issue #11). */
+  quotaConfDir: string;
   path: string;
 }
 
@@ -63,13 +65,14 @@ export function defaultEnv(gate = DEFAULT_GATE): DoctorEnv {
     systemd: existsSync('/run/systemd/system'),
     runtimeDir: `/run/user/${uid}`,
     store: paths.store,
+    quotaConfDir: '/etc/trellis/quota',
     path: `${process.env.PATH ?? ''}:/usr/sbin:/sbin`,
   };
 }
 
-function quotaListed(store: string, uid: number): boolean {
+function quotaListed(dir: string, store: string, uid: number): boolean {
   try {
-    return readFileSync(`/etc/trellis/quota/${uid}.conf`, 'utf8').split('\n').includes(`store=${store}`);
+    return readFileSync(join(dir, `${uid}.conf`), 'utf8').split('\n').includes(`store=${store}`);
   } catch {
     return false;
   }
@@ -178,8 +181,8 @@ export function runChecks(e: DoctorEnv): Finding[] {
     }
     if (driver !== 'btrfs') {
       add('disk-limits', 'warn', `${e.store} is an ${driver} store: disk limits are recorded and reported, not enforced`, `${setupFix(e)} --store <a new path> (a btrfs store with quotas), then gdn server --store <that path>`);
-    } else if (!quotaListed(e.store, e.uid)) {
-      add('disk-limits', 'fail', `${e.store} is a btrfs store the gate may not limit (not in /etc/trellis/quota/${e.uid}.conf)`, setupFix(e));
+    } else if (!quotaListed(e.quotaConfDir, e.store, e.uid)) {
+      add('disk-limits', 'fail', `${e.store} is a btrfs store the gate may not limit (not in ${e.quotaConfDir}/${e.uid}.conf)`, setupFix(e));
     } else add('disk-limits', 'ok', `${e.store}: btrfs qgroups, limits set through the gate`);
   }
 

@@ -180,11 +180,11 @@ type DirKind = 'root' | 'user';
  * overlay store is never converted under its containers); a new one is btrfs, the
  * store that enforces disk limits (issue #11), where this kernel has btrfs.
  */
-function defaultStoreDriver(storePath: string): 'overlay' | 'btrfs' {
+export function defaultStoreDriver(storePath: string, hasBtrfs = kernelHasBtrfs): 'overlay' | 'btrfs' {
   const recorded = readTextOrEmpty(join(storePath, 'meta', 'driver')).trim();
   if (recorded === 'btrfs' || recorded === 'overlay') return recorded;
   if (lstatOrUndefined(join(storePath, 'meta', 'namespace.json')) !== undefined) return 'overlay';
-  if (!kernelHasBtrfs()) {
+  if (!hasBtrfs()) {
     throw new FailedPrecondition(
       'ERR_TRELLIS_NO_QUOTA_STORE',
       'this kernel has no btrfs, so gdn setup cannot make a store that enforces disk limits (XFS project quotas are not supported yet)',

@@ -10,7 +10,7 @@ import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { execa } from 'execa';
 import { dirname, join } from 'node:path';
 import { DiskLimitScope, type ContainerSpec } from '../../src/client/types.js';
-import { cleanupServer, dumpLogsIfFailed, eventually, restartServer, runAndWait, runtimeDir, type Server, sh, spec, startServer, STORE } from './harness.js';
+import { cleanupServer, dumpLogsIfFailed, eventually, REPO, restartServer, runAndWait, runtimeDir, type Server, sh, spec, startServer, STORE } from './harness.js';
 
 const QUOTA_STORE = join(dirname(STORE), 'quota-store');
 const MiB = 1024 * 1024;
@@ -236,5 +236,10 @@ describe('disk limits on the btrfs quota store (integration, issue #11)', functi
     expect((await server.client.list()).filter((h) => handles.includes(h))).to.deep.equal([]);
     const left = (await readdir(join(QUOTA_STORE, 'images'))).filter((n) => handles.includes(n));
     expect(left).to.deep.equal([]);
+    // grootfs clean with quotas on: the volumes no image uses go (the default rootfs's among them)
+    const clean = await execa(process.execPath, [join(REPO, 'dist/plugins/grootfs/main.js'), '--store', QUOTA_STORE, 'clean'], { reject: false });
+    expect(clean.exitCode, clean.stderr).to.equal(0);
+    expect(clean.stdout).to.include('clean completed');
+    expect((await readdir(join(QUOTA_STORE, 'volumes'))).filter((n) => !n.startsWith('gc.'))).to.deep.equal([]);
   });
 });
