@@ -147,9 +147,12 @@ describe('cni-gate quota attacks (issue #11): another user cannot limit, or rele
   });
 
   it('ids that are paths, or qgroup ids, are refused', function () {
-    for (const id of ['..', '.', '../x', `../../../${victimUid()}/quota-store/images/qvictim`, 'a/b', '0/256', '-x', '', 'x'.repeat(65)]) {
+    for (const id of ['..', '.', '../x', `../../../${victimUid()}/quota-store/images/qvictim`, 'a/b', '0/256', '/', '', 'x'.repeat(256), 'a\nb', 'a\u0001b']) {
       refused(['limit', store, id, 'exclusive', '1048576'], /bad id/);
+      refused(['release', store, id], /bad id/);
     }
+    // any other name is a name: only an image of my own store can be found under it
+    for (const id of ['-x', 'x'.repeat(255), '5', 'qvictim']) refused(['limit', store, id, 'exclusive', '1048576'], /no image/);
     refused(['limit', store, 'x', 'exclusive', '1048576', '0/5'], /wrong number of arguments/);
     refused(['release', store, 'x', '256'], /wrong number of arguments/);
   });

@@ -102,6 +102,15 @@ describe('disk limits on the btrfs quota store (integration, issue #11)', functi
     await server.client.destroy(h);
   });
 
+  it('a handle with characters beyond [A-Za-z0-9_.-] gets its limit too', async function () {
+    const h = await server.client.create(limited(20 * MiB, DiskLimitScope.Exclusive, { handle: 'odd:handle@x=y,z~' }));
+    expect(h).to.equal('odd:handle@x=y,z~');
+    const r = await write(server, h, '/big', 40);
+    expect(r.code, r.stdout).to.not.equal(0);
+    expect(r.stdout).to.match(QUOTA_ERROR);
+    await server.client.destroy(h);
+  });
+
   it('the boundary: just under the limit fits, just over fails (exclusive, a non-root writer)', async function () {
     const h = await server.client.create(limited(32 * MiB, DiskLimitScope.Exclusive));
     expect((await runAndWait(server.client, h, sh('mkdir -m 1777 /w'))).code).to.equal(0);

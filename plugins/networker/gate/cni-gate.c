@@ -245,7 +245,7 @@ static void fmt_ip(uint32_t v, char out[16])
 }
 
 /* <id>: [A-Za-z0-9][A-Za-z0-9_.-]{0,63} */
-int valid_id(const char *s)
+static int valid_id(const char *s)
 {
 	size_t n = strnlen(s, 65);
 	if (n < 1 || n > 64 || !is_alnum(s[0]))

@@ -13,7 +13,6 @@ extern char why[600];                    /* why open_below/open_trusted_dir refu
 
 void refuse(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
 void fail(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
-int valid_id(const char *s);
 int open_below(int dirfd, const char *name, const char *path, int create, mode_t mode);
 int open_trusted_dir(const char *path);
 int write_state_file(int dirfd, const char *name, const char *data, size_t n);

@@ -51,6 +51,45 @@ static const char quota_usage[] =
 
 /* ------------------------------------------------------------------ the root-owned config */
 
+/*
+ * An image id is whatever a Garden handle may be, as one path component: 1 to 255 bytes,
+ * no '/', no control character, not "." or "..". It is only ever used with openat below
+ * the store's descriptor; its record in root's directory is named by a hash of it.
+ */
+#define QUOTA_ID_MAX 255
+static int valid_image_id(const char *s)
+{
+	size_t n = strnlen(s, QUOTA_ID_MAX + 1);
+	if (n == 0 || n > QUOTA_ID_MAX || !strcmp(s, ".") || !strcmp(s, ".."))
+		return 0;
+	for (size_t i = 0; i < n; i++)
+		if (s[i] == '/' || (unsigned char)s[i] < 0x20 || s[i] == 0x7f)
+			return 0;
+	return 1;
+}
+
+static uint64_t fnv1a(const char *s)
+{
+	uint64_t h = 1469598103934665603ULL;
+	for (const char *c = s; *c; c++)
+		h = (h ^ (uint8_t)*c) * 1099511628211ULL;
+	return h;
+}
+
+/* The id in hex: what a record holds, so a hash collision is found, not acted on. */
+static void id_hex(const char *id, char out[2 * QUOTA_ID_MAX + 1])
+{
+	size_t n = strlen(id);
+	for (size_t i = 0; i < n; i++)
+		snprintf(out + 2 * i, 3, "%02x", (unsigned char)id[i]);
+	out[2 * n] = 0;
+}
+
+static void record_name(const char *id, char out[20])
+{
+	snprintf(out, 20, "r%016llx", (unsigned long long)fnv1a(id));
+}
+
 /* An absolute path of [A-Za-z0-9._-] components, none empty, '.' or '..'. */
 static int valid_store_path(const char *s)
 {
@@ -235,10 +274,7 @@ static void open_rootfs(const struct subvol *store, const char *id, struct subvo
 /* FNV-1a: a stable, short directory name per store path (the config already named it). */
 static void store_key(const char *store, char out[20])
 {
-	uint64_t h = 1469598103934665603ULL;
-	for (const char *c = store; *c; c++)
-		h = (h ^ (uint8_t)*c) * 1099511628211ULL;
-	snprintf(out, 20, "s%016llx", (unsigned long long)h);
+	snprintf(out, 20, "s%016llx", (unsigned long long)fnv1a(store));
 }
 
 /* /var/lib/trellis/quota/<uid>/<key>, made root 0700 component by component, and locked. */
@@ -279,26 +315,32 @@ static void fsid_hex(const uint8_t f[BTRFS_FSID_SIZE], char out[33])
 		snprintf(out + 2 * i, 3, "%02x", f[i]);
 }
 
-/* A record "<fsid hex> <subvolume id>\n" for id: 0 read, 1 missing. Refuses a malformed or untrusted one. */
+/* A record "<fsid hex> <subvolume id> <id hex>\n" for id: 0 read, 1 missing. Refuses a malformed, untrusted or colliding one. */
 static int record_read(int dir, const char *id, char fsid[33], uint64_t *sv)
 {
-	int fd = openat(dir, id, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+	char name[20], want[2 * QUOTA_ID_MAX + 1];
+	record_name(id, name);
+	id_hex(id, want);
+	int fd = openat(dir, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
 	if (fd < 0 && errno == ENOENT)
 		return 1;
 	struct stat st;
-	char b[80];
+	static char b[64 + 2 * QUOTA_ID_MAX + 2];
 	ssize_t n = -1;
 	if (fd >= 0 && fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_uid == 0 && st.st_size < (off_t)sizeof b)
 		n = read(fd, b, sizeof b - 1);
 	if (fd >= 0)
 		close(fd);
 	if (n < 0)
-		refuse("the quota record of %s is not a root-owned file", id);
+		refuse("the quota record of %.70s is not a root-owned file", id);
 	b[n] = 0;
 	unsigned long long v = 0;
 	int used = 0;
-	if (n != 54 || sscanf(b, "%32[0-9a-f] %20llu\n%n", fsid, &v, &used) != 2 || used != n || strlen(fsid) != 32 || v < 256 || v > (1ULL << 48))
-		refuse("the quota record of %s is malformed", id);
+	static char got[2 * QUOTA_ID_MAX + 2];
+	if (sscanf(b, "%32[0-9a-f] %20llu %511[0-9a-f]\n%n", fsid, &v, got, &used) != 3 || used != n || strlen(fsid) != 32 || v < 256 || v > (1ULL << 48))
+		refuse("the quota record of %.70s is malformed", id);
+	if (strcmp(got, want))
+		refuse("the quota record of %.70s belongs to another id (a hash collision): refusing", id);
 	*sv = v;
 	return 0;
 }
@@ -326,11 +368,18 @@ static void quota_limit(const char *store, const char *id, int exclusive, uint64
 	open_rootfs(&s, id, &r);
 	if (r.fd < 0)
 		refuse("no image %s in store %s", id, store);
-	char hex[33], line[64];
+	char hex[33], name[20], idh[2 * QUOTA_ID_MAX + 1];
+	static char line[64 + 2 * QUOTA_ID_MAX + 2];
 	fsid_hex(s.fsid, hex);
+	record_name(id, name);
+	id_hex(id, idh);
+	/* a record of another id under this name (a hash collision) is never overwritten */
+	char old_fsid[33];
+	uint64_t old_sv;
+	record_read(rec, id, old_fsid, &old_sv);
 	/* the record first: a limit root set is always one release can find */
-	int k = snprintf(line, sizeof line, "%s %020llu\n", hex, (unsigned long long)r.id);
-	if (write_state_file(rec, id, line, (size_t)k) < 0)
+	int k = snprintf(line, sizeof line, "%s %020llu %s\n", hex, (unsigned long long)r.id, idh);
+	if (k < 0 || (size_t)k >= sizeof line || write_state_file(rec, name, line, (size_t)k) < 0)
 		fail("cannot record the quota of %s: %s", id, strerror(errno));
 	if (set_limit(r.fd, 0, exclusive, bytes) < 0) {
 		if (errno == ENOTCONN || errno == ENOENT)
@@ -353,14 +402,15 @@ static void quota_release(const char *store, const char *id)
 	struct subvol s, r;
 	open_store(store, &s);
 	int lock = -1, rec = records_open(store, &lock);
-	char want[33], have[33];
+	char want[33], have[33], name[20];
+	record_name(id, name);
 	uint64_t sv = 0;
 	if (record_read(rec, id, want, &sv) == 1)
 		exit(0); /* never limited, or released already */
 	fsid_hex(s.fsid, have);
 	if (strcmp(want, have)) {
 		/* a store made anew since: that qgroup went with the old filesystem */
-		if (remove_state_file(rec, id) < 0)
+		if (remove_state_file(rec, name) < 0)
 			fail("cannot remove the quota record of %s: %s", id, strerror(errno));
 		exit(0);
 	}
@@ -381,7 +431,7 @@ static void quota_release(const char *store, const char *id)
 		}
 		/* a subvolume that still exists elsewhere (renamed) keeps its limit: it is not ours to find by id */
 	}
-	if (remove_state_file(rec, id) < 0)
+	if (remove_state_file(rec, name) < 0)
 		fail("cannot remove the quota record of %s: %s", id, strerror(errno));
 	exit(0);
 }
@@ -417,8 +467,8 @@ void quota_main(int argc, char **argv)
 	const char *store = argv[3], *id = argv[4];
 	if (!valid_store_path(store))
 		refuse("bad store '%.70s': an absolute path of [A-Za-z0-9._-] components", store);
-	if (!valid_id(id))
-		refuse("bad id '%.70s': [A-Za-z0-9][A-Za-z0-9_.-]{0,63}", id);
+	if (!valid_image_id(id))
+		refuse("bad id '%.70s': one path component of 1 to %d bytes, no control characters", id, QUOTA_ID_MAX);
 	int exclusive = 0;
 	uint64_t bytes = 0;
 	if (limit) {
