@@ -47,6 +47,7 @@ interface ServerArgs {
   'gid-map-length'?: number;
   'image-plugin'?: string;
   'image-plugin-extra-arg': string[];
+  store?: string;
   'docker-registry': string;
   'insecure-docker-registry': string[];
   'network-plugin'?: string;
@@ -90,6 +91,7 @@ function serverFlags(y: Argv) {
     .option('gid-map-length', { type: 'number', describe: 'number of gids mapped from container gid 1' })
     .option('image-plugin', { type: 'string', describe: 'image plugin executable (default: the built-in grootfs store)' })
     .option('image-plugin-extra-arg', { type: 'string', array: true, default: [] as string[], describe: 'argument put before the plugin subcommand (repeatable)' })
+    .option('store', { type: 'string', describe: 'image store of the built-in grootfs, one gdn setup prepared (default /var/lib/trellis/UID/store)' })
     .option('docker-registry', { type: 'string', default: 'registry-1.docker.io', describe: 'registry for docker:///repo images (built-in store)' })
     .option('insecure-docker-registry', { type: 'string', array: true, default: [] as string[], describe: 'host[:port] reached without TLS verification or over plain HTTP (repeatable; built-in store)' })
     .option('network-plugin', { type: 'string', describe: 'network plugin executable (default: the built-in networker when gdn setup gave you a network)' })
@@ -197,22 +199,31 @@ async function server(args: ServerArgs): Promise<void> {
   }
 
   let image: ImagePlugin;
+  const storePath = args.store ?? paths.store;
   if (args['image-plugin'] !== undefined) {
     image = new ExecImagePlugin(args['image-plugin'], args['image-plugin-extra-arg'], log.child({ component: 'image-plugin' }));
   } else {
-    if (!existsSync(join(paths.store, 'meta', 'namespace.json'))) {
-      throw new TrellisError('ERR_TRELLIS_STORE', `the image store ${paths.store} is not initialised`, {
+    if (!existsSync(join(storePath, 'meta', 'namespace.json'))) {
+      throw new TrellisError('ERR_TRELLIS_STORE', `the image store ${storePath} is not initialised`, {
         hint: `run 'sudo gdn setup --rootless-uid ${uid} --rootless-gid ${gid}'`,
       });
     }
-    image = new InProcessImagePlugin(
-      new ImageStore({
-        storePath: paths.store,
-        logger: log.child({ component: 'grootfs' }),
-        defaultRegistry: args['docker-registry'],
-        insecureRegistries: args['insecure-docker-registry'],
-      }),
-    );
+    const store = new ImageStore({
+      storePath,
+      gate: args['network-gate'],
+      logger: log.child({ component: 'grootfs' }),
+      defaultRegistry: args['docker-registry'],
+      insecureRegistries: args['insecure-docker-registry'],
+    });
+    // Issue #11: say at start whether disk limits will hold.
+    if ((await store.driver()) === 'btrfs') log.info({ store: storePath, driver: 'btrfs' }, 'disk-limits.enforced');
+    else {
+      log.warn(
+        { store: storePath, driver: 'overlay', hint: 'gdn setup --store <new path> makes a btrfs store that enforces them' },
+        'disk-limits.not-enforced: the overlay store records and reports disk limits but does not enforce them',
+      );
+    }
+    image = new InProcessImagePlugin(store);
   }
   let network: NetworkPlugin;
   let addressPool: number | undefined;
@@ -265,7 +276,7 @@ async function server(args: ServerArgs): Promise<void> {
   // gdn's sockets on the mapped ports of the containers it adopted (reservation, loopback path).
   if (network instanceof InProcessNetwork) await network.resume();
 
-  const deps = { gardener, network, log, storePath: paths.store, externalIp };
+  const deps = { gardener, network, log, storePath, externalIp };
   const http = createHttpServer({ requestTimeout: 0, headersTimeout: 60_000, keepAliveTimeout: 5_000 }, buildApp(deps));
   // Prometheus metrics (issue #12): their own listener, off unless --metrics-bind-port.
   const metricsServer = await startMetrics(args, gardener, http, log);

@@ -4,7 +4,8 @@
 // root) makes the filesystem on a loopback file when the store is not already on
 // btrfs, mounted with user_subvol_rm_allowed so the user can remove subvolumes.
 import { execa } from 'execa';
-import { closeSync, existsSync, lstatSync, openSync, readSync } from 'node:fs';
+import { closeSync, existsSync, lstatSync, openSync, readFileSync, readSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
 import { mkdir, open, readdir, statfs } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import type { Logger } from 'pino';
@@ -78,6 +79,25 @@ export async function usage(path: string, maps: StoreMappings | undefined): Prom
     throw new ExternalFailure('btrfs', `btrfs filesystem du ${path}: ${r.stderr.trim().split('\n').pop() || 'no usage reported'}`);
   }
   return { total: Number(m[1]), exclusive: Number(m[2]) };
+}
+
+/** btrfs is built in or loadable (the store's mount loads the module). */
+export function kernelHasBtrfs(): boolean {
+  try {
+    if (/\sbtrfs$/m.test(readFileSync('/proc/filesystems', 'utf8'))) return true;
+  } catch {
+    return false;
+  }
+  const r = spawnSync('modprobe', ['-n', 'btrfs'], { stdio: 'ignore', env: ENV });
+  return r.status === 0;
+}
+
+/** As root: quotas (qgroups) on the store's filesystem, so the gate can limit containers. Idempotent. */
+export async function enableQuota(store: string): Promise<'already on' | 'enabled'> {
+  const before = await btrfs(['qgroup', 'show', store]).then(() => true, () => false);
+  if (before) return 'already on';
+  await btrfs(['quota', 'enable', store]);
+  return 'enabled';
 }
 
 function hasBtrfsSignature(file: string): boolean {

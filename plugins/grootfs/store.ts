@@ -23,6 +23,8 @@ import { removeTrees, type CommandRunner, type StoreMappings } from './remove.js
 import { OVERLAY_UNSAFE, parseImageUrl, resolvePath, type ResolvedSource } from './sources.js';
 import { runAsNamespaceRoot, runUnpack } from './unpacker.js';
 import { treeBytes } from './usage.js';
+import { fsUuidOf, qgroupUsage, QuotaGate, subvolumeId, type QuotaRecord } from './quota.js';
+import { DEFAULT_GATE } from '../networker/config.js';
 
 export type DriverName = 'overlay' | 'btrfs';
 
@@ -53,6 +55,8 @@ export interface StoreOptions {
   logger?: Logger;
   /** Runs `unshare` for removals the plain user is denied; tests hand a fake. */
   run?: CommandRunner;
+  /** The setuid gate that sets disk limits on a btrfs store (issue #11); default the installed one. */
+  gate?: string;
 }
 
 export interface CreateOptions {
@@ -83,6 +87,8 @@ export interface ImageRecord {
   created: string;
   diskLimitBytes: number;
   excludeImageFromQuota: boolean;
+  /** btrfs: the qgroup the gate limited (issue #11); absent when no limit was set. */
+  quota?: QuotaRecord;
 }
 
 // A directory image carries no image config, so no env: gdn then gives each process
@@ -201,6 +207,10 @@ export class ImageStore {
   private initialised = false;
   /** Lower dirs never change (they are read-only sources), so their size is computed once per mtime. */
   private readonly lowerBytes = new Map<string, number>();
+  private readonly gate: QuotaGate;
+  /** btrfs: the store filesystem's uuid in /sys/fs/btrfs, and each image's subvolume id (for usage). */
+  private fsUuid?: Promise<string | undefined>;
+  private readonly subvolumes = new Map<string, number>();
 
   constructor(opts: StoreOptions) {
     if (opts.driver !== undefined && opts.driver !== 'overlay' && opts.driver !== 'btrfs') {
@@ -216,6 +226,7 @@ export class ImageStore {
     this.defaultRegistry = opts.defaultRegistry ?? 'registry-1.docker.io';
     this.insecureRegistries = opts.insecureRegistries ?? [];
     this.platform = opts.platform;
+    this.gate = new QuotaGate(opts.gate ?? DEFAULT_GATE);
   }
 
   /** Verified manifests and configs by digest (`meta/content/<hex>`): they never change. */
@@ -401,12 +412,20 @@ export class ImageStore {
         excludeImageFromQuota: exclude,
       };
       try {
+        if (driver === 'btrfs' && diskLimitBytes > 0) {
+          // Garden's scopes: exclusive counts the container's writes, total its image too (the snapshot's referenced bytes).
+          record.quota = await this.gate.limit(this.storePath, opts.id, exclude ? 'exclusive' : 'total', diskLimitBytes);
+          this.subvolumes.set(opts.id, record.quota.subvolume);
+          log.info({ diskLimitBytes, scope: exclude ? 'exclusive' : 'total', subvolume: record.quota.subvolume }, 'create.disk-limit-set');
+        }
         await writeFile(join(imageDir, 'image.json'), JSON.stringify(record), { mode: 0o600 });
       } catch (err) {
         await this.removeImageDir(imageDir, driver, log).catch(() => undefined);
+        if (record.quota) await this.gate.release(this.storePath, opts.id).catch(() => undefined);
+        this.subvolumes.delete(opts.id);
         throw err;
       }
-      if (diskLimitBytes > 0) {
+      if (diskLimitBytes > 0 && driver !== 'btrfs') {
         log.warn(
           { diskLimitBytes, reason: `the ${driver} driver cannot enforce disk limits without root; the limit is recorded and reported only` },
           'create.disk-limit-not-enforced',
@@ -656,8 +675,15 @@ export class ImageStore {
       throw err;
     }
     log.info('delete.start');
+    const record = await readFile(join(imageDir, 'image.json'), 'utf8').then((t) => JSON.parse(t) as Partial<ImageRecord>, () => undefined);
     try {
       await this.removeImageDir(imageDir, await this.driver(), log);
+      // After the subvolume is gone, so the gate may drop a qgroup the kernel kept.
+      if (record?.quota) {
+        // A release that fails leaves only root's record behind (the kernel drops the qgroup with the subvolume).
+        await this.gate.release(this.storePath, id).catch((err: unknown) => log.warn({ error: errorMessage(err) }, 'delete.quota-release-failed'));
+      }
+      this.subvolumes.delete(id);
       await rm(dependencyFile(this.storePath, id), { force: true });
     } catch (err) {
       log.error({ error: errorMessage(err) }, 'delete.failed');
@@ -681,6 +707,8 @@ export class ImageStore {
       throw err;
     }
     if ((record.driver ?? 'overlay') === 'btrfs') {
+      const q = await this.qgroupStats(id, record);
+      if (q) return { disk_usage: { total_bytes_used: q.total, exclusive_bytes_used: q.exclusive } };
       const u = await btrfs.usage(join(imageDir, 'rootfs'), await this.mappings());
       return { disk_usage: { total_bytes_used: u.total, exclusive_bytes_used: u.exclusive } };
     }
@@ -691,6 +719,20 @@ export class ImageStore {
     }
     const upper = await treeBytes(join(imageDir, 'diff'));
     return { disk_usage: { total_bytes_used: lower + upper, exclusive_bytes_used: upper } };
+  }
+
+  /** btrfs with quotas on: the image's qgroup counters (no tree walk); undefined when quotas are off. */
+  private async qgroupStats(id: string, record: ImageRecord): Promise<{ total: number; exclusive: number } | undefined> {
+    this.fsUuid ??= fsUuidOf(this.storePath);
+    const uuid = await this.fsUuid;
+    if (uuid === undefined) return undefined;
+    let subvolume = record.quota?.subvolume ?? this.subvolumes.get(id);
+    if (subvolume === undefined) {
+      subvolume = await subvolumeId(join(this.imagesDir, id, 'rootfs')).catch(() => undefined);
+      if (subvolume === undefined) return undefined;
+      this.subvolumes.set(id, subvolume);
+    }
+    return qgroupUsage(uuid, subvolume);
   }
 
   async list(): Promise<string[]> {
@@ -820,7 +862,9 @@ export class ImageStore {
     const maps = await this.mappings();
     if ((await this.driver().catch(() => 'overlay')) === 'btrfs') {
       for (const img of await readdir(this.imagesDir).catch(() => [] as string[])) {
+        const limited = await readFile(join(this.imagesDir, img, 'image.json'), 'utf8').then((t) => (JSON.parse(t) as Partial<ImageRecord>).quota !== undefined, () => false);
         await btrfs.deleteSubvolume(join(this.imagesDir, img, 'rootfs'), maps, log).catch(() => undefined);
+        if (limited) await this.gate.release(this.storePath, img).catch((err: unknown) => log.warn({ image: img, error: errorMessage(err) }, 'delete-store.quota-release-failed'));
       }
       for (const v of await readdir(this.volumesDir).catch(() => [] as string[])) {
         await btrfs.deleteSubvolume(this.volumePath(v), maps, log).catch(() => undefined);

@@ -36,6 +36,8 @@ export interface DoctorEnv {
   systemd: boolean;
   runtimeDir: string;
   store: string;
+  /** Root's list of each user's quota stores (issue #11). */
+  quotaConfDir: string;
   path: string;
 }
 
@@ -63,8 +65,17 @@ export function defaultEnv(gate = DEFAULT_GATE): DoctorEnv {
     systemd: existsSync('/run/systemd/system'),
     runtimeDir: `/run/user/${uid}`,
     store: paths.store,
+    quotaConfDir: '/etc/trellis/quota',
     path: `${process.env.PATH ?? ''}:/usr/sbin:/sbin`,
   };
+}
+
+function quotaListed(dir: string, store: string, uid: number): boolean {
+  try {
+    return readFileSync(join(dir, `${uid}.conf`), 'utf8').split('\n').includes(`store=${store}`);
+  } catch {
+    return false;
+  }
 }
 
 const setupFix = (e: DoctorEnv) => `sudo gdn setup --rootless-uid ${e.uid} --rootless-gid ${e.gid}`;
@@ -161,6 +172,18 @@ export function runChecks(e: DoctorEnv): Finding[] {
     const fs = r.stdout.trim();
     if (fs === 'overlayfs' || fs === 'overlay') add('store', 'fail', `the image store ${e.store} is on ${fs}: overlay layers cannot live on overlay`, `${setupFix(e)} --store <a directory on ext4, xfs or btrfs>`);
     else add('store', 'ok', `${e.store} on ${fs}`);
+    // Issue #11: whether the store enforces disk limits (overlay records them only).
+    let driver = 'overlay';
+    try {
+      driver = readFileSync(join(e.store, 'meta', 'driver'), 'utf8').trim();
+    } catch {
+      // stores made before the driver was recorded are overlay stores
+    }
+    if (driver !== 'btrfs') {
+      add('disk-limits', 'warn', `${e.store} is an ${driver} store: disk limits are recorded and reported, not enforced`, `${setupFix(e)} --store <a new path> (a btrfs store with quotas), then gdn server --store <that path>`);
+    } else if (!quotaListed(e.quotaConfDir, e.store, e.uid)) {
+      add('disk-limits', 'fail', `${e.store} is a btrfs store the gate may not limit (not in ${e.quotaConfDir}/${e.uid}.conf)`, setupFix(e));
+    } else add('disk-limits', 'ok', `${e.store}: btrfs qgroups, limits set through the gate`);
   }
 
   if (!existsSync(e.runtimeDir)) add('run-user', 'fail', `${e.runtimeDir} is missing (a reboot removes it)`, setupFix(e));

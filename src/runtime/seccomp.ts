@@ -118,6 +118,58 @@ export function refuseNamespaces(syscalls: OciSeccomp['syscalls']): OciSeccomp['
   return out;
 }
 
+/**
+ * The btrfs ioctls that make a subvolume or snapshot (issue #11): a subvolume made inside a
+ * container's rootfs gets a qgroup of its own, outside the container's limit, so what is
+ * written into it would escape the disk limit. Matched on type and number (the low 16 bits
+ * of the request), whatever the size and direction bits say.
+ */
+export const BTRFS_SUBVOLUME_IOCTLS = [0x9401 /* SNAP_CREATE */, 0x940e /* SUBVOL_CREATE */, 0x9417 /* SNAP_CREATE_V2 */, 0x9418 /* SUBVOL_CREATE_V2 */];
+
+/**
+ * Masked-equal patterns on the low 16 bits covering every request but `denied`: an
+ * unconditional allow would win over any conditional errno (as with socket), so the allow
+ * itself is cut into the subtrees of the 16-bit request space that hold no denied value.
+ */
+export function allowedPatterns(denied: number[]): { mask: number; value: number }[] {
+  const out: { mask: number; value: number }[] = [];
+  const walk = (bit: number, prefix: number, mask: number): void => {
+    const inside = denied.filter((d) => (d & mask) === prefix);
+    if (inside.length === 0) {
+      out.push({ mask, value: prefix });
+      return;
+    }
+    if (bit < 0) return;
+    const b = 1 << bit;
+    walk(bit - 1, prefix, mask | b);
+    walk(bit - 1, prefix | b, mask | b);
+  };
+  walk(15, 0, 0);
+  return out;
+}
+
+export function refuseSubvolumeIoctls(syscalls: OciSeccomp['syscalls']): OciSeccomp['syscalls'] {
+  let allowed = false;
+  const out: OciSeccomp['syscalls'] = [];
+  for (const r of syscalls) {
+    if (r.action === 'SCMP_ACT_ALLOW' && !r.args?.length && r.names.includes('ioctl')) {
+      allowed = true;
+      const names = r.names.filter((n) => n !== 'ioctl');
+      if (names.length > 0) out.push({ ...r, names });
+      continue;
+    }
+    out.push(r);
+  }
+  if (!allowed) return syscalls;
+  for (const p of allowedPatterns(BTRFS_SUBVOLUME_IOCTLS)) {
+    out.push({ names: ['ioctl'], action: 'SCMP_ACT_ALLOW', args: [{ index: 1, value: p.mask, valueTwo: p.value, op: 'SCMP_CMP_MASKED_EQ' }] });
+  }
+  for (const d of BTRFS_SUBVOLUME_IOCTLS) {
+    out.push({ names: ['ioctl'], action: 'SCMP_ACT_ERRNO', errnoRet: EPERM, args: [{ index: 1, value: 0xffff, valueTwo: d, op: 'SCMP_CMP_MASKED_EQ' }] });
+  }
+  return out;
+}
+
 export function toOci(profile: DockerProfile, caps: string[], nodeArch = process.arch, kernel = release()): OciSeccomp {
   const arch = ARCH[nodeArch] ?? { docker: nodeArch, scmp: '' };
   const map = profile.archMap?.find((m) => m.architecture === arch.scmp);
@@ -139,7 +191,7 @@ export function toOci(profile: DockerProfile, caps: string[], nodeArch = process
     if (r.args && r.args.length > 0) rule.args = r.args;
     syscalls.push(rule);
   }
-  const out: OciSeccomp = { defaultAction: profile.defaultAction, architectures, syscalls: refuseNamespaces(narrowSocket(syscalls)) };
+  const out: OciSeccomp = { defaultAction: profile.defaultAction, architectures, syscalls: refuseSubvolumeIoctls(refuseNamespaces(narrowSocket(syscalls))) };
   if (profile.defaultErrnoRet !== undefined) out.defaultErrnoRet = profile.defaultErrnoRet;
   return out;
 }

@@ -6,7 +6,7 @@ import { notRootError, replaySetup, runSetup, type LogLevel } from './setup.js';
 export interface SetupArgs {
   'rootless-uid'?: number;
   'rootless-gid'?: number;
-  'store-driver': 'overlay' | 'btrfs';
+  'store-driver'?: 'overlay' | 'btrfs';
   store?: string;
   'store-size-bytes'?: number;
   'network-subnet'?: string;
@@ -53,7 +53,7 @@ export const setupCommand: CommandModule<object, SetupArgs> = {
     yargs
       .option('rootless-uid', { type: 'number', describe: 'uid of the user who will run gdn server (default: $SUDO_UID)' })
       .option('rootless-gid', { type: 'number', describe: 'gid of that user (default: $SUDO_GID)' })
-      .option('store-driver', { choices: ['overlay', 'btrfs'] as const, default: 'overlay' as const, describe: 'image store driver' })
+      .option('store-driver', { choices: ['overlay', 'btrfs'] as const, describe: "image store driver: btrfs (default for a new store; enforces disk limits) or overlay (limits recorded, not enforced); an existing store keeps its own" })
       .option('store', { type: 'string', describe: 'image store to initialise (default /var/lib/trellis/UID/store)' })
       .option('store-size-bytes', { type: 'number', describe: 'btrfs: size of the loopback filesystem (sparse; default 10 GiB)' })
       .option('network-subnet', { type: 'string', describe: "the user's container subnet (default: the next free /24 of 10.88.0.0/16)" })

@@ -7,6 +7,8 @@ import { FailedPrecondition, InvalidArgument } from '../errors.js';
 import { buildMappings, formatMapping, nextFreeStart, parseSubIds, primaryRange, type IdMapping } from '../idmap/subid.js';
 import { ROOTFS_SOURCE, userPathsForSetup } from '../paths.js';
 import { ImageStore } from '../../plugins/grootfs/store.js';
+import { enableQuota, kernelHasBtrfs } from '../../plugins/grootfs/btrfs.js';
+import { parseQuotaConf, QUOTA_CONF_DIR, quotaConf } from '../../plugins/grootfs/quota.js';
 import { delegateCgroups, hierarchyLabel, parseMountinfo, planCgroups } from './cgroups.js';
 import { ensureRootDir, ensureUserDir, lstatOrUndefined, readTextOrEmpty, writeFileAtomic, type Owner } from './host-files.js';
 import { importRootfs } from './rootfs.js';
@@ -111,8 +113,8 @@ export async function runSetup(opts: SetupOptions, print: (line: string) => void
 
   // d. image store
   const storePath = opts.store ?? paths.store;
-  const driver = opts.storeDriver ?? 'overlay';
   const storeExisted = lstatOrUndefined(join(storePath, 'meta', 'namespace.json')) !== undefined;
+  const driver = opts.storeDriver ?? defaultStoreDriver(storePath);
   // A btrfs backing file lives in a root-owned dir: root mounts it, so the user must not be able to swap it.
   const backingFile = join(stateParent, `${opts.uid}-${storePath.split('/').filter(Boolean).join('_')}.btrfs`);
   await new ImageStore({ storePath, driver }).initStore({
@@ -124,6 +126,11 @@ export async function runSetup(opts: SetupOptions, print: (line: string) => void
   info(
     `image store ${storePath} (${driver}${driver === 'btrfs' ? ` on ${backingFile}` : ''}, owner ${opts.uid}, mappings ${uidMappings.map(formatMapping).join(' ')}) (${storeExisted ? 'already present' : 'created'})`,
   );
+  if (driver === 'btrfs') {
+    info(`disk limits on ${storePath}: btrfs qgroups (${await enableQuota(storePath)}), ${QUOTA_CONF_DIR}/${opts.uid}.conf (${ensureQuotaConf(opts.uid, storePath)})`);
+  } else {
+    info(`disk limits on ${storePath}: NOT enforced (overlay store: limits are recorded and reported only; the default btrfs store enforces them)`);
+  }
 
   // e. default rootfs
   const imported = importRootfs({
@@ -169,6 +176,36 @@ export async function replaySetup(print: (line: string) => void, logLevel: LogLe
 }
 
 type DirKind = 'root' | 'user';
+
+/**
+ * Without --store-driver: a store that exists keeps the driver it was made with (an
+ * overlay store is never converted under its containers); a new one is btrfs, the
+ * store that enforces disk limits (issue #11), where this kernel has btrfs.
+ */
+export function defaultStoreDriver(storePath: string, hasBtrfs = kernelHasBtrfs): 'overlay' | 'btrfs' {
+  const recorded = readTextOrEmpty(join(storePath, 'meta', 'driver')).trim();
+  if (recorded === 'btrfs' || recorded === 'overlay') return recorded;
+  if (lstatOrUndefined(join(storePath, 'meta', 'namespace.json')) !== undefined) return 'overlay';
+  if (!hasBtrfs()) {
+    throw new FailedPrecondition(
+      'ERR_TRELLIS_NO_QUOTA_STORE',
+      'this kernel has no btrfs, so gdn setup cannot make a store that enforces disk limits (XFS project quotas are not supported yet)',
+      'modprobe btrfs and run setup again, or pass --store-driver overlay for a store whose disk limits are recorded but not enforced',
+    );
+  }
+  return 'btrfs';
+}
+
+/** /etc/trellis/quota/<uid>.conf lists every btrfs store of the user: the gate limits containers of those only. */
+function ensureQuotaConf(uid: number, storePath: string): 'created' | 'updated' | 'already present' {
+  const path = join(QUOTA_CONF_DIR, `${uid}.conf`);
+  const before = readTextOrEmpty(path);
+  const stores = parseQuotaConf(before);
+  if (stores.includes(storePath)) return 'already present';
+  ensureRootDir(QUOTA_CONF_DIR, ROOT, 0o755);
+  writeFileAtomic(path, quotaConf([...stores, storePath]), { mode: 0o644, uid: 0, gid: 0 });
+  return before === '' ? 'created' : 'updated';
+}
 
 function ensureSubIds(
   user: { name?: string; id: number },

@@ -66,3 +66,38 @@ describe('gdn doctor checks (issue #9)', function () {
     expect(find(e, 'run-user')[0]).to.deep.include({ level: 'fail', detail: `${join(dir, 'no-run-user')} is missing (a reboot removes it)` });
   });
 });
+
+describe('gdn doctor: disk limits (issue 11)', function () {
+  let dir: string;
+  before(function () {
+    dir = mkdtempSync(join(tmpdir(), 'doctor-quota-'));
+  });
+  after(function () {
+    rmSync(dir, { recursive: true, force: true });
+  });
+  const store = (driver: string | undefined): string => {
+    const s = mkdtempSync(join(dir, 'store-'));
+    mkdirSync(join(s, 'meta'));
+    writeFileSync(join(s, 'meta', 'namespace.json'), '{}');
+    if (driver !== undefined) writeFileSync(join(s, 'meta', 'driver'), `${driver}\n`);
+    return s;
+  };
+  const diskLimits = (e: DoctorEnv) => runChecks(e).filter((f) => f.check === 'disk-limits');
+
+  it('an overlay store (recorded, or from before drivers were recorded): warn, limits not enforced', function () {
+    const base = defaultEnv();
+    for (const s of [store('overlay'), store(undefined)]) {
+      const [f] = diskLimits({ ...base, store: s, quotaConfDir: dir });
+      expect(f).to.deep.include({ level: 'warn', detail: `${s} is an overlay store: disk limits are recorded and reported, not enforced` });
+      expect(f!.fix).to.include('--store');
+    }
+  });
+
+  it('a btrfs store root listed for the gate: ok; one it did not list: FAIL with setup as the fix', function () {
+    const base = defaultEnv();
+    const s = store('btrfs');
+    expect(diskLimits({ ...base, store: s, quotaConfDir: dir })[0]).to.deep.include({ level: 'fail', fix: `sudo gdn setup --rootless-uid ${base.uid} --rootless-gid ${base.gid}` });
+    writeFileSync(join(dir, `${base.uid}.conf`), `# setup\nstore=${s}\n`);
+    expect(diskLimits({ ...base, store: s, quotaConfDir: dir })[0]).to.deep.include({ level: 'ok', detail: `${s}: btrfs qgroups, limits set through the gate` });
+  });
+});

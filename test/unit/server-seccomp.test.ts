@@ -1,6 +1,7 @@
 import { expect } from 'chai';
 import { existsSync } from 'node:fs';
-import { CLONE_NAMESPACE_FLAGS, DEFAULT_PROFILE, loadProfile, narrowSocket, refuseNamespaces, toOci, type DockerProfile } from '../../src/runtime/seccomp.js';
+import fc from 'fast-check';
+import { allowedPatterns, BTRFS_SUBVOLUME_IOCTLS, CLONE_NAMESPACE_FLAGS, DEFAULT_PROFILE, loadProfile, narrowSocket, refuseNamespaces, refuseSubvolumeIoctls, toOci, type DockerProfile } from '../../src/runtime/seccomp.js';
 import { UNPRIVILEGED_CAPS } from '../../src/runtime/bundle.js';
 
 const profile: DockerProfile = {
@@ -106,5 +107,35 @@ describe('seccomp: no new namespaces inside a container (issue 8)', () => {
   it('is part of every converted profile', () => {
     const oci = toOci({ defaultAction: 'SCMP_ACT_ERRNO', syscalls: [{ names: ['unshare'], action: 'SCMP_ACT_ALLOW' }] }, UNPRIVILEGED_CAPS, 'x64', '6.18');
     expect(oci.syscalls.filter((r) => r.names.includes('unshare') && r.action === 'SCMP_ACT_ALLOW' && r.args === undefined)).to.deep.equal([]);
+  });
+});
+
+describe('seccomp: no btrfs subvolumes from inside a container (issue 11)', function () {
+  const patterns = allowedPatterns(BTRFS_SUBVOLUME_IOCTLS);
+  const allows = (cmd: number) => patterns.some((p) => (cmd & p.mask) === p.value);
+
+  it('the allow patterns cover every 16-bit request but the four that make subvolumes or snapshots', function () {
+    for (let c = 0; c < 0x10000; c++) expect(allows(c), c.toString(16)).to.equal(!BTRFS_SUBVOLUME_IOCTLS.includes(c));
+    expect(patterns.length).to.be.below(64);
+  });
+
+  it('whatever the size, direction or upper bits: SNAP_CREATE_V2 is refused, FICLONE and TCGETS are not', function () {
+    fc.assert(
+      fc.property(fc.integer({ min: 0, max: 0xffff }), (hi) => {
+        const hiBits = hi * 0x10000;
+        expect(allows(hiBits + 0x9417)).to.equal(false);
+        expect(allows(hiBits + 0x9409)).to.equal(true); // FICLONE's type and number
+        expect(allows(hiBits + 0x5401)).to.equal(true); // TCGETS
+      }),
+    );
+  });
+
+  it('the unconditional ioctl allow is replaced by the patterns and EPERM rules', function () {
+    const out = refuseSubvolumeIoctls([{ names: ['ioctl', 'read'], action: 'SCMP_ACT_ALLOW' }]);
+    expect(out[0]).to.deep.equal({ names: ['read'], action: 'SCMP_ACT_ALLOW' });
+    const ioctl = out.filter((r) => r.names.includes('ioctl'));
+    expect(ioctl.every((r) => r.args?.length === 1 && r.args[0]!.op === 'SCMP_CMP_MASKED_EQ' && r.args[0]!.index === 1)).to.equal(true);
+    expect(ioctl.filter((r) => r.action === 'SCMP_ACT_ERRNO').map((r) => r.args![0]!.valueTwo)).to.deep.equal(BTRFS_SUBVOLUME_IOCTLS);
+    expect(refuseSubvolumeIoctls([{ names: ['read'], action: 'SCMP_ACT_ALLOW' }])).to.deep.equal([{ names: ['read'], action: 'SCMP_ACT_ALLOW' }]);
   });
 });

@@ -4,4 +4,4 @@
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../../.." && pwd)
-exec sh "$repo/scripts/build-c" "$here/cni-gate.c" "${1:-$repo/dist/plugins/networker/gate}/cni-gate"
+exec sh "$repo/scripts/build-c" "$here/cni-gate.c" "${1:-$repo/dist/plugins/networker/gate}/cni-gate" "$here/quota.c"

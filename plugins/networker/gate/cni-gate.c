@@ -57,6 +57,8 @@
 #include <linux/nsfs.h>
 #include <linux/rtnetlink.h>
 
+#include "gate.h"
+
 #define CONF_DIR "/etc/trellis/net"
 #define CNI_DIR "/usr/lib/cni"
 #define STATE_PARENT "/var/lib"          /* then trellis/net/<uid>, created on add */
@@ -73,7 +75,7 @@
 #define NETLINK_TIMEOUT_S 5
 #define CHILD_NETNS_FD 3
 
-static unsigned caller;                  /* the caller's real uid, the only thing we take from the process */
+unsigned caller;                         /* the caller's real uid, the only thing we take from the process */
 
 /* ------------------------------------------------------------------ messages */
 
@@ -102,8 +104,7 @@ static void say(const char *fmt, va_list ap)
 }
 
 /* Refused: nothing was changed. */
-static void refuse(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
-static void refuse(const char *fmt, ...)
+void refuse(const char *fmt, ...)
 {
 	va_list ap;
 	va_start(ap, fmt);
@@ -113,8 +114,7 @@ static void refuse(const char *fmt, ...)
 }
 
 /* Failed while acting (a plugin, or writing our own state). */
-static void fail(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
-static void fail(const char *fmt, ...)
+void fail(const char *fmt, ...)
 {
 	va_list ap;
 	va_start(ap, fmt);
@@ -587,7 +587,7 @@ static const char *parse_conf(const char *buf, size_t n, struct netconf *c, unsi
 
 /* ------------------------------------------------------------------ trusted files and directories */
 
-static char why[600];
+char why[600];
 
 static int trusted(const struct stat *st, mode_t type)
 {
@@ -609,7 +609,7 @@ static void set_why(const char *path, const struct stat *st, mode_t type)
  * verifies it (root-owned, not group/world-writable). create: make it (mode, root) when
  * missing. Returns the fd; -1 (errno ENOENT) when missing; -2 refused (why is set).
  */
-static int open_below(int dirfd, const char *name, const char *path, int create, mode_t mode)
+int open_below(int dirfd, const char *name, const char *path, int create, mode_t mode)
 {
 	int fd = openat(dirfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 	if (fd < 0 && errno == ENOENT && create) {
@@ -648,7 +648,7 @@ static int open_below(int dirfd, const char *name, const char *path, int create,
 }
 
 /* The absolute directory path, every component verified. Same returns as open_below. */
-static int open_trusted_dir(const char *path)
+int open_trusted_dir(const char *path)
 {
 	char p[256], sofar[256] = "";
 	struct stat st;
@@ -726,7 +726,7 @@ static int read_trusted_file(int dirfd, const char *name, const char *path, stru
 }
 
 /* Atomically replaces name below dirfd with data (root, 0600). */
-static int write_state_file(int dirfd, const char *name, const char *data, size_t n)
+int write_state_file(int dirfd, const char *name, const char *data, size_t n)
 {
 	char tmp[128];
 	snprintf(tmp, sizeof tmp, ".%s.tmp", name);
@@ -755,7 +755,7 @@ static int write_state_file(int dirfd, const char *name, const char *data, size_
 	return 0;
 }
 
-static int remove_state_file(int dirfd, const char *name)
+int remove_state_file(int dirfd, const char *name)
 {
 	return unlinkat(dirfd, name, 0) < 0 && errno != ENOENT ? -1 : 0;
 }
@@ -3279,6 +3279,8 @@ int main(int argc, char **argv)
 
 	if (argc < 2 || !argv[1])
 		refuse("%s", usage);
+	if (!strcmp(argv[1], "quota"))
+		quota_main(argc, argv); /* issue #11: quota.c */
 	const char *cmd = argv[1];
 	enum { ADD, DEL, CHECK, PORTS } op;
 	int min, max;
