@@ -77,7 +77,7 @@ export function isTransientRuntimeFailure(message: string): boolean {
 }
 
 /** Delays before the second and later tries of a start that failed transiently. */
-export const TRANSIENT_RETRY_DELAYS_MS = [20, 100, 300, 800];
+export const TRANSIENT_RETRY_DELAYS_MS = [25, 100, 250, 500, 1000];
 
 export class Conmon {
   constructor(

@@ -63,7 +63,7 @@ describe('conmon: transient runc failures are retried (issue 10)', function () {
     const err = await conmon.exec(opts()).then(() => null, (e: unknown) => e);
     expect(err).to.be.instanceOf(ExternalFailure);
     expect((err as Error).message).to.contain('could not ensure we are a cloned binary');
-    expect(readFileSync(join(dir, 'count'), 'utf8').trim()).to.equal('5');
+    expect(readFileSync(join(dir, 'count'), 'utf8').trim()).to.equal('6');
   });
 
   it('does not retry a failure of the process itself', async function () {
