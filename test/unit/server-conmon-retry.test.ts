@@ -59,6 +59,7 @@ describe('conmon: transient runc failures are retried (issue 10)', function () {
   });
 
   it('gives up after a bounded number of tries, with runc\'s message', async function () {
+    this.timeout(10_000); // the backoff alone is ~1.9 s
     const conmon = new Conmon(fakeConmon(dir, 100, CLONED), '/bin/true');
     const err = await conmon.exec(opts()).then(() => null, (e: unknown) => e);
     expect(err).to.be.instanceOf(ExternalFailure);
