@@ -158,8 +158,18 @@ async function lifecycle(i) {
   times.push(now() - t);
 }
 
+// Ctrl-C (or SIGTERM): no new lifecycles; those in flight finish and what is left is still checked.
+let stopped = false;
+for (const sig of ['SIGINT', 'SIGTERM']) {
+  process.on(sig, () => {
+    if (stopped) process.exit(130);
+    stopped = true;
+    console.log(`scripts/soak: ${sig}: finishing the lifecycles in flight, then checking what is left (again to quit at once)`);
+  });
+}
+
 async function worker() {
-  while (next < N) {
+  while (next < N && !stopped) {
     const i = next++;
     try {
       await lifecycle(i);
@@ -169,7 +179,7 @@ async function worker() {
     }
     done++;
     if (done === WARMUP) rssWarm = rssKiB(child.pid);
-    if (done % 50 === 0 || done === N) {
+    if (done % 50 === 0 || done === N || stopped) {
       const last = times.slice(-50);
       console.log(`${String(done).padStart(5)}/${N}  ${failures.length} failed  last 50: median ${median(last).toFixed(0)} ms  gdn RSS ${mib(rssKiB(child.pid))}  ${((now() - t0) / 1000).toFixed(0)} s`);
     }
@@ -225,7 +235,7 @@ if (process.env.SOAK_IDS_FILE) appendFileSync(process.env.SOAK_IDS_FILE, ids.map
 // ---- report
 const slackOk = rssEnd - rssFresh <= SLACK_MIB * 1024;
 console.log('');
-console.log(`scripts/soak: ${N} lifecycles (create, run sh with stdout/stderr/exit code checked, destroy), ${J} at a time, in ${secs.toFixed(0)} s`);
+console.log(`scripts/soak: ${done} lifecycles${stopped ? ` (stopped early, of ${N})` : ''} (create, run sh with stdout/stderr/exit code checked, destroy), ${J} at a time, in ${secs.toFixed(0)} s`);
 console.log(`  failures: ${failures.length}${failures.length ? ` (first: ${failures[0]})` : ''}`);
 console.log(`  lifecycle median ${median(times).toFixed(1)} ms, max ${Math.max(...times).toFixed(1)} ms`);
 console.log(`  gdn RSS: fresh ${mib(rssFresh)}, after ${WARMUP} warm-up ${rssWarm === undefined ? '-' : mib(rssWarm)}, end ${mib(rssEnd)} (${rssEnd >= rssFresh ? '+' : ''}${mib(rssEnd - rssFresh)} over fresh; at most +${SLACK_MIB} MiB: ${slackOk ? 'PASS' : 'MISS'})`);
@@ -238,4 +248,4 @@ await Promise.race([new Promise((r) => child.once('exit', r)), sleep(10_000)]);
 if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
 if (leaks.length === 0 && failures.length === 0) rmSync(TMP, { recursive: true, force: true });
 else console.log(`  (kept ${TMP} with the server's log)`);
-process.exit(failures.length === 0 && leaks.length === 0 && slackOk ? 0 : 1);
+process.exit(failures.length === 0 && leaks.length === 0 && slackOk && !stopped ? 0 : 1);
