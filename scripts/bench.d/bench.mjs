@@ -16,10 +16,12 @@ import { median, now, p90 } from './stats.mjs';
 
 const REPO = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
 const TARGET_CRD = 1.5;
-const TARGET_RUN = 1.5;
+const TARGET_RUN = 1.1;
+const TARGET_PODMAN = 3; // Trellis at least this many times faster than podman run --rm (issue #10)
 
 const USAGE = `usage: scripts/bench [user] [-n N] [--warmup W] [--containers K] [--cache-n N] [--unpack-n N] [--no-images]
                      [--net-n N] [--net-mib M] [--updown-n N] [--no-network] [--runc-only] [--gdn-flag=F]...
+                     [--par K] [--par-rounds R] [--no-podman]
   user            only as root: re-run as that user (runuser, XDG_RUNTIME_DIR=/run/user/<uid>)
   -n N            measured iterations per case (default 30; the issue asks for >= 20)
   --warmup W      unmeasured iterations per case first (default 3)
@@ -31,6 +33,9 @@ const USAGE = `usage: scripts/bench [user] [-n N] [--warmup W] [--containers K] 
   --net-mib M     MiB per transfer (default 1024)
   --updown-n N    create + destroy pairs on each server, networker vs /bin/true, and gate add/del (default 20)
   --no-network    skip the network measurements (they need gdn setup's network, gcc with a static libc, podman)
+  --par K         lifecycles started at once in the parallel rows (default 50)
+  --par-rounds R  parallel rounds per side, interleaved (default 3; 0: no parallel rows)
+  --no-podman     leave out podman run --rm (slirp4netns and --network none, --runtime runc)
   --runc-only     measure bare runc only (no gdn server, no image or network measurements)
   --gdn-flag=F    extra argument for 'gdn server' (repeatable; use the = form for flags)`;
 
@@ -48,6 +53,9 @@ try {
     'net-mib': { type: 'string', default: '1024' },
     'updown-n': { type: 'string', default: '20' },
     'no-network': { type: 'boolean', default: false },
+    par: { type: 'string', default: '50' },
+    'par-rounds': { type: 'string', default: '3' },
+    'no-podman': { type: 'boolean', default: false },
     'runc-only': { type: 'boolean', default: false },
     'gdn-flag': { type: 'string', multiple: true, default: [] },
     help: { type: 'boolean', short: 'h', default: false },
@@ -71,8 +79,11 @@ const NET_N = Number(opt['net-n']);
 const NET_MIB = Number(opt['net-mib']);
 const UPDOWN_N = Number(opt['updown-n']);
 const NETWORK = !opt['no-network'] && !opt['runc-only'];
-if (![N, WARMUP, K, CACHE_N, UNPACK_N, NET_N, NET_MIB, UPDOWN_N].every((x) => Number.isInteger(x) && x >= 0) || N < 1
-  || (IMAGES && (CACHE_N < 1 || UNPACK_N < 1)) || (NETWORK && (NET_N < 1 || NET_MIB < 1 || UPDOWN_N < 1))) {
+const PAR = Number(opt.par);
+const PAR_ROUNDS = Number(opt['par-rounds']);
+const PODMAN = !opt['no-podman'] && !opt['runc-only'];
+if (![N, WARMUP, K, CACHE_N, UNPACK_N, NET_N, NET_MIB, UPDOWN_N, PAR, PAR_ROUNDS].every((x) => Number.isInteger(x) && x >= 0) || N < 1
+  || (PAR_ROUNDS > 0 && PAR < 1) || (IMAGES && (CACHE_N < 1 || UNPACK_N < 1)) || (NETWORK && (NET_N < 1 || NET_MIB < 1 || UPDOWN_N < 1))) {
   console.error(USAGE);
   process.exit(2);
 }
@@ -287,6 +298,7 @@ let GardenClient;
 let server; // { child, pid, log, socket, client, cmd }: the bench's own gdn server
 const servers = new Set(); // every gdn server launched and not yet stopped (network.mjs starts a second)
 let images; // scripts/bench.d/images.mjs's ImageBench, unless --no-images
+let podman; // scripts/bench.d/podman.mjs's PodmanBench, unless --no-podman
 let network; // scripts/bench.d/network.mjs's NetworkBench, unless --no-network
 let client;
 const trellisHandles = new Set();
@@ -326,6 +338,13 @@ async function trellisCreateRunDestroy() {
   phases.run.push(t2 - t1);
   phases.destroy.push(t3 - t2);
   return t3 - t0;
+}
+
+/** The lifecycle on its own (parallel rows): no phase samples. */
+async function trellisLifecycle() {
+  const h = await trellisCreate();
+  await trellisRunTrue(h);
+  await trellisDestroy(h);
 }
 
 let runTarget; // a long-running Trellis container for run-only
@@ -459,6 +478,7 @@ async function cleanup() {
   cleaning = (async () => {
     const problems = [];
     if (images) problems.push(...(await images.cleanup()));
+    if (podman) problems.push(...(await podman.cleanup()));
     if (network) problems.push(...(await network.cleanup()));
     if (client) {
       for (const h of [...trellisHandles]) {
@@ -551,6 +571,12 @@ async function main() {
   execTarget = ex.id;
   await runcDetached(ex.b, ex.id, 'exec target');
   if (client) runTarget = await trellisCreate();
+  if (PODMAN) {
+    const { PodmanBench } = await import('./podman.mjs');
+    podman = new PodmanBench({ tmp: TMP, env: ENV, tag: TAG, rootfs: ROOTFS, subuid: SUBUID, subgid: SUBGID });
+    await podman.prepare();
+    if (podman.skip) podman = undefined;
+  }
 
   const cases = [
     { key: 'csd', group: 'crd', label: 'runc create + start + wait + delete   [baseline]', fn: runcCreateStartDelete },
@@ -558,6 +584,8 @@ async function main() {
     { key: 'steps', group: 'crd', label: "runc run -d init, exec, delete -f     [ref: Trellis's steps]", fn: runcTrellisSteps },
     { key: 'stepsk', group: 'crd', label: 'runc run -d init, exec, kill, delete  [ref]', fn: runcTrellisStepsKill },
     ...(client ? [{ key: 'tcrd', group: 'crd', label: 'Trellis create, run true, destroy', fn: trellisCreateRunDestroy }] : []),
+    ...(podman?.slirp ? [{ key: 'pslirp', group: 'crd', label: 'podman run --rm true (slirp4netns)    [podman]', fn: () => podman.run('slirp4netns') }] : []),
+    ...(podman ? [{ key: 'pnone', group: 'crd', label: 'podman run --rm --network none true    [podman]', fn: () => podman.run('none') }] : []),
     { key: 'exec', group: 'run', label: 'runc exec true                        [baseline]', fn: runcExec },
     ...(client ? [{ key: 'trun', group: 'run', label: 'Trellis run true', fn: trellisRun }] : []),
   ];
@@ -572,6 +600,29 @@ async function main() {
     }
   }
   const timedSecs = (Date.now() - t0) / 1000;
+
+  // Parallel: PAR lifecycles started at once, wall time until the last one ends; sides interleaved per round.
+  const parCases = PAR_ROUNDS > 0 ? [
+    { key: 'csd', label: `runc create + start + wait + delete x${PAR}   [baseline]`, fn: runcCreateStartDelete },
+    ...(client ? [{ key: 'tcrd', label: `Trellis create, run true, destroy x${PAR}`, fn: trellisLifecycle }] : []),
+    ...(podman?.slirp ? [{ key: 'pslirp', label: `podman run --rm true (slirp4netns) x${PAR}`, fn: () => podman.run('slirp4netns') }] : []),
+    ...(podman ? [{ key: 'pnone', label: `podman run --rm --network none x${PAR}`, fn: () => podman.run('none') }] : []),
+  ] : [];
+  const par = Object.fromEntries(parCases.map((c) => [c.key, { walls: [], failures: 0, first: undefined }]));
+  for (let r = 0; r < PAR_ROUNDS; r++) {
+    for (const c of r % 2 === 0 ? parCases : [...parCases].reverse()) {
+      const t = now();
+      const results = await Promise.allSettled(Array.from({ length: PAR }, () => c.fn()));
+      par[c.key].walls.push(now() - t);
+      for (const x of results) {
+        if (x.status === 'rejected') {
+          par[c.key].failures++;
+          par[c.key].first ??= x.reason?.message ?? String(x.reason);
+        }
+      }
+      await sleep(1000); // let the last teardowns' page cache and cgroup removals settle
+    }
+  }
 
   // Memory: K idle containers on each side, then the processes that carry them.
   let serverIdleAfter;
@@ -623,6 +674,8 @@ async function main() {
   console.log("  baseline = the issue's: runc create + runc start + wait for `true` to exit + runc delete; [ref] rows are context only");
   console.log('  (runc 1.1 delete --force of a running container polls in 100 ms steps, hence the delete -f row)');
   if (serverCmd) console.log(`  server: ${serverCmd}`);
+  if (podman) for (const line of podman.header()) console.log(line);
+  else if (PODMAN) console.log('  podman: not measured (podman --version failed)');
   if (images) for (const line of images.header()) console.log(line);
   if (network) for (const line of network.header()) console.log(line);
   console.log('');
@@ -649,6 +702,36 @@ async function main() {
           const m = xs.slice(WARMUP);
           console.log(`    ${pad(name, W - 4)}${lpad(ms(median(m)), 10)}${lpad(ms(p90(m)), 10)}`);
         }
+      }
+    }
+  }
+  if (client && podman) {
+    const t = median(times.tcrd);
+    for (const [key, what] of [['pslirp', 'slirp4netns'], ['pnone', '--network none']]) {
+      if (!times[key]?.length) continue;
+      const x = median(times[key]) / t;
+      const ok = x >= TARGET_PODMAN;
+      console.log(`  ${pad(`Trellis vs podman run --rm (${what}): times faster`, W - 2)}${lpad('', 20)}${lpad(`${x.toFixed(2)}x`, 8)}  >= ${TARGET_PODMAN}x  ${ok ? 'PASS' : 'MISS'}`);
+      verdicts.push(`create + run \`true\` + destroy vs podman run --rm (${what}): ${x.toFixed(2)}x faster ${ok ? 'PASS' : 'MISS'}`);
+    }
+  }
+  if (parCases.length) {
+    console.log(`${PAR} lifecycles at once, wall time to the last one's end (${PAR_ROUNDS} interleaved rounds)`);
+    const base = median(par.csd.walls);
+    for (const c of parCases) {
+      const p = par[c.key];
+      const med = median(p.walls);
+      console.log(`  ${pad(c.label, W - 2)}${lpad(ms(med), 10)}${lpad(ms(Math.max(...p.walls)), 10)}${lpad(`${(med / base).toFixed(2)}x`, 8)}  ${p.failures} failed${p.first ? ` (first: ${p.first.slice(0, 200)})` : ''}`);
+    }
+    if (client) {
+      const fails = par.tcrd.failures;
+      verdicts.push(`${PAR} parallel lifecycles: ${fails} failures ${fails === 0 ? 'PASS' : 'MISS'}`);
+      for (const [key, what] of [['pslirp', 'slirp4netns'], ['pnone', '--network none']]) {
+        if (!par[key]) continue;
+        const x = median(par[key].walls) / median(par.tcrd.walls);
+        const ok = x >= TARGET_PODMAN;
+        console.log(`  ${pad(`Trellis x${PAR} vs podman x${PAR} (${what}): times faster`, W - 2)}${lpad('', 20)}${lpad(`${x.toFixed(2)}x`, 8)}  >= ${TARGET_PODMAN}x  ${ok ? 'PASS' : 'MISS'}`);
+        verdicts.push(`${PAR} parallel lifecycles vs ${PAR} podman run --rm (${what}): ${x.toFixed(2)}x faster ${ok ? 'PASS' : 'MISS'}`);
       }
     }
   }

@@ -288,16 +288,24 @@ export class Gardener {
         seccomp: this.cfg.seccomp,
         limits: { memoryBytes: Number(memory), cpuShares: Number(cpu), pidsMax: Number(pids) },
       });
-      const initPid = await this.step('runtime', () => this.cfg.containerizer.create(key, config));
+      const initPid = await this.step('runtime', () => this.cfg.containerizer.createStopped(key, config));
       undo.push(['runtime', () => this.cfg.containerizer.destroy(key)]);
       record.initPid = initPid;
 
       const props = propertyMap(spec.properties);
       if (this.cfg.externalIp) props['garden.network.external-ip'] = this.cfg.externalIp;
-      const up = await this.step('network', () =>
-        this.cfg.network.up(handle, initPid, props, { netoutRules: spec.netoutRules, netin: spec.netin, network: spec.network }),
-      );
-      undo.push(['network', () => this.cfg.network.down(handle)]);
+      // The namespaces exist once the container is created: its init starts while the
+      // network is set up in them (nothing of the client's runs before create returns).
+      const [started, upped] = await Promise.allSettled([
+        this.step('runtime', () => this.cfg.containerizer.start(key)),
+        this.step('network', () =>
+          this.cfg.network.up(handle, initPid, props, { netoutRules: spec.netoutRules, netin: spec.netin, network: spec.network }),
+        ),
+      ]);
+      if (upped.status === 'fulfilled') undo.push(['network', () => this.cfg.network.down(handle)]);
+      if (started.status === 'rejected') throw started.reason;
+      if (upped.status === 'rejected') throw upped.reason;
+      const up = upped.value;
       Object.assign(props, up.properties);
       await this.writeNetworkFiles(key, handle, props, up.dnsServers, up.searchDomains);
       if (graceTimeNs !== 0n) props['garden.grace-time'] = graceTimeNs.toString();
@@ -409,16 +417,21 @@ export class Gardener {
     await this.cfg.depot.saveContainer(c.record).catch(() => {});
     const failures: string[] = [];
     const attempt = async (name: string, fn: () => Promise<void>) => {
+      const t0 = performance.now();
       try {
         await fn();
+        log.debug({ step: name, ms: Math.round((performance.now() - t0) * 10) / 10 }, 'destroy.step');
       } catch (err) {
         failures.push(`${name}: ${errorMessage(err)}`);
         log.error({ step: name, err: errorMessage(err) }, 'destroy.step-failed');
       }
     };
     await attempt('peas', () => this.peas.destroyAll(c));
-    await attempt('runtime', () => this.cfg.containerizer.destroy(key, c.record.initPid));
-    await attempt('network', () => this.cfg.network.down(handle));
+    // The network's teardown does not need the container stopped (nor running): both at once.
+    await Promise.all([
+      attempt('runtime', () => this.cfg.containerizer.destroy(key, c.record.initPid)),
+      attempt('network', () => this.cfg.network.down(handle)),
+    ]);
     await attempt('image', () => this.cfg.image.destroy(handle, key));
     for (const p of c.processes.values()) p.close();
     if (failures.length > 0) {

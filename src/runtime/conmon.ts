@@ -5,6 +5,9 @@
 // k8s-file log stay on disk for whoever reads them next.
 import { spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
+import { readdir, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import type { Readable } from 'node:stream';
 import { ExternalFailure } from '../errors.js';
 
@@ -62,6 +65,20 @@ export interface StartedMonitor {
   exited: Promise<number | undefined>;
 }
 
+/**
+ * Failures of runc's own start-up that say nothing about the container and pass by
+ * themselves (issue 10): runc 1.1 copying itself into a sealed memfd under load
+ * ("nsexec: could not ensure we are a cloned binary: Device or resource busy"), and its Go
+ * runtime or helper not getting a thread (pthread_create: EAGAIN) while the container's
+ * cgroup is briefly at its pid limit.
+ */
+export function isTransientRuntimeFailure(message: string): boolean {
+  return /could not ensure we are a cloned binary|pthread_create failed: Resource temporarily unavailable/.test(message);
+}
+
+/** Delays before the second and later tries of a start that failed transiently. */
+export const TRANSIENT_RETRY_DELAYS_MS = [25, 100, 250, 500, 1000];
+
 export class Conmon {
   constructor(
     readonly binary: string,
@@ -98,12 +115,39 @@ export class Conmon {
 
   /** `runc create` under a monitor; resolves once the init process exists (not yet started). */
   async create(o: ConmonCommon): Promise<StartedMonitor> {
-    return this.launch(this.argv(o), false, o.conmonPidFile);
+    return this.retrying(o, () => this.launch(this.argv(o), false, o.conmonPidFile), async () => {
+      // A failed create normally removes its state; make sure the id is free for the next try.
+      await new Promise<void>((resolve) => {
+        const child = spawn(this.runtimeBinary, ['--root', o.runtimeRoot, 'delete', '--force', o.containerId], {
+          stdio: 'ignore', env: { PATH: process.env.PATH, XDG_RUNTIME_DIR: process.env.XDG_RUNTIME_DIR },
+        });
+        child.once('error', () => resolve());
+        child.once('exit', () => resolve());
+      });
+    });
   }
 
   /** `runc exec` under a monitor; resolves once the process is running. */
   async exec(o: ExecOptions): Promise<StartedMonitor> {
-    return this.launch([...this.argv(o), '--exec', '--exec-process-spec', o.processSpecPath], true, o.conmonPidFile);
+    return this.retrying(o, () => this.launch([...this.argv(o), '--exec', '--exec-process-spec', o.processSpecPath], true, o.conmonPidFile));
+  }
+
+  /** A start that failed transiently is tried again, so that no client sees runc's hiccup. */
+  private async retrying(o: ConmonCommon, launch: () => Promise<StartedMonitor>, beforeRetry?: () => Promise<void>): Promise<StartedMonitor> {
+    for (let attempt = 0; ; attempt++) {
+      try {
+        return await launch();
+      } catch (err) {
+        const delay = TRANSIENT_RETRY_DELAYS_MS[attempt];
+        const text = err instanceof ExternalFailure ? `${err.message}\n${typeof err.cause === 'string' ? err.cause : ''}` : '';
+        if (delay === undefined || !isTransientRuntimeFailure(text)) throw err;
+        // Nothing ran: what the failed monitor left (an exit file, a pid file) must not be read as this try's.
+        for (const f of await readdir(o.exitDir).catch(() => [] as string[])) await rm(join(o.exitDir, f), { force: true });
+        await rm(o.pidFile, { force: true });
+        await beforeRetry?.();
+        await sleep(delay);
+      }
+    }
   }
 
   private launch(argv: string[], exec: boolean, conmonPidFile: string): Promise<StartedMonitor> {
@@ -143,7 +187,8 @@ export class Conmon {
           settled = true;
           clearTimeout(timer);
           if (m.data > 0) resolve({ pid: m.data, exited });
-          else reject(new ExternalFailure('runc', cleanRuntimeMessage(m.message ?? `conmon reported ${m.data}`)));
+          // (the runtime's whole text as the cause: retrying() looks for transient failures in it)
+          else reject(new ExternalFailure('runc', cleanRuntimeMessage(m.message ?? `conmon reported ${m.data}`), m.message));
           if (!exec) sync.destroy();
           return;
         }

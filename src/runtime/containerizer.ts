@@ -45,8 +45,18 @@ export class Containerizer {
     return join(this.depot.dir(key), 'init');
   }
 
-  /** Writes config.json, creates the container under a monitor and starts catatonit. Returns its host pid. */
+  /** Writes config.json, creates the container under a monitor and starts its init. Returns its host pid. */
   async create(key: string, config: OciConfig): Promise<number> {
+    const pid = await this.createStopped(key, config);
+    await this.start(key);
+    return pid;
+  }
+
+  /**
+   * The first half of create: the container exists under its monitor, its namespaces too (so
+   * the network can be set up in them), and its init waits for `start`. Returns the init's host pid.
+   */
+  async createStopped(key: string, config: OciConfig): Promise<number> {
     const dir = this.depot.dir(key);
     await writeFile(join(dir, 'config.json'), JSON.stringify(config), { mode: 0o600 });
     const initDir = this.initDir(key);
@@ -65,13 +75,17 @@ export class Containerizer {
       logPath: files.logPath,
       stdin: false,
     });
+    return started.pid;
+  }
+
+  /** The second half of create: the init runs. On failure the container is gone again. */
+  async start(key: string): Promise<void> {
     try {
       await this.runc.start(this.depot.runcRoot(key), key);
     } catch (err) {
       await this.destroy(key).catch(() => {});
       throw err;
     }
-    return started.pid;
   }
 
   async exec(key: string, processId: string, dir: string, spec: OciProcess, opts: { unlimitedLog?: boolean } = {}): Promise<StartedMonitor> {
@@ -147,9 +161,11 @@ export class Containerizer {
   async destroy(key: string, initPid?: number): Promise<void> {
     const root = this.depot.runcRoot(key);
     if (initPid !== undefined && (await isAlive(initPid))) {
-      // The common case, without asking runc for a state it would only confirm.
+      // The common case, without asking runc for a state it would only confirm, and without
+      // a runc process to send the signal when the pid is provably still this container's init.
       try {
-        await this.runc.kill(root, key, 'KILL');
+        if (await this.isOurInit(key, initPid)) process.kill(initPid, 'SIGKILL');
+        else await this.runc.kill(root, key, 'KILL');
         await waitGone(initPid, 5000);
         await this.runc.delete(root, key, false);
         await this.waitMonitorsGone(key);
@@ -173,6 +189,22 @@ export class Containerizer {
       }
     }
     await this.waitMonitorsGone(key);
+  }
+
+  /** Whether `pid` is this container's init: its parent is the container's own monitor (a recycled pid's is not). */
+  private async isOurInit(key: string, pid: number): Promise<boolean> {
+    try {
+      const [stat, monitor] = await Promise.all([
+        readFile(`/proc/${pid}/stat`, 'utf8'),
+        readFile(join(this.initDir(key), 'conmon.pid'), 'utf8'),
+      ]);
+      const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+      const conmonPid = Number(monitor.trim());
+      if (!(conmonPid > 1) || ppid !== conmonPid) return false;
+      return (await readFile(`/proc/${conmonPid}/comm`, 'utf8')).trim() === 'conmon';
+    } catch {
+      return false;
+    }
   }
 
   private async monitorPids(key: string): Promise<number[]> {

@@ -196,4 +196,22 @@ describe('lifecycle (integration)', function () {
     expect(Number(m.DiskStat.TotalBytesUsed)).to.be.greaterThan(0);
     await server.client.destroy(h);
   });
+
+  it('issue 10: a run into a container whose cgroup is briefly too full for runc\'s own helper still starts (no transient failure reaches the client)', async function () {
+    const h = await server.client.create(spec({ handle: 'life-pids-transient', limits: { pid_limits: { max: 20 } } }));
+    try {
+      for (let round = 0; round < 3; round++) {
+        // 30 one-second sleeps against 20 pids (a subshell: busybox sh gives up at the first
+        // failed fork): the cgroup stays at its limit for about a second, where runc's exec
+        // helper (nsexec's clones, then Go's threads) cannot get a pid.
+        const fill = await runAndWait(server.client, h, sh('(for i in $(seq 30); do sleep 1 </dev/null >/dev/null 2>&1 & done) 2>/dev/null; echo filled'));
+        expect(fill.stdout).to.equal('filled\n');
+        const r = await runAndWait(server.client, h, sh('echo ran'));
+        expect(r.code, r.stderr).to.equal(0);
+        expect(r.stdout).to.equal('ran\n');
+      }
+    } finally {
+      await server.client.destroy(h);
+    }
+  });
 });
