@@ -16,6 +16,7 @@ import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { podmanTeardown } from './podman.mjs';
 import { median, now, p90 } from './stats.mjs';
 
 export const TARGET_THROUGHPUT = 3; // Trellis / slirp4netns, at least
@@ -757,33 +758,9 @@ export class NetworkBench {
         const r = await this.#podman(['rm', '-f', '-t', '0', name]);
         if (r.code !== 0) problems.push(`podman rm ${name}: ${r.err.trim()}`);
       }
-      // podman keeps a pause process (our XDG_RUNTIME_DIR's) holding the namespaces its storage is mounted in.
-      let pid;
-      try {
-        pid = Number(readFileSync(join(this.pod.env.XDG_RUNTIME_DIR, 'libpod/tmp/pause.pid'), 'utf8').trim());
-      } catch {
-        // never started
-      }
-      if (pid > 0) {
-        try {
-          process.kill(pid, 'SIGTERM');
-          for (let i = 0; i < 100 && existsSync(`/proc/${pid}`); i++) await sleep(20);
-          if (existsSync(`/proc/${pid}`)) process.kill(pid, 'SIGKILL');
-        } catch (err) {
-          if (err.code !== 'ESRCH') problems.push(`podman pause process ${pid}: ${err.message}`);
-        }
-      }
     }
-    for (const dir of [this.dir, this.podRun]) {
-      if (!dir || !existsSync(dir)) continue;
-      // podman's files belong to subordinate ids: remove as root of a namespace with the user's maps.
-      const r = await run('unshare', [
-        '--user', '--map-root-user',
-        `--map-users=${this.subuid.start},1,${this.subuid.count}`, `--map-groups=${this.subgid.start},1,${this.subgid.count}`,
-        'rm', '-rf', '--', dir,
-      ], this.env);
-      if (r.code !== 0) problems.push(`rm ${dir}: ${r.err.trim()}`);
-    }
+    // podman's pause process is our XDG_RUNTIME_DIR's
+    problems.push(...(await podmanTeardown(this.pod?.env.XDG_RUNTIME_DIR, [this.dir, this.podRun], this.subuid, this.subgid, this.env)));
     return problems;
   }
 }

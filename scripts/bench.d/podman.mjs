@@ -24,6 +24,40 @@ function run(cmd, args, env, { stdin } = {}) {
   });
 }
 
+/**
+ * What a rootless podman of its own leaves: the pause process (runDir's) that holds the
+ * namespaces its storage is mounted in, and dirs whose files belong to subordinate ids
+ * (removed as root of a namespace with the user's maps). Returns what could not be undone.
+ */
+export async function podmanTeardown(runDir, dirs, subuid, subgid, env) {
+  const problems = [];
+  let pid;
+  try {
+    if (runDir) pid = Number(readFileSync(join(runDir, 'libpod/tmp/pause.pid'), 'utf8').trim());
+  } catch {
+    // never started
+  }
+  if (pid > 0) {
+    try {
+      process.kill(pid, 'SIGTERM');
+      for (let i = 0; i < 100 && existsSync(`/proc/${pid}`); i++) await sleep(20);
+      if (existsSync(`/proc/${pid}`)) process.kill(pid, 'SIGKILL');
+    } catch (err) {
+      if (err.code !== 'ESRCH') problems.push(`podman pause process ${pid}: ${err.message}`);
+    }
+  }
+  for (const dir of dirs) {
+    if (!dir || !existsSync(dir)) continue;
+    const r = await run('unshare', [
+      '--user', '--map-root-user',
+      `--map-users=${subuid.start},1,${subuid.count}`, `--map-groups=${subgid.start},1,${subgid.count}`,
+      'rm', '-rf', '--', dir,
+    ], env);
+    if (r.code !== 0) problems.push(`rm ${dir}: ${r.err.trim()}`);
+  }
+  return problems;
+}
+
 export class PodmanBench {
   /**
    * @param o.tmp     bench.mjs's temp dir (podman's storage goes under <tmp>/pod)
@@ -98,32 +132,7 @@ export class PodmanBench {
       const r = await run('podman', [...this.args, 'rm', '-f', '-t', '0', id], this.podEnv);
       if (r.code !== 0) problems.push(`podman rm ${id}: ${r.err.trim()}`);
     }
-    // podman keeps a pause process holding the namespaces its storage is mounted in.
-    let pid;
-    try {
-      pid = Number(readFileSync(join(this.runDir, 'libpod/tmp/pause.pid'), 'utf8').trim());
-    } catch {
-      // never started
-    }
-    if (pid > 0) {
-      try {
-        process.kill(pid, 'SIGTERM');
-        for (let i = 0; i < 100 && existsSync(`/proc/${pid}`); i++) await sleep(20);
-        if (existsSync(`/proc/${pid}`)) process.kill(pid, 'SIGKILL');
-      } catch (err) {
-        if (err.code !== 'ESRCH') problems.push(`podman pause process ${pid}: ${err.message}`);
-      }
-    }
-    for (const dir of [this.dir, this.runDir]) {
-      if (!dir || !existsSync(dir)) continue;
-      // podman's files belong to subordinate ids: remove as root of a namespace with the user's maps.
-      const r = await run('unshare', [
-        '--user', '--map-root-user',
-        `--map-users=${this.subuid.start},1,${this.subuid.count}`, `--map-groups=${this.subgid.start},1,${this.subgid.count}`,
-        'rm', '-rf', '--', dir,
-      ], this.env);
-      if (r.code !== 0) problems.push(`rm ${dir}: ${r.err.trim()}`);
-    }
+    problems.push(...(await podmanTeardown(this.runDir, [this.dir, this.runDir], this.subuid, this.subgid, this.env)));
     return problems;
   }
 }
