@@ -177,9 +177,10 @@ interrupted_gate_checks() {
   base=${pool%/*}
   taken="${base%.*}.$((${base##*.} + 64))/26"
   ok=1
-  ip link add trtest-taken type dummy
+  ip link add trtest-taken type veth peer name trtest-taken1
   ip addr add "${base%.*}.$((${base##*.} + 65))/26" dev trtest-taken
   ip link set trtest-taken up
+  ip link set trtest-taken1 up
   spare=$(runuser -u "$TEST_USER" -- bash -c 'unshare --user --map-root-user --net sleep 600 </dev/null >/dev/null 2>&1 & echo $!')
   for _ in $(seq 100); do [[ $(cat "/proc/$spare/comm" 2>/dev/null) == sleep ]] && break; sleep 0.05; done
   rc=0
