@@ -13,7 +13,7 @@ import { delegateCgroups, hierarchyLabel, parseMountinfo, planCgroups } from './
 import { ensureRootDir, ensureUserDir, lstatOrUndefined, readTextOrEmpty, writeFileAtomic, type Owner } from './host-files.js';
 import { importRootfs } from './rootfs.js';
 import { ensureNetwork } from './network.js';
-import { checkSubIdCount, planSubIds, RANGE_SIZE, userName, type SubIdPlan } from './subids.js';
+import { checkSubIdCount, MAX_SUBID, planSubIds, RANGE_SIZE, subIdFloor, userName, type SubIdPlan } from './subids.js';
 import { installSystemd, readRecords, RECORD_DIR, recordName, thisGdn, writeRecord } from './systemd.js';
 
 export type LogLevel = 'debug' | 'info' | 'error' | 'fatal';
@@ -226,7 +226,11 @@ function ensureSubIds(
   // When both files need a line, pick one start free in both so the ranges match.
   const haveUid = primaryRange(uidRanges, user);
   const haveGid = primaryRange(gidRanges, user);
-  const preferred = haveUid === undefined && haveGid === undefined ? nextFreeStart([...uidRanges, ...gidRanges], count) : undefined;
+  // A large range goes above useradd's window when it fits there (subIdFloor), else at the first free place.
+  const all = [...uidRanges, ...gidRanges];
+  const high = nextFreeStart(all, count, subIdFloor(count, readTextOrEmpty('/etc/login.defs')));
+  const fresh = high + count - 1 <= MAX_SUBID ? high : nextFreeStart(all, count);
+  const preferred = haveUid === undefined && haveGid === undefined ? fresh : undefined;
   // Both are planned (and either may refuse) before either file is written.
   const uidPlan = planSubIds(uidText, user, count, preferred ?? haveGid?.start, SUBUID);
   const gidPlan = planSubIds(gidText, user, count, preferred ?? haveUid?.start, SUBGID);

@@ -31,6 +31,29 @@ export function userName(uid: number, passwdPath = '/etc/passwd'): string | unde
   return parsePasswd(readTextOrEmpty(passwdPath)).find((e) => e.uid === uid)?.name;
 }
 
+/** shadow-utils' defaults: useradd hands out 65536-id ranges between SUB_UID_MIN and SUB_UID_MAX (and the gid pair). */
+export const USERADD_SUBID_MAX = 600100000;
+
+/**
+ * Where a range of `count` ids may start at the lowest. A default-sized range starts at
+ * 100000, as useradd's do. A larger one starts above the window useradd allocates from
+ * (the larger of SUB_UID_MAX and SUB_GID_MAX in login.defs), so that it never leaves
+ * useradd without room for the next user ("can't create subordinate user IDs").
+ */
+export function subIdFloor(count: number, loginDefs: string): number {
+  if (count <= RANGE_SIZE) return 100000;
+  let max = USERADD_SUBID_MAX;
+  let seen = false;
+  for (const line of loginDefs.split('\n')) {
+    const m = /^\s*SUB_[UG]ID_MAX\s+(\d+)\s*$/.exec(line);
+    if (m) {
+      max = seen ? Math.max(max, Number(m[1])) : Number(m[1]);
+      seen = true;
+    }
+  }
+  return Math.min(max, MAX_SUBID) + 1;
+}
+
 export interface SubIdPlan {
   /** The range the user's containers will use. */
   range: SubIdRange;

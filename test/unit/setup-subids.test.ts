@@ -1,7 +1,7 @@
 import { expect } from 'chai';
 import fc from 'fast-check';
 import { parseSubIds } from '../../src/idmap/subid.js';
-import { appendLine, checkSubIdCount, isFree, MAX_SUBID, parsePasswd, planSubIds, RANGE_SIZE } from '../../src/setup/subids.js';
+import { appendLine, checkSubIdCount, isFree, MAX_SUBID, parsePasswd, planSubIds, RANGE_SIZE, subIdFloor } from '../../src/setup/subids.js';
 import { resolveIds } from '../../src/setup/command.js';
 import { FailedPrecondition, InvalidArgument } from '../../src/errors.js';
 
@@ -66,6 +66,13 @@ describe('setup: subordinate ids', () => {
       for (const bad of [65535, 0, -1, 1.5, Number.NaN, MAX_SUBID - 100000 + 2, 2 ** 32, '70000', undefined]) {
         expect(() => checkSubIdCount(bad), String(bad)).to.throw(InvalidArgument, /^--subid-count must be a whole number of ids between 65536 and 4294867295, got /);
       }
+    });
+
+    it("puts a larger range above useradd's window (login.defs SUB_UID_MAX, SUB_GID_MAX), a default one at 100000", () => {
+      expect(subIdFloor(65536, 'SUB_UID_MAX 5\n')).to.equal(100000);
+      expect(subIdFloor(65537, '')).to.equal(600100001);
+      expect(subIdFloor(1000000001, '# x\nSUB_UID_MIN\t\t   100000\nSUB_UID_MAX\t\t600100000\nSUB_GID_MAX 700000000\n')).to.equal(700000001);
+      expect(subIdFloor(1000000001, '#SUB_UID_MAX 9\nSUB_UID_MAX 200000\n')).to.equal(200001);
     });
 
     it('gives a new user a range of the count, never past 4294967294', () => {
