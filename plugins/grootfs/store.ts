@@ -11,7 +11,7 @@ import { AlreadyExists, FailedPrecondition, InvalidArgument, TrellisError, error
 import { formatMapping, parseMappingFlag, type IdMapping } from '../../src/idmap/subid.js';
 import { ensureDir } from '../../src/mkdirp.js';
 import { asUser } from '../../src/setup/host-files.js';
-import { closeSync, existsSync, constants as fsc, fchmodSync, fchownSync, fstatSync, lstatSync, mkdirSync, openSync, readFileSync, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, constants as fsc, fchmodSync, fchownSync, fstatSync, lstatSync, mkdirSync, openSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import * as btrfs from './btrfs.js';
 import type { Platform, ResolvedImage } from './image.js';
 import { withLock } from './locks.js';
@@ -133,6 +133,17 @@ export function mappingsMismatch(existing: StoreMappings, wanted: StoreMappings)
   if (!sameMappings(existing.uidMappings, wanted.uidMappings)) return 'UID';
   if (!sameMappings(existing.gidMappings, wanted.gidMappings)) return 'GID';
   return undefined;
+}
+
+/**
+ * True when every id `old` maps is mapped the same way by `wanted` (which may map
+ * more): a store recorded with `old` owns nothing that changes meaning under
+ * `wanted`. Issue #8: a user's subordinate range that grew in place (same start).
+ */
+export function mappingsExtend(old: IdMapping[], wanted: IdMapping[]): boolean {
+  return old.every((o) =>
+    wanted.some((w) => w.containerID <= o.containerID && o.containerID + o.size <= w.containerID + w.size && w.hostID - w.containerID === o.hostID - o.containerID),
+  );
 }
 
 /** The host id of the `0:<host>:1` mapping: the store's owner. */
@@ -272,8 +283,11 @@ export class ImageStore {
    * mapping). Root only makes the store directory itself (its parents must be
    * root's, so nobody else can swap it for a link) and, for btrfs, the filesystem;
    * everything inside is made with the owner's identity and never through a link.
+   * `growMappings` (gdn setup only; grootfs's init-store keeps grootfs's refusal): a
+   * store recorded with mappings that `opts`' extend (mappingsExtend) is re-recorded
+   * with the larger ones instead of refused.
    */
-  async initStore(opts: { uidMappings: IdMapping[]; gidMappings: IdMapping[]; storeSizeBytes?: number; backingFile?: string }): Promise<void> {
+  async initStore(opts: { uidMappings: IdMapping[]; gidMappings: IdMapping[]; storeSizeBytes?: number; backingFile?: string; growMappings?: boolean }): Promise<void> {
     const log = this.log.child({ session: 'init-store', store: this.storePath });
     if (process.getuid?.() !== 0) {
       throw new FailedPrecondition('ERR_TRELLIS_NOT_ROOT', `store ${this.storePath} can only be initialized by Root user`);
@@ -350,7 +364,12 @@ export class ImageStore {
           throw new FailedPrecondition('ERR_TRELLIS_STORE_NAMESPACE', `invalid namespace file ${nsPath}`);
         }
         const which = mappingsMismatch(have, wanted);
-        if (which !== undefined) {
+        if (which !== undefined && opts.growMappings === true && mappingsExtend(have.uidMappings, wanted.uidMappings) && mappingsExtend(have.gidMappings, wanted.gidMappings)) {
+          const tmp = `${nsPath}.${randomBytes(6).toString('hex')}.tmp`;
+          writeFileSync(tmp, JSON.stringify(namespaceFileFor(wanted)), { mode: 0o644, flag: 'wx' });
+          renameSync(tmp, nsPath);
+          log.info({ from: namespaceFileFor(have), to: namespaceFileFor(wanted) }, 'init-store.mappings-grown');
+        } else if (which !== undefined) {
           throw new FailedPrecondition('ERR_TRELLIS_STORE_NAMESPACE', `provided ${which} mappings do not match those already configured in the store`);
         }
       }

@@ -41,9 +41,6 @@ export function resolveUser(spec: string, passwdText: string | undefined, groupT
       gid = grp.gid;
     }
   }
-  if (uid > 65535 + 1 || gid > 65535 + 1) {
-    // Not fatal in principle, but outside the default 65536-id map nothing can own it.
-  }
   const name = entry?.name;
   const supplementary = name === undefined ? [] : [...new Set(groups.filter((x) => x.members.includes(name)).map((x) => x.gid))];
   return { uid, gid, name: entry?.name ?? user, home: entry?.home ?? '/', groups: supplementary };

@@ -12,6 +12,7 @@ export interface SetupArgs {
   'network-subnet'?: string;
   'host-ports'?: string;
   'network-pool'?: string;
+  'subid-count'?: number;
   'log-level': LogLevel;
   systemd: boolean;
   boot: boolean;
@@ -58,6 +59,7 @@ export const setupCommand: CommandModule<object, SetupArgs> = {
       .option('store-size-bytes', { type: 'number', describe: 'btrfs: size of the loopback filesystem (sparse; default 10 GiB)' })
       .option('network-subnet', { type: 'string', describe: "the user's container subnet (default: the next free /24 of 10.88.0.0/16)" })
       .option('network-pool', { type: 'string', describe: "an address pool (CIDR, /12 to /30) whose subnets the user's creates may ask for, each its own bridge (default: none; kept once granted)" })
+      .option('subid-count', { type: 'number', describe: "subordinate uids and gids to grant the user (default 65536, the least; a larger range lets containers use ids up to that count, e.g. 1000000001 for uid 1000000000); a smaller range the user has grows in place when the ids after it are free, else setup refuses" })
       .option('host-ports', { type: 'string', describe: 'START-END host ports for net-in (default: the next free 500 from 20000)' })
       .option('systemd', { type: 'boolean', default: false, describe: "also install the systemd units (a boot unit that redoes this after a reboot, the user unit gdn.service) and let the user's systemd run without a login" })
       .option('boot', { type: 'boolean', default: false, describe: 'redo setup for every user set up before (what the boot unit runs); takes no other flag' })
@@ -75,7 +77,7 @@ export const setupCommand: CommandModule<object, SetupArgs> = {
         process.geteuid?.() ?? 0,
         { uid: process.getuid?.() ?? 0, gid: process.getgid?.() ?? 0 },
       );
-      await runSetup({ ...ids, storeDriver: argv['store-driver'], store: argv.store, storeSizeBytes: argv['store-size-bytes'], networkSubnet: argv['network-subnet'], hostPorts: argv['host-ports'], networkPool: argv['network-pool'], logLevel: argv['log-level'], systemd: argv.systemd }, (line) => {
+      await runSetup({ ...ids, storeDriver: argv['store-driver'], store: argv.store, storeSizeBytes: argv['store-size-bytes'], networkSubnet: argv['network-subnet'], hostPorts: argv['host-ports'], networkPool: argv['network-pool'], subidCount: argv['subid-count'], logLevel: argv['log-level'], systemd: argv.systemd }, (line) => {
         process.stdout.write(`${line}\n`);
       });
     } catch (err) {

@@ -13,7 +13,7 @@ import { delegateCgroups, hierarchyLabel, parseMountinfo, planCgroups } from './
 import { ensureRootDir, ensureUserDir, lstatOrUndefined, readTextOrEmpty, writeFileAtomic, type Owner } from './host-files.js';
 import { importRootfs } from './rootfs.js';
 import { ensureNetwork } from './network.js';
-import { planSubIds, RANGE_SIZE, userName, type SubIdPlan } from './subids.js';
+import { checkSubIdCount, MAX_SUBID, planSubIds, RANGE_SIZE, subIdFloor, userName, type SubIdPlan } from './subids.js';
 import { installSystemd, readRecords, RECORD_DIR, recordName, thisGdn, writeRecord } from './systemd.js';
 
 export type LogLevel = 'debug' | 'info' | 'error' | 'fatal';
@@ -31,6 +31,8 @@ export interface SetupOptions {
   hostPorts?: string;
   /** Issue #8: the user's address pool (CIDR) for creates that ask for their own subnet. */
   networkPool?: string;
+  /** Issue #8: how many subordinate uids and gids the user's range holds at least (default 65536). */
+  subidCount?: number;
   /** info: one line per step; debug: also details; error, fatal: nothing on success. */
   logLevel?: LogLevel;
   /** Also install the systemd units (boot replay, the user's gdn.service) and lingering. */
@@ -70,13 +72,14 @@ export async function runSetup(opts: SetupOptions, print: (line: string) => void
   if (opts.store !== undefined && (!opts.store.startsWith('/') || opts.store.split('/').includes('..'))) {
     throw new InvalidArgument(`--store must be an absolute path without '..', got '${opts.store}'`);
   }
+  const subidCount = opts.subidCount === undefined ? RANGE_SIZE : checkSubIdCount(opts.subidCount);
   const owner: Owner = { uid: opts.uid, gid: opts.gid };
   const name = userName(opts.uid);
   const who = name ?? `uid ${opts.uid}`;
   const paths = userPathsForSetup(opts.uid);
 
   // a. subordinate ids
-  const { uidMappings, gidMappings } = ensureSubIds({ name, id: opts.uid }, opts.gid, who, info);
+  const { uidMappings, gidMappings } = ensureSubIds({ name, id: opts.uid }, opts.gid, who, subidCount, info);
   debug(`uid mappings ${uidMappings.map(formatMapping).join(' ')}, gid mappings ${gidMappings.map(formatMapping).join(' ')}`);
 
   // b. directories
@@ -122,6 +125,8 @@ export async function runSetup(opts: SetupOptions, print: (line: string) => void
     gidMappings,
     storeSizeBytes: opts.storeSizeBytes,
     backingFile,
+    // Issue #8: a range that grew in place maps every old id the same way: the store is re-recorded, not refused.
+    growMappings: true,
   });
   info(
     `image store ${storePath} (${driver}${driver === 'btrfs' ? ` on ${backingFile}` : ''}, owner ${opts.uid}, mappings ${uidMappings.map(formatMapping).join(' ')}) (${storeExisted ? 'already present' : 'created'})`,
@@ -211,6 +216,7 @@ function ensureSubIds(
   user: { name?: string; id: number },
   gid: number,
   who: string,
+  count: number,
   info: (line: string) => void,
 ): { uidMappings: IdMapping[]; gidMappings: IdMapping[] } {
   const uidText = readTextOrEmpty(SUBUID);
@@ -220,13 +226,19 @@ function ensureSubIds(
   // When both files need a line, pick one start free in both so the ranges match.
   const haveUid = primaryRange(uidRanges, user);
   const haveGid = primaryRange(gidRanges, user);
-  const preferred = haveUid === undefined && haveGid === undefined ? nextFreeStart([...uidRanges, ...gidRanges], RANGE_SIZE) : undefined;
-  const uidPlan = planSubIds(uidText, user, undefined, preferred ?? haveGid?.start);
-  const gidPlan = planSubIds(gidText, user, undefined, preferred ?? haveUid?.start);
+  // A large range goes above useradd's window when it fits there (subIdFloor), else at the first free place.
+  const all = [...uidRanges, ...gidRanges];
+  const high = nextFreeStart(all, count, subIdFloor(count, readTextOrEmpty('/etc/login.defs')));
+  const fresh = high + count - 1 <= MAX_SUBID ? high : nextFreeStart(all, count);
+  const preferred = haveUid === undefined && haveGid === undefined ? fresh : undefined;
+  // Both are planned (and either may refuse) before either file is written.
+  const uidPlan = planSubIds(uidText, user, count, preferred ?? haveGid?.start, SUBUID);
+  const gidPlan = planSubIds(gidText, user, count, preferred ?? haveUid?.start, SUBGID);
   for (const [file, plan] of [[SUBUID, uidPlan], [SUBGID, gidPlan]] as Array<[string, SubIdPlan]>) {
     if (!plan.present) writeFileAtomic(file, plan.text, { mode: 0o644, uid: 0, gid: 0 });
     const kind = file === SUBUID ? 'subuid' : 'subgid';
-    info(`${kind} range ${plan.range.start}:${plan.range.count} for ${who} (${plan.present ? 'already present' : `added to ${file}`})`);
+    const outcome = plan.present ? 'already present' : plan.grownFrom !== undefined ? `grown in place from ${plan.grownFrom.count} ids in ${file}` : `added to ${file}`;
+    info(`${kind} range ${plan.range.start}:${plan.range.count} for ${who} (${outcome})`);
   }
   return {
     uidMappings: buildMappings(user.id, uidPlan.range),

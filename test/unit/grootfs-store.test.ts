@@ -6,6 +6,7 @@ import { unshareRemoveArgv } from '../../plugins/grootfs/remove.js';
 import { parseImageUrl, tarballChainID } from '../../plugins/grootfs/sources.js';
 import { createHash } from 'node:crypto';
 import {
+  mappingsExtend,
   mappingsMismatch,
   namespaceFileFor,
   parseNamespaceFile,
@@ -135,5 +136,22 @@ describe('grootfs removal in a user namespace', () => {
   it('refuses more ranges than unshare can map', () => {
     const many: IdMapping[] = [...ROOTLESS, { containerID: 70000, hostID: 300000, size: 10 }];
     expect(() => unshareRemoveArgv({ uidMappings: many, gidMappings: ROOTLESS }, ['/x'])).to.throw(/unshare takes one/);
+  });
+});
+
+describe('issue 8: mappingsExtend (a store whose subordinate range grew in place)', () => {
+  const small: IdMapping[] = [{ containerID: 0, hostID: 1001, size: 1 }, { containerID: 1, hostID: 100000, size: 65536 }];
+  const grown: IdMapping[] = [{ containerID: 0, hostID: 1001, size: 1 }, { containerID: 1, hostID: 100000, size: 1000000001 }];
+  it('accepts larger mappings that map every old id the same way, in any order', () => {
+    expect(mappingsExtend(small, grown)).to.equal(true);
+    expect(mappingsExtend(small, [...grown].reverse())).to.equal(true);
+    expect(mappingsExtend(grown, grown)).to.equal(true);
+  });
+  it('refuses mappings that move, shrink or drop an old id', () => {
+    expect(mappingsExtend(grown, small)).to.equal(false);
+    expect(mappingsExtend(small, [{ containerID: 0, hostID: 1001, size: 1 }, { containerID: 1, hostID: 165536, size: 1000000001 }])).to.equal(false);
+    expect(mappingsExtend(small, [{ containerID: 0, hostID: 1002, size: 1 }, { containerID: 1, hostID: 100000, size: 1000000001 }])).to.equal(false);
+    expect(mappingsExtend(small, [{ containerID: 1, hostID: 100000, size: 1000000001 }])).to.equal(false);
+    expect(mappingsExtend(small, [{ containerID: 0, hostID: 1001, size: 1 }, { containerID: 2, hostID: 100001, size: 1000000001 }])).to.equal(false);
   });
 });
