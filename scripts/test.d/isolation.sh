@@ -106,6 +106,32 @@ kill_gate_under() {
   done
 }
 
+# An add (with the extra arguments given) killed at 5-100 ms, then del: nothing of it may be
+# left: no eth0 in its namespace, lease, result, and for a pool add its record and bridge.
+killed_add_check() {
+  local what=$1 tuid ms spare pid rc left ok=1
+  shift
+  tuid=$(id -u "$TEST_USER")
+  for ms in 5 15 25 35 50 70 100; do
+    spare=$(runuser -u "$TEST_USER" -- bash -c 'unshare --user --map-root-user --net sleep 600 </dev/null >/dev/null 2>&1 & echo $!')
+    for _ in $(seq 100); do [[ $(cat "/proc/$spare/comm" 2>/dev/null) == sleep ]] && break; sleep 0.05; done
+    as_test_user "$GATE" add killed "$spare" "$@" >/dev/null 2>&1 &
+    pid=$!
+    sleep "$(printf '0.%03d' "$ms")"
+    kill_gate_under "$pid"
+    wait "$pid" 2>/dev/null || true
+    rc=0
+    as_test_user "$GATE" del killed "$spare" || rc=$?
+    left=$( (nsenter -t "$spare" -n ip -o link show; grep -rlF "u$tuid-killed" "/var/lib/trellis/net/$tuid/ipam"; ls "/var/lib/trellis/net/$tuid/results/killed.json" "/var/lib/trellis/net/$tuid/pool/killed"; ip -o link show | grep -E "^[0-9]+: tr${tuid}p[0-9]+[:@]") 2>/dev/null | grep -cv ': lo:' || true)
+    if ((rc != 0 || left != 0)); then
+      echo "scripts/test: an add ($*) killed after ${ms} ms, then del (exit $rc), left $left things (eth0, lease, records, pool bridge)" >&2
+      ok=0
+    fi
+    kill "$spare" 2>/dev/null || true
+  done
+  check "$what" "$ok"
+}
+
 # Issue #13, finding 3, from root (the one who can still kill the setuid gate; cgroup.kill
 # can too): a gate killed at any moment of ports or add leaves a record that the next
 # call, or del, uses to finish the job: no DNAT rule (portmap's TCP, the gate's own UDP),
@@ -129,48 +155,12 @@ interrupted_gate_checks() {
     fi
   done
   check "issue #13: a killed ports call is undone by the next one" "$ok"
-  ok=1
-  for ms in 5 15 25 35 50 70 100; do
-    spare=$(runuser -u "$TEST_USER" -- bash -c 'unshare --user --map-root-user --net sleep 600 </dev/null >/dev/null 2>&1 & echo $!')
-    for _ in $(seq 100); do [[ $(cat "/proc/$spare/comm" 2>/dev/null) == sleep ]] && break; sleep 0.05; done
-    as_test_user "$GATE" add killed "$spare" >/dev/null 2>&1 &
-    pid=$!
-    sleep "$(printf '0.%03d' "$ms")"
-    kill_gate_under "$pid"
-    wait "$pid" 2>/dev/null || true
-    rc=0
-    as_test_user "$GATE" del killed "$spare" || rc=$?
-    left=$( (nsenter -t "$spare" -n ip -o link show; grep -rlF "u$tuid-killed" "/var/lib/trellis/net/$tuid/ipam"; ls "/var/lib/trellis/net/$tuid/results/killed.json") 2>/dev/null | grep -cv ': lo:' || true)
-    if ((rc != 0 || left != 0)); then
-      echo "scripts/test: an add killed after ${ms} ms, then del (exit $rc), left $left things (eth0, lease, record)" >&2
-      ok=0
-    fi
-    kill "$spare" 2>/dev/null || true
-  done
-  check "issue #13: a killed add is undone by del" "$ok"
+  killed_add_check "issue #13: a killed add is undone by del"
   # issue #8: the same on a subnet of the test user's pool: nor is its pool record or bridge left
   local pool net
   pool=$(sed -n 's/^pool=//p' "/etc/trellis/net/$tuid.pool")
   net="${pool%/*}/$((${pool#*/} > 24 ? ${pool#*/} : 24))"
-  ok=1
-  for ms in 5 15 25 35 50 70 100; do
-    spare=$(runuser -u "$TEST_USER" -- bash -c 'unshare --user --map-root-user --net sleep 600 </dev/null >/dev/null 2>&1 & echo $!')
-    for _ in $(seq 100); do [[ $(cat "/proc/$spare/comm" 2>/dev/null) == sleep ]] && break; sleep 0.05; done
-    as_test_user "$GATE" add killed "$spare" "net=$net" >/dev/null 2>&1 &
-    pid=$!
-    sleep "$(printf '0.%03d' "$ms")"
-    kill_gate_under "$pid"
-    wait "$pid" 2>/dev/null || true
-    rc=0
-    as_test_user "$GATE" del killed "$spare" || rc=$?
-    left=$( (nsenter -t "$spare" -n ip -o link show; grep -rlF "u$tuid-killed" "/var/lib/trellis/net/$tuid/ipam"; ls "/var/lib/trellis/net/$tuid/results/killed.json" "/var/lib/trellis/net/$tuid/pool/killed"; ip -o link show | grep -E "^[0-9]+: tr${tuid}p[0-9]+[:@]") 2>/dev/null | grep -cv ': lo:' || true)
-    if ((rc != 0 || left != 0)); then
-      echo "scripts/test: a pool add (net=$net) killed after ${ms} ms, then del (exit $rc), left $left things (eth0, lease, records, bridge)" >&2
-      ok=0
-    fi
-    kill "$spare" 2>/dev/null || true
-  done
-  check "issue #8: a killed add on a pool subnet is undone by del" "$ok"
+  killed_add_check "issue #8: a killed add on a pool subnet is undone by del" "net=$net"
   # issue #8 (review): a network that appears on the host after setup granted the pool (a VPN, a
   # container engine) is not taken: a pool subnet that a host route covers is refused, nothing made
   local base taken out
