@@ -78,6 +78,8 @@ function serverArgs(s: { socketPath: string; depot: string; propertiesPath?: str
   if (o.defaultGraceTime !== undefined) args.push('--default-grace-time', o.defaultGraceTime);
   if (o.maxContainers !== undefined) args.push('--max-containers', String(o.maxContainers));
   if (o.defaultRootfs !== undefined) args.push('--default-rootfs', o.defaultRootfs);
+  // A gate built from this tree, installed setuid elsewhere, when one is named (as the gate suite takes it).
+  if (process.env.TRELLIS_GATE_UNDER_TEST && !(o.extraArgs ?? []).includes('--network-gate')) args.push('--network-gate', process.env.TRELLIS_GATE_UNDER_TEST);
   args.push(...(o.extraArgs ?? []));
   return args;
 }
