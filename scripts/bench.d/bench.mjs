@@ -37,7 +37,10 @@ const USAGE = `usage: scripts/bench [user] [-n N] [--warmup W] [--containers K] 
   --par-rounds R  parallel rounds per side, interleaved (default 3; 0: no parallel rows)
   --no-podman     leave out podman run --rm (slirp4netns and --network none, --runtime runc)
   --runc-only     measure bare runc only (no gdn server, no image or network measurements)
-  --gdn-flag=F    extra argument for 'gdn server' (repeatable; use the = form for flags)`;
+  --gdn-flag=F    extra argument for 'gdn server' (repeatable; use the = form for flags)
+  --quota-store S a quota-enforcing store gdn setup made (default: /var/lib/trellis/<uid>/quota-store
+                  when it exists, else the default store when it is btrfs): lifecycles on it with
+                  and without a disk limit (issue #11)`;
 
 let opt;
 try {
@@ -58,6 +61,7 @@ try {
     'no-podman': { type: 'boolean', default: false },
     'runc-only': { type: 'boolean', default: false },
     'gdn-flag': { type: 'string', multiple: true, default: [] },
+    'quota-store': { type: 'string' },
     help: { type: 'boolean', short: 'h', default: false },
   },
 }));
@@ -124,6 +128,20 @@ function subRange(file, name, id) {
 
 const USER = userName(uid);
 const SUBUID = subRange('/etc/subuid', USER, uid);
+
+/** The quota-enforcing store to measure limited creates on (issue #11), or undefined. */
+function quotaStorePath() {
+  if (opt['quota-store']) return opt['quota-store'];
+  const own = `/var/lib/trellis/${uid}/quota-store`;
+  if (existsSync(join(own, 'meta', 'namespace.json'))) return own;
+  const dflt = `/var/lib/trellis/${uid}/store`;
+  try {
+    if (readFileSync(join(dflt, 'meta', 'driver'), 'utf8').trim() === 'btrfs') return dflt;
+  } catch {
+    // no recorded driver: an overlay store
+  }
+  return undefined;
+}
 const SUBGID = subRange('/etc/subgid', USER, uid);
 const ROOTFS = `/var/lib/trellis/${uid}/rootfs`;
 
@@ -301,31 +319,57 @@ let images; // scripts/bench.d/images.mjs's ImageBench, unless --no-images
 let podman; // scripts/bench.d/podman.mjs's PodmanBench, unless --no-podman
 let network; // scripts/bench.d/network.mjs's NetworkBench, unless --no-network
 let client;
-const trellisHandles = new Set();
+/** Live handles, each with the client (server) that made it. */
+const trellisHandles = new Map();
 let handleSeq = 0;
 const sink = () => new Writable({ write: (_c, _e, cb) => cb() });
 const LIMITS = { bandwidth_limits: {}, cpu_limits: {}, disk_limits: {}, memory_limits: {}, pid_limits: {} };
 
-async function trellisCreate() {
+async function trellisCreate(c = client, limits = LIMITS) {
   const handle = `${TAG}-${handleSeq++}`;
-  trellisHandles.add(handle);
-  const h = await client.create({ handle, image: {}, limits: LIMITS });
-  if (h !== handle) trellisHandles.add(h);
+  trellisHandles.set(handle, c);
+  const h = await c.create({ handle, image: {}, limits });
+  if (h !== handle) trellisHandles.set(h, c);
   return h;
 }
 
 async function trellisRunTrue(h) {
-  const p = await client.run(h, { path: 'true', args: [], user: 'root', rlimits: {}, image: {} }, { stdout: sink(), stderr: sink() });
+  const p = await trellisHandles.get(h).run(h, { path: 'true', args: [], user: 'root', rlimits: {}, image: {} }, { stdout: sink(), stderr: sink() });
   const code = await p.wait();
   if (code !== 0) throw new Error(`Trellis run of 'true' in ${h} exited ${code}`);
 }
 
 async function trellisDestroy(h) {
-  await client.destroy(h);
+  await trellisHandles.get(h).destroy(h);
   trellisHandles.delete(h);
 }
 
-const phases = { create: [], run: [], destroy: [] };
+/** Containers in a server's depot (a directory with a container.json), torn down or not. */
+function depotEntries(depot) {
+  try {
+    return readdirSync(depot).filter((d) => existsSync(join(depot, d, 'container.json'))).length;
+  } catch {
+    return 0;
+  }
+}
+
+/**
+ * Waits until every server's depot holds only live containers: a destroy may reply before its
+ * teardown ends (issue #10), and what is still being torn down must neither be counted as done
+ * nor slow the next sample. Resolves with the ms it waited.
+ */
+async function trellisQuiet(timeoutMs = 120_000) {
+  const t0 = now();
+  for (;;) {
+    let entries = 0;
+    for (const s of servers) entries += depotEntries(join(s.dir, 'depot'));
+    if (entries <= trellisHandles.size) return now() - t0;
+    if (now() - t0 > timeoutMs) throw new Error(`teardowns still running after ${timeoutMs / 1000} s (${entries} depot entries, ${trellisHandles.size} live)`);
+    await sleep(2);
+  }
+}
+
+const phases = { create: [], run: [], destroy: [], teardown: [] };
 async function trellisCreateRunDestroy() {
   const t0 = now();
   const h = await trellisCreate();
@@ -337,6 +381,8 @@ async function trellisCreateRunDestroy() {
   phases.create.push(t1 - t0);
   phases.run.push(t2 - t1);
   phases.destroy.push(t3 - t2);
+  // not in the sample: what the server still does after destroy's reply
+  phases.teardown.push(await trellisQuiet());
   return t3 - t0;
 }
 
@@ -345,6 +391,18 @@ async function trellisLifecycle() {
   const h = await trellisCreate();
   await trellisRunTrue(h);
   await trellisDestroy(h);
+}
+
+let quotaServer; // a second gdn server on the quota-enforcing store (issue #11)
+const DISK_LIMITED = { ...LIMITS, disk_limits: { byte_hard: 64 * 1048576, scope: 1 } };
+async function quotaLifecycle(limits) {
+  const t0 = now();
+  const h = await trellisCreate(quotaServer.client, limits);
+  await trellisRunTrue(h);
+  await trellisDestroy(h);
+  const t = now() - t0;
+  await trellisQuiet();
+  return t;
 }
 
 let runTarget; // a long-running Trellis container for run-only
@@ -377,7 +435,7 @@ async function launchServer(name, extraFlags = []) {
   closeSync(fd);
   let exited;
   child.once('exit', (code, sig) => (exited = `exited ${code ?? sig}`));
-  const s = { child, pid: child.pid, log, socket, cmd: `node ${args.map((a) => a.replace(REPO + '/', '')).join(' ')}` };
+  const s = { child, pid: child.pid, dir, log, socket, cmd: `node ${args.map((a) => a.replace(REPO + '/', '')).join(' ')}` };
   servers.add(s);
   const deadline = Date.now() + 60_000;
   for (;;) {
@@ -481,9 +539,9 @@ async function cleanup() {
     if (podman) problems.push(...(await podman.cleanup()));
     if (network) problems.push(...(await network.cleanup()));
     if (client) {
-      for (const h of [...trellisHandles]) {
+      for (const [h, c] of [...trellisHandles]) {
         try {
-          await Promise.race([client.destroy(h), sleep(30_000).then(() => Promise.reject(new Error('timed out')))]);
+          await Promise.race([c.destroy(h), sleep(30_000).then(() => Promise.reject(new Error('timed out')))]);
           trellisHandles.delete(h);
         } catch (err) {
           problems.push(`Trellis destroy ${h}: ${err.message}`);
@@ -518,7 +576,7 @@ async function cleanup() {
         problems.push(`rm ${TMP}: ${err.message}`);
       }
     }
-    if (trellisHandles.size > 0) problems.push(`left behind by Trellis: ${[...trellisHandles].join(', ')}`);
+    if (trellisHandles.size > 0) problems.push(`left behind by Trellis: ${[...trellisHandles.keys()].join(', ')}`);
     return problems;
   })();
   return cleaning;
@@ -564,6 +622,8 @@ async function main() {
   if (!opt['runc-only']) {
     serverCmd = await startServer(images ? await images.startRegistry() : []);
     serverIdleFresh = status(server.pid);
+    const qstore = quotaStorePath();
+    if (qstore) quotaServer = { ...(await launchServer('quota', ['--store', qstore])), store: qstore };
   }
 
   // Long-running containers for the exec/run cases.
@@ -584,6 +644,10 @@ async function main() {
     { key: 'steps', group: 'crd', label: "runc run -d init, exec, delete -f     [ref: Trellis's steps]", fn: runcTrellisSteps },
     { key: 'stepsk', group: 'crd', label: 'runc run -d init, exec, kill, delete  [ref]', fn: runcTrellisStepsKill },
     ...(client ? [{ key: 'tcrd', group: 'crd', label: 'Trellis create, run true, destroy', fn: trellisCreateRunDestroy }] : []),
+    ...(quotaServer ? [
+      { key: 'tq', group: 'crd', label: 'Trellis, quota store, no disk limit', fn: () => quotaLifecycle(LIMITS) },
+      { key: 'tql', group: 'crd', label: 'Trellis, quota store, disk limit 64 MiB exclusive', fn: () => quotaLifecycle(DISK_LIMITED) },
+    ] : []),
     ...(podman?.slirp ? [{ key: 'pslirp', group: 'crd', label: 'podman run --rm true (slirp4netns)    [podman]', fn: () => podman.run('slirp4netns') }] : []),
     ...(podman ? [{ key: 'pnone', group: 'crd', label: 'podman run --rm --network none true    [podman]', fn: () => podman.run('none') }] : []),
     { key: 'exec', group: 'run', label: 'runc exec true                        [baseline]', fn: runcExec },
@@ -608,12 +672,17 @@ async function main() {
     ...(podman?.slirp ? [{ key: 'pslirp', label: `podman run --rm true (slirp4netns) x${PAR}`, fn: () => podman.run('slirp4netns') }] : []),
     ...(podman ? [{ key: 'pnone', label: `podman run --rm --network none x${PAR}`, fn: () => podman.run('none') }] : []),
   ] : [];
-  const par = Object.fromEntries(parCases.map((c) => [c.key, { walls: [], failures: 0, first: undefined }]));
+  const par = Object.fromEntries(parCases.map((c) => [c.key, { walls: [], quiet: [], failures: 0, first: undefined }]));
   for (let r = 0; r < PAR_ROUNDS; r++) {
     for (const c of r % 2 === 0 ? parCases : [...parCases].reverse()) {
       const t = now();
       const results = await Promise.allSettled(Array.from({ length: PAR }, () => c.fn()));
       par[c.key].walls.push(now() - t);
+      if (c.key === 'tcrd') {
+        // throughput: until the last teardown has ended, whenever the destroys replied
+        await trellisQuiet();
+        par[c.key].quiet.push(now() - t);
+      }
       for (const x of results) {
         if (x.status === 'rejected') {
           par[c.key].failures++;
@@ -674,6 +743,8 @@ async function main() {
   console.log("  baseline = the issue's: runc create + runc start + wait for `true` to exit + runc delete; [ref] rows are context only");
   console.log('  (runc 1.1 delete --force of a running container polls in 100 ms steps, hence the delete -f row)');
   if (serverCmd) console.log(`  server: ${serverCmd}`);
+  if (quotaServer) console.log(`  quota rows: a second server, --store ${quotaServer.store} (it enforces disk limits: issue #11)`);
+  else if (client) console.log('  quota rows left out: no quota-enforcing store for this user (--quota-store)');
   if (podman) for (const line of podman.header()) console.log(line);
   else if (PODMAN) console.log('  podman: not measured (podman --version failed)');
   if (images) for (const line of images.header()) console.log(line);
@@ -691,16 +762,18 @@ async function main() {
       const med = median(times[c.key]);
       const ratio = med / base;
       let verdict = '';
-      if (c.key === trellisKey) {
+      if (c.key === trellisKey || c.key === 'tq' || c.key === 'tql') {
         verdict = `<= ${target}x  ${ratio <= target ? 'PASS' : 'MISS'}`;
-        verdicts.push(`${title}: ${ratio.toFixed(2)}x ${ratio <= target ? 'PASS' : 'MISS'}`);
+        const what = c.key === trellisKey ? title : `${title} (${c.label.replace(/^Trellis, /, '')})`;
+        verdicts.push(`${what}: ${ratio.toFixed(2)}x ${ratio <= target ? 'PASS' : 'MISS'}`);
       }
       console.log(`  ${pad(c.label, W - 2)}${lpad(ms(med), 10)}${lpad(ms(p90(times[c.key])), 10)}${lpad(`${ratio.toFixed(2)}x`, 8)}  ${verdict}`);
       if (c.key === 'tcrd') {
         // Phases include warm-up; drop it so they describe the same samples.
         for (const [name, xs] of Object.entries(phases)) {
           const m = xs.slice(WARMUP);
-          console.log(`    ${pad(name, W - 4)}${lpad(ms(median(m)), 10)}${lpad(ms(p90(m)), 10)}`);
+          const label = name === 'teardown' ? 'teardown after destroy replied (not in the row above)' : name;
+          console.log(`    ${pad(label, W - 4)}${lpad(ms(median(m)), 10)}${lpad(ms(p90(m)), 10)}`);
         }
       }
     }
@@ -722,13 +795,17 @@ async function main() {
       const p = par[c.key];
       const med = median(p.walls);
       console.log(`  ${pad(c.label, W - 2)}${lpad(ms(med), 10)}${lpad(ms(Math.max(...p.walls)), 10)}${lpad(`${(med / base).toFixed(2)}x`, 8)}  ${p.failures} failed${p.first ? ` (first: ${p.first.slice(0, 200)})` : ''}`);
+      if (p.quiet.length) {
+        const q = median(p.quiet);
+        console.log(`    ${pad('until the last teardown ended (the ratios below use this)', W - 4)}${lpad(ms(q), 10)}${lpad(ms(Math.max(...p.quiet)), 10)}${lpad(`${(q / base).toFixed(2)}x`, 8)}`);
+      }
     }
     if (client) {
       const fails = par.tcrd.failures;
       verdicts.push(`${PAR} parallel lifecycles: ${fails} failures ${fails === 0 ? 'PASS' : 'MISS'}`);
       for (const [key, what] of [['pslirp', 'slirp4netns'], ['pnone', '--network none']]) {
         if (!par[key]) continue;
-        const x = median(par[key].walls) / median(par.tcrd.walls);
+        const x = median(par[key].walls) / median(par.tcrd.quiet);
         const ok = x >= TARGET_PODMAN;
         console.log(`  ${pad(`Trellis x${PAR} vs podman x${PAR} (${what}): times faster`, W - 2)}${lpad('', 20)}${lpad(`${x.toFixed(2)}x`, 8)}  >= ${TARGET_PODMAN}x  ${ok ? 'PASS' : 'MISS'}`);
         verdicts.push(`${PAR} parallel lifecycles vs ${PAR} podman run --rm (${what}): ${x.toFixed(2)}x faster ${ok ? 'PASS' : 'MISS'}`);
