@@ -189,7 +189,15 @@ await Promise.all(Array.from({ length: J }, () => worker()));
 const secs = (now() - t0) / 1000;
 
 // ---- what is left
+// A destroy may reply before its teardown ends (issue #10): wait for the depot to empty first.
+const teardownT0 = now();
+while (readdirSync(DEPOT).some((e) => !e.startsWith('.')) && now() - teardownT0 < 120_000) await sleep(20);
+const teardownWait = now() - teardownT0;
 await sleep(1000);
+const rssLast = rssKiB(child.pid);
+// The verdict's value: after 10 s idle, when V8 has shrunk what its collector no longer needs
+// (right after a burst the young generation alone can hold tens of MiB).
+await sleep(10_000);
 const rssEnd = rssKiB(child.pid);
 const leaks = [];
 const depotLeft = readdirSync(DEPOT).filter((e) => !e.startsWith('.'));
@@ -238,7 +246,8 @@ console.log('');
 console.log(`scripts/soak: ${done} lifecycles${stopped ? ` (stopped early, of ${N})` : ''} (create, run sh with stdout/stderr/exit code checked, destroy), ${J} at a time, in ${secs.toFixed(0)} s`);
 console.log(`  failures: ${failures.length}${failures.length ? ` (first: ${failures[0]})` : ''}`);
 console.log(`  lifecycle median ${median(times).toFixed(1)} ms, max ${Math.max(...times).toFixed(1)} ms`);
-console.log(`  gdn RSS: fresh ${mib(rssFresh)}, after ${WARMUP} warm-up ${rssWarm === undefined ? '-' : mib(rssWarm)}, end ${mib(rssEnd)} (${rssEnd >= rssFresh ? '+' : ''}${mib(rssEnd - rssFresh)} over fresh; at most +${SLACK_MIB} MiB: ${slackOk ? 'PASS' : 'MISS'})`);
+console.log(`  gdn RSS: fresh ${mib(rssFresh)}, after ${WARMUP} warm-up ${rssWarm === undefined ? '-' : mib(rssWarm)}, 1 s after the last ${mib(rssLast)}, after 10 s idle ${mib(rssEnd)} (${rssEnd >= rssFresh ? '+' : ''}${mib(rssEnd - rssFresh)} over fresh; at most +${SLACK_MIB} MiB: ${slackOk ? 'PASS' : 'MISS'})`);
+console.log(`  teardowns still running after the last destroy replied: waited ${teardownWait.toFixed(0)} ms for the depot to empty`);
 console.log(`  left behind: ${leaks.length === 0 ? 'nothing (depot, image dirs, mounts, processes, cgroups, networker state)' : ''}`);
 for (const l of leaks) console.log(`    LEAK ${l}`);
 console.log(`  ${vethNote}`);
