@@ -202,7 +202,7 @@ async function server(args: ServerArgs): Promise<void> {
   let image: ImagePlugin;
   const storePath = args.store ?? paths.store;
   if (args['image-plugin'] !== undefined) {
-    image = new ExecImagePlugin(args['image-plugin'], args['image-plugin-extra-arg'], log.child({ component: 'image-plugin' }));
+    image = new ExecImagePlugin(args['image-plugin'], args['image-plugin-extra-arg'], log.child({ component: 'image-plugin' }), sharedSpawner());
   } else {
     if (!existsSync(join(storePath, 'meta', 'namespace.json'))) {
       throw new TrellisError('ERR_TRELLIS_STORE', `the image store ${storePath} is not initialised`, {
@@ -231,7 +231,7 @@ async function server(args: ServerArgs): Promise<void> {
   // Where the host reaches mapped ports: with the built-in networker, its bridge address.
   let externalIp = args['external-ip'] ?? '127.0.0.1';
   if (args['network-plugin'] !== undefined) {
-    network = new ExecNetworkPlugin(args['network-plugin'], args['network-plugin-extra-arg'], log.child({ component: 'network-plugin' }));
+    network = new ExecNetworkPlugin(args['network-plugin'], args['network-plugin-extra-arg'], log.child({ component: 'network-plugin' }), sharedSpawner());
   } else if (existsSync(join(NET_CONF_DIR, `${uid}.conf`))) {
     const gate = args['network-gate'];
     requireSetuidRoot(gate);
