@@ -85,6 +85,20 @@ setInterval(() => {}, 1000);`;
     process.kill(sleep, 'SIGKILL');
   });
 
+  it('a killed spawner fails the calls in flight clearly; the next call starts a new one', async function () {
+    const first = s.pid()!;
+    const inFlight = s.run('sleep', ['5'], { env: { PATH: '/usr/bin:/bin' } });
+    await eventually(() => childrenOf(first).length === 1, 2000);
+    const orphan = childrenOf(first)[0]!;
+    process.kill(first, 'SIGKILL');
+    const r = await inFlight;
+    expect(r.failure?.name).to.equal('SpawnerGone');
+    expect(r.failure?.message).to.match(/^trellis-spawner went away while it watched pid \d+ \(sleep\)/);
+    expect((await s.run('sh', ['-c', 'echo again'], { env: { PATH: '/usr/bin:/bin' } })).stdout).to.equal('again');
+    expect(s.pid()).to.not.equal(first);
+    process.kill(orphan, 'SIGKILL');
+  });
+
   it('exits when its channel closes (gdn stopped), and a new call starts a new one', async function () {
     const first = s.pid()!;
     s.close();
