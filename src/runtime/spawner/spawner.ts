@@ -51,7 +51,6 @@ export class SpawnFailed extends Error {
 /** A byte channel to one spawner process. */
 export interface Transport {
   write(b: Buffer): void;
-  /** Called with every chunk the spawner sends, and once when the channel is gone. */
   readonly pid?: number;
   ref(): void;
   unref(): void;
@@ -59,6 +58,7 @@ export interface Transport {
   close(): void;
 }
 
+/** Starts a spawner; onData gets every chunk it sends, onClose is called once when it is gone. */
 export type TransportFactory = (onData: (b: Buffer) => void, onClose: (why: string) => void) => Transport;
 
 /** The real transport: trellis-spawner as a child of this process, framed over its stdin/stdout. */
