@@ -32,6 +32,7 @@ import { Conmon } from '../src/runtime/conmon.js';
 import { Containerizer } from '../src/runtime/containerizer.js';
 import { Depot } from '../src/runtime/depot.js';
 import { Runc } from '../src/runtime/runc.js';
+import { SPAWNER_BINARY, sharedSpawner } from '../src/runtime/spawner/spawner.js';
 import { setupCommand } from '../src/setup/command.js';
 import { defaultEnv, formatFindings, runChecks } from '../src/doctor/doctor.js';
 import { ImageStore } from '../plugins/grootfs/store.js';
@@ -201,7 +202,7 @@ async function server(args: ServerArgs): Promise<void> {
   let image: ImagePlugin;
   const storePath = args.store ?? paths.store;
   if (args['image-plugin'] !== undefined) {
-    image = new ExecImagePlugin(args['image-plugin'], args['image-plugin-extra-arg'], log.child({ component: 'image-plugin' }));
+    image = new ExecImagePlugin(args['image-plugin'], args['image-plugin-extra-arg'], log.child({ component: 'image-plugin' }), sharedSpawner());
   } else {
     if (!existsSync(join(storePath, 'meta', 'namespace.json'))) {
       throw new TrellisError('ERR_TRELLIS_STORE', `the image store ${storePath} is not initialised`, {
@@ -230,7 +231,7 @@ async function server(args: ServerArgs): Promise<void> {
   // Where the host reaches mapped ports: with the built-in networker, its bridge address.
   let externalIp = args['external-ip'] ?? '127.0.0.1';
   if (args['network-plugin'] !== undefined) {
-    network = new ExecNetworkPlugin(args['network-plugin'], args['network-plugin-extra-arg'], log.child({ component: 'network-plugin' }));
+    network = new ExecNetworkPlugin(args['network-plugin'], args['network-plugin-extra-arg'], log.child({ component: 'network-plugin' }), sharedSpawner());
   } else if (existsSync(join(NET_CONF_DIR, `${uid}.conf`))) {
     const gate = args['network-gate'];
     requireSetuidRoot(gate);
@@ -239,7 +240,7 @@ async function server(args: ServerArgs): Promise<void> {
     if (args['external-ip'] === undefined) externalIp = userNet.gateway;
     addressPool = containerAddresses(userNet.subnet);
     network = new InProcessNetwork(
-      networkerFor(uid, { gate, allowNetworks: args['allow-network'], denyNetworks: args['deny-network'], dnsServers: dns, holdPorts: true }, log.child({ component: 'networker' })),
+      networkerFor(uid, { gate, allowNetworks: args['allow-network'], denyNetworks: args['deny-network'], dnsServers: dns, holdPorts: true }, log.child({ component: 'networker' }), sharedSpawner()),
     );
   } else {
     log.warn({ config: join(NET_CONF_DIR, `${uid}.conf`), fix: `sudo gdn setup --rootless-uid ${uid} --rootless-gid ${gid}` }, 'probe.network: no network set up for this user; containers get loopback only');
@@ -248,8 +249,13 @@ async function server(args: ServerArgs): Promise<void> {
 
   const defaultRootfs = args['default-rootfs'] ?? (existsSync(paths.defaultRootfs) ? paths.defaultRootfs : '');
   const depot = new Depot(depotDir);
-  const runc = new Runc(runcBin, args['runtime-plugin-extra-arg']);
-  const conmon = new Conmon(conmonBin, runcBin, {}, Number(parseGoDuration(args['process-start-timeout']) / 1_000_000n), args['process-log-max-bytes']);
+  // One small process starts conmon, runc and the gate for gdn: a fork of gdn itself blocks its event loop (issue 10).
+  const spawner = sharedSpawner();
+  if (!existsSync(SPAWNER_BINARY) || spawner.pid() === undefined) {
+    throw new TrellisError('ERR_TRELLIS_SPAWNER_NOT_BUILT', `cannot start trellis-spawner (${SPAWNER_BINARY})`, { hint: "run 'npm run build' (it compiles src/runtime/spawner with gcc)" });
+  }
+  const runc = new Runc(runcBin, args['runtime-plugin-extra-arg'], spawner);
+  const conmon = new Conmon(conmonBin, runcBin, {}, Number(parseGoDuration(args['process-start-timeout']) / 1_000_000n), args['process-log-max-bytes'], spawner);
   const gardener = new Gardener({
     depot,
     containerizer: new Containerizer(depot, runc, conmon),

@@ -2,6 +2,7 @@
 // subcommand. The gate trusts nothing it is given: these calls only ask.
 import { execa } from 'execa';
 import { ExternalFailure, InvalidArgument } from '../../src/errors.js';
+import type { Spawner } from '../../src/runtime/spawner/spawner.js';
 
 export interface PortMapping {
   hostPort: number;
@@ -15,10 +16,16 @@ export interface CniResult {
 }
 
 export class Gate {
-  constructor(readonly path: string) {}
+  constructor(
+    readonly path: string,
+    /** gdn's spawner (issue 10: no fork of the large daemon per call); the CLI spawns directly. */
+    private readonly spawner?: Spawner,
+  ) {}
 
   private async run(args: string[]): Promise<string> {
-    const r = await execa(this.path, args, { reject: false, stdin: 'ignore', extendEnv: false, env: {} });
+    const r = this.spawner
+      ? await this.spawner.run(this.path, args, { env: {} }).then((x) => ({ ...x, message: x.failure?.message ?? (x.signal ? `cni-gate killed by ${x.signal}` : '') }))
+      : await execa(this.path, args, { reject: false, stdin: 'ignore', extendEnv: false, env: {} });
     if (r.exitCode !== 0) {
       const line = r.stderr.trim().split('\n').pop() || r.message || `cni-gate exited ${r.exitCode ?? '?'}`;
       const err = r.exitCode === 2 ? new InvalidArgument(line) : new ExternalFailure('cni-gate', line);

@@ -13,12 +13,15 @@ import { pino, type Logger } from 'pino';
 import { ExternalFailure, InvalidArgument, TrellisError, errorMessage } from '../../src/errors.js';
 import { inSubnet, intToIp, ipToInt, type UserNetwork } from './config.js';
 import type { Gate, PortMapping } from './gate.js';
+import type { Spawner } from '../../src/runtime/spawner/spawner.js';
 import { PortHolder, PortInUse } from './loopback.js';
 import { ipv4Table, ipv6Table, parseCidr, parseRule, type NetOutRule } from './netout.js';
 
 export interface NetworkerOptions {
   network: UserNetwork;
   gate: Gate;
+  /** gdn's spawner (issue 10: no fork of the large daemon per call); absent, execa. */
+  spawner?: Spawner;
   /** Per-container state (JSON); survives daemon restarts (it lives as long as the containers). */
   stateDir: string;
   allowNetworks?: string[];
@@ -228,12 +231,11 @@ export class Networker {
       rules: s.rules,
     });
     await Promise.all(([['iptables-restore', v4], ['ip6tables-restore', ipv6Table()]] as const).map(async ([bin, input]) => {
-      const r = await execa('nsenter', ['--preserve-credentials', '--target', String(s.pid), '--user', '--net', bin], {
-        input,
-        reject: false,
-        extendEnv: false,
-        env: { PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' },
-      });
+      const argv = ['--preserve-credentials', '--target', String(s.pid), '--user', '--net', bin];
+      const env = { PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' };
+      const r = this.o.spawner
+        ? await this.o.spawner.run('nsenter', argv, { input, env })
+        : await execa('nsenter', argv, { input, reject: false, extendEnv: false, env });
       if (r.exitCode !== 0) {
         throw new ExternalFailure(bin, `${bin} in the container's network namespace: ${r.stderr.trim().split('\n').pop() || `exit status ${r.exitCode}`}`);
       }

@@ -7,6 +7,7 @@ import { InvalidArgument } from '../../src/errors.js';
 import { userPaths } from '../../src/paths.js';
 import { DEFAULT_GATE, loadUserNetwork } from './config.js';
 import { Gate } from './gate.js';
+import type { Spawner } from '../../src/runtime/spawner/spawner.js';
 import { hostResolvers, Networker } from './networker.js';
 
 export interface NetworkerConfig {
@@ -66,10 +67,12 @@ export function defaultDnsServers(): string[] {
   }
 }
 
-export function networkerFor(uid: number, cfg: NetworkerConfig, log: Logger): Networker {
+/** `spawner`: gdn's (issue 10); the networker command line spawns directly. */
+export function networkerFor(uid: number, cfg: NetworkerConfig, log: Logger, spawner?: Spawner): Networker {
   return new Networker({
     network: loadUserNetwork(uid),
-    gate: new Gate(cfg.gate ?? DEFAULT_GATE),
+    gate: new Gate(cfg.gate ?? DEFAULT_GATE, spawner),
+    spawner,
     stateDir: cfg.stateDir ?? join(userPaths(uid).runtimeDir, 'network'),
     allowNetworks: cfg.allowNetworks,
     denyNetworks: cfg.denyNetworks,

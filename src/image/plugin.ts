@@ -5,6 +5,7 @@ import { execa } from 'execa';
 import type { Logger } from 'pino';
 import type { OciMount } from '../runtime/bundle.js';
 import { ExternalFailure } from '../errors.js';
+import type { Spawner } from '../runtime/spawner/spawner.js';
 import type { ImageStore } from '../../plugins/grootfs/store.js';
 
 export interface ImageRequest {
@@ -106,12 +107,17 @@ export class ExecImagePlugin implements ImagePlugin {
     private readonly binary: string,
     private readonly extraArgs: string[],
     private readonly log: Logger,
+    /** gdn's spawner (issue 10: no fork of the large daemon per create). */
+    private readonly spawner?: Spawner,
   ) {
     this.name = binary;
   }
 
   private async exec(args: string[]) {
-    const res = await execa(this.binary, [...this.extraArgs, ...args], { reject: false, stdin: 'ignore' });
+    const argv = [...this.extraArgs, ...args];
+    const res = this.spawner
+      ? await this.spawner.run(this.binary, argv, { env: process.env })
+      : await execa(this.binary, argv, { reject: false, stdin: 'ignore' });
     for (const line of res.stderr.split('\n')) {
       if (line.trim() === '') continue;
       try {

@@ -2,6 +2,7 @@
 // external networker by --network-plugin, or loopback only when setup gave the user
 // no network.
 import { execa } from 'execa';
+import type { Spawner } from '../runtime/spawner/spawner.js';
 import type { Logger } from 'pino';
 import { ExternalFailure, NotImplemented } from '../errors.js';
 import type { Networker } from '../../plugins/networker/networker.js';
@@ -62,15 +63,17 @@ export class ExecNetworkPlugin implements NetworkPlugin {
     private readonly binary: string,
     private readonly extraArgs: string[],
     private readonly log: Logger,
+    /** gdn's spawner (issue 10: no fork of the large daemon per create). */
+    private readonly spawner?: Spawner,
   ) {
     this.name = binary;
   }
 
   private async exec(action: string, handle: string, input: unknown): Promise<string> {
-    const res = await execa(this.binary, [...this.extraArgs, '--action', action, '--handle', handle], {
-      input: JSON.stringify(input),
-      reject: false,
-    });
+    const argv = [...this.extraArgs, '--action', action, '--handle', handle];
+    const res = this.spawner
+      ? await this.spawner.run(this.binary, argv, { env: process.env, input: JSON.stringify(input) })
+      : await execa(this.binary, argv, { input: JSON.stringify(input), reject: false });
     if (res.stderr.trim() !== '') this.log.info({ plugin: this.binary, action, stderr: res.stderr }, 'network-plugin.stderr');
     if (res.exitCode !== 0) {
       throw new ExternalFailure('network-plugin', `external networker encountered an error running '${action}' action: exit status ${res.exitCode}`);

@@ -3,13 +3,12 @@
 // negative number and the runtime's error), and in exec mode later the exit code.
 // It double-forks, so its monitor lives on without us; the exit file and the
 // k8s-file log stay on disk for whoever reads them next.
-import { spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { readdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import type { Readable } from 'node:stream';
 import { ExternalFailure } from '../errors.js';
+import { sharedSpawner, type Spawner } from './spawner/spawner.js';
 
 export interface SyncMessage {
   data: number;
@@ -88,6 +87,8 @@ export class Conmon {
     private readonly startTimeoutMs = 30_000,
     /** Beyond this a process's log starts over (0: no limit); the depot is often a tmpfs. */
     private readonly logSizeMax = 0,
+    /** Starts conmon and runc without forking the large gdn process (issue 10). */
+    private readonly spawner: Spawner = sharedSpawner(),
   ) {}
 
   argv(o: ConmonCommon): string[] {
@@ -117,12 +118,8 @@ export class Conmon {
   async create(o: ConmonCommon): Promise<StartedMonitor> {
     return this.retrying(o, () => this.launch(this.argv(o), false, o.conmonPidFile), async () => {
       // A failed create normally removes its state; make sure the id is free for the next try.
-      await new Promise<void>((resolve) => {
-        const child = spawn(this.runtimeBinary, ['--root', o.runtimeRoot, 'delete', '--force', o.containerId], {
-          stdio: 'ignore', env: { PATH: process.env.PATH, XDG_RUNTIME_DIR: process.env.XDG_RUNTIME_DIR },
-        });
-        child.once('error', () => resolve());
-        child.once('exit', () => resolve());
+      await this.spawner.run(this.runtimeBinary, ['--root', o.runtimeRoot, 'delete', '--force', o.containerId], {
+        env: { PATH: process.env.PATH, XDG_RUNTIME_DIR: process.env.XDG_RUNTIME_DIR },
       });
     });
   }
@@ -152,8 +149,9 @@ export class Conmon {
 
   private launch(argv: string[], exec: boolean, conmonPidFile: string): Promise<StartedMonitor> {
     return new Promise((resolve, reject) => {
-      const child = spawn(this.binary, argv, {
-        stdio: ['ignore', 'ignore', 'pipe', 'pipe'],
+      const child = this.spawner.spawn(this.binary, argv, {
+        stderr: 'pipe',
+        fd3: 'pipe',
         env: { PATH: process.env.PATH, XDG_RUNTIME_DIR: process.env.XDG_RUNTIME_DIR, ...this.env, _OCI_SYNCPIPE: '3' },
         detached: true,
       });
@@ -180,7 +178,7 @@ export class Conmon {
       timer.unref();
       let resolveExit: (code: number | undefined) => void = () => {};
       const exited = new Promise<number | undefined>((r) => (resolveExit = r));
-      const sync = child.stdio[3] as Readable;
+      const sync = child.fd3!;
       sync.setEncoding('utf8');
       const reader = new SyncReader((m) => {
         if (!settled) {
@@ -205,13 +203,13 @@ export class Conmon {
           reject(new ExternalFailure('conmon', `conmon exited before reporting a pid${stderr ? `: ${stderr.trim()}` : ''}`));
         }
       });
-      child.on('error', (err) => {
+      child.on('error', (err: Error) => {
         if (!settled) {
           settled = true;
+          clearTimeout(timer);
           reject(new ExternalFailure('conmon', `cannot start conmon (${this.binary}): ${err.message}`, err));
         }
       });
-      child.unref();
     });
   }
 }

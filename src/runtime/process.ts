@@ -1,12 +1,12 @@
 // One process in a container, as the daemon sees it: output read from conmon's log
 // from where the last reader stopped, the exit code from conmon (sync pipe while we
 // started it, its exit file otherwise), stdin through conmon's attach socket.
-import { spawn, type ChildProcess } from 'node:child_process';
 import { constants, existsSync, openSync, closeSync, watch, writeFileSync, writeSync, type FSWatcher } from 'node:fs';
 import { open, readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseK8sLog } from './k8slog.js';
+import { sharedSpawner, type SpawnedChild, type Spawner } from './spawner/spawner.js';
 
 // conmon's attach socket is SOCK_SEQPACKET, which node:net cannot open: a small C relay
 // (built beside this file) connects to it and copies its stdin there; no native addon.
@@ -63,7 +63,7 @@ export class ProcessHandle {
   private offsetTimer: NodeJS.Timeout | undefined;
   private stdinHolders = 0;
   private stdinClosed = false;
-  private stdinRelay: ChildProcess | undefined;
+  private stdinRelay: SpawnedChild | undefined;
   private stdinQueue: Buffer[] = [];
   /** Bytes handed to writeStdin that the kernel has not taken yet. */
   private stdinPending = 0;
@@ -75,6 +75,8 @@ export class ProcessHandle {
     readonly id: string,
     readonly files: ProcessFiles,
     readonly pid: number | undefined,
+    /** Starts the stdin relay without forking the large gdn process (issue 10). */
+    private readonly spawner: Spawner = sharedSpawner(),
   ) {}
 
   get exited(): boolean {
@@ -404,7 +406,7 @@ export class ProcessHandle {
     if (this.stdinRelay === undefined) {
       if (!existsSync(join(this.files.dir, 'attach'))) return;
       // Relative to its working directory: a depot path can be longer than sun_path allows.
-      const relay = spawn(CONMON_ATTACH, ['attach'], { cwd: this.files.dir, stdio: ['pipe', 'ignore', 'ignore'] });
+      const relay = this.spawner.spawn(CONMON_ATTACH, ['attach'], { cwd: this.files.dir, stdin: 'pipe', env: process.env });
       const lost = () => {
         if (this.stdinRelay === relay) this.stdinRelay = undefined;
       };

@@ -1,9 +1,9 @@
 // One typed class for the runc binary: a method per subcommand, --root and a JSON
 // log always passed, and the last log line carried into any error.
-import { execa } from 'execa';
 import { readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ExternalFailure } from '../errors.js';
+import { sharedSpawner, type Spawner } from './spawner/spawner.js';
 
 export interface RuncState {
   id: string;
@@ -17,6 +17,8 @@ export class Runc {
   constructor(
     readonly binary: string,
     private readonly extraGlobalArgs: string[] = [],
+    /** Starts runc without forking the large gdn process (issue 10). */
+    private readonly spawner: Spawner = sharedSpawner(),
   ) {}
 
   /** Global flags for a container whose runc state lives at `root`. */
@@ -45,15 +47,13 @@ export class Runc {
   private async run(root: string, args: string[], opts: { reject?: boolean } = {}) {
     const log = join(root, `runc-${process.pid}-${Math.random().toString(36).slice(2)}.log`);
     try {
-      const res = await execa(this.binary, [...this.globalArgs(root, log), ...args], {
-        reject: false,
-        stdin: 'ignore',
+      const res = await this.spawner.run(this.binary, [...this.globalArgs(root, log), ...args], {
         env: { PATH: process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin', XDG_RUNTIME_DIR: process.env.XDG_RUNTIME_DIR ?? '' },
-        extendEnv: false,
       });
       if (res.exitCode !== 0 && opts.reject !== false) {
         const last = await lastLogMessage(log);
-        throw new ExternalFailure('runc', `runc ${args[0]}: ${last ?? (res.stderr.trim() || `exit status ${res.exitCode}`)}`);
+        const status = res.failure?.message ?? (res.signal ? `killed by ${res.signal}` : `exit status ${res.exitCode}`);
+        throw new ExternalFailure('runc', `runc ${args[0]}: ${last ?? (res.stderr.trim() || status)}`);
       }
       return res;
     } finally {

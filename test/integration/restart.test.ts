@@ -6,7 +6,7 @@
 import { expect } from 'chai';
 import { ContainerNotFound } from '../../src/errors.js';
 import {
-  cleanupServer, Collector, dumpLogsIfFailed, leftovers, monitorsMentioning, restartServer, runAndWait, SECOND,
+  cleanupServer, Collector, dumpLogsIfFailed, eventually, leftovers, monitorsMentioning, processes, restartServer, runAndWait, SECOND,
   type Server, sh, sleep, spec, startServer,
 } from './harness.js';
 
@@ -85,6 +85,23 @@ describe('restart (integration)', function () {
     }
     const err = await c2.info(h).then(() => null, (e: unknown) => e);
     expect(err).to.be.instanceOf(ContainerNotFound);
+  });
+
+  it('issue 10: kill -9 of gdn takes its spawner with it; containers and their monitors stay', async function () {
+    this.timeout(120_000);
+    first = track(await startServer());
+    server = first;
+    const h = await first.client.create(spec({ handle: 'rs-spawner' }));
+    const spawners = (await processes()).filter((p) => p.comm === 'trellis-spawner' && p.cmdline[1] === String(first!.proc.pid));
+    expect(spawners, 'the server runs one spawner').to.have.length(1);
+    const before = await monitorsMentioning(h);
+    await first.kill9();
+    expect(await eventually(async () => !(await processes()).some((p) => p.pid === spawners[0]!.pid && p.state !== 'Z'), 5000), 'spawner gone with gdn').to.equal(true);
+    expect((await monitorsMentioning(h)).map((p) => p.pid), 'monitors alive with the server and its spawner dead').to.deep.equal(before.map((p) => p.pid));
+    server = track(await restartServer(first));
+    expect(await runAndWait(server.client, h, { path: 'echo', args: ['still here'] })).to.include({ code: 0, stdout: 'still here\n' });
+    await server.client.destroy(h);
+    expect(await leftovers(h, { depot: server.depot })).to.deep.equal([]);
   });
 
   it('a graceful stop and restart keeps containers and properties too', async function () {
