@@ -338,8 +338,8 @@ async function server(args: ServerArgs): Promise<void> {
   process.once('SIGINT', () => shutdown('SIGINT'));
 }
 
-/** How long a graceful stop waits for teardowns in flight (under the 10 s a supervisor usually allows). */
-const TEARDOWN_WAIT_MS = 5000;
+/** How long a graceful stop waits for teardowns in flight (under the 10 s the test harness and the bench allow before SIGKILL). */
+const TEARDOWN_WAIT_MS = 8000;
 
 /** The metrics listener's address, checked before anything starts; undefined: metrics off. */
 function metricsAddress(args: ServerArgs): { ip: string; port: number } | undefined {
