@@ -197,6 +197,8 @@ export function buildApp(deps: ApiDeps): express.Express {
   app.post('/containers/:handle/net/in', pausing(async (req, res, h) => {
     const body = decodeNetIn(rawBody(req));
     exists(h);
+    // A host port asked for by number may still be held by a container being torn down.
+    if (body.host_port !== 0) await gardener.teardownsSettled();
     const info = gardener.info(h);
     const out = await deps.network.netIn(h, {
       HostIP: deps.externalIp,

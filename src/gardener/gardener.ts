@@ -1,9 +1,11 @@
 // The Gardener: container lifecycle over the depot, runtime, image and network seams.
 // create = image -> bundle -> runtime -> network, rolled back in reverse on failure;
-// destroy gathers every step's failure and removes the record only when all succeeded.
+// destroy journals the teardown in the depot and replies; the teardown (which gathers every
+// step's failure and removes the record only when all succeeded) runs on in the background.
 import { randomUUID } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { mkdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { isAbsolute, join, posix } from 'node:path';
 import type { Logger } from 'pino';
 import {
@@ -83,7 +85,8 @@ interface Container {
   record: ContainerRecord;
   properties: Record<string, string>;
   processes: Map<string, ProcessHandle>;
-  destroying?: Promise<void>;
+  /** The teardown round in progress once destroy has replied (phase 'destroying'). */
+  teardown?: Promise<void>;
 }
 
 export interface GardenerConfig {
@@ -114,7 +117,11 @@ export interface GardenerConfig {
   limitsUnavailable?: string;
   /** Where a snapshot of every container's properties is written (--properties-path). */
   propertiesPath?: string;
+  /** A failed teardown is retried this many times in all, waiting firstDelayMs, doubling up to maxDelayMs, between tries. */
+  teardownRetry?: { attempts: number; firstDelayMs: number; maxDelayMs: number };
 }
+
+const TEARDOWN_RETRY = { attempts: 6, firstDelayMs: 250, maxDelayMs: 4000 };
 
 const NS_PER_MS = 1_000_000n;
 
@@ -129,6 +136,8 @@ export class Gardener {
   private readonly writes = new Map<string, Promise<void>>();
   private snapshotChain: Promise<void> = Promise.resolve();
   private peasCache: Peas | undefined;
+  /** Aborted by shutdown: teardowns stop retrying (the next start finishes them). */
+  private readonly stopping = new AbortController();
 
   /** Processes with their own image (src/gardener/peas.ts); made on first use. */
   private get peas(): Peas {
@@ -149,11 +158,14 @@ export class Gardener {
     return this.peasCache;
   }
 
-  private persist(c: Container, what: { record?: boolean; properties?: boolean }): Promise<void> {
+  private persist(c: Container, what: { record?: boolean; properties?: boolean; durable?: boolean }): Promise<void> {
     const key = c.record.key;
     const next = (this.writes.get(key) ?? Promise.resolve())
       .then(async () => {
-        if (what.record) await this.cfg.depot.saveContainer(c.record);
+        // Once the teardown is journaled only the journal is written: a write of a request that
+        // began before destroy must not land in the entry (nor in a new one of the same handle).
+        if (c.record.phase !== 'created' && what.durable !== true) return;
+        if (what.record) await this.cfg.depot.saveContainer(c.record, what.durable === true);
         if (what.properties) await this.cfg.depot.saveProperties(key, c.properties);
       });
     const settled = next.catch(() => {});
@@ -178,7 +190,7 @@ export class Gardener {
   async sweepProcesses(retentionMs: number): Promise<number> {
     let removed = 0;
     for (const c of this.containers.values()) {
-      if (c.record.phase !== 'created' || c.destroying !== undefined) continue;
+      if (c.record.phase !== 'created') continue;
       for (const [id, p] of c.processes) {
         if (!(await p.reclaimable(retentionMs))) continue;
         if (!(await this.peas.release(p))) continue;
@@ -212,8 +224,21 @@ export class Gardener {
     const handle = spec.handle === '' ? randomUUID() : spec.handle;
     validateHandle(handle);
     if (spec.privileged) throw new InvalidArgument('privileged container creation is disabled');
+    // A container being torn down still holds its address, its host ports and its place under
+    // --max-containers: a create that needs one of them waits for the teardowns, so that it
+    // succeeds as it did when destroy replied only after its teardown.
+    const full = () => this.cfg.maxContainers > 0 && this.containers.size + this.creating.size >= this.cfg.maxContainers;
+    if (spec.network !== '' || spec.netin.some((n) => n.host_port !== 0) || full()) await this.teardownsSettled();
+    for (let prev = this.containers.get(handle); prev?.record.phase === 'destroying'; prev = this.containers.get(handle)) {
+      // The client destroyed this handle: it is free once the teardown has finished, never before.
+      try {
+        await this.startTeardown(prev);
+      } catch (err) {
+        throw new TrellisError('ERR_TRELLIS_DESTROY', `handle '${handle}' cannot be reused yet: the teardown of its destroyed container failed: ${errorMessage(err)}`);
+      }
+    }
     if (this.containers.has(handle) || this.creating.has(handle)) throw new AlreadyExists(`Handle '${handle}' already in use`);
-    if (this.cfg.maxContainers > 0 && this.containers.size + this.creating.size >= this.cfg.maxContainers) {
+    if (full()) {
       throw new TrellisError('ERR_TRELLIS_MAX_CONTAINERS', 'max containers reached');
     }
     const key = containerKey(handle);
@@ -398,23 +423,71 @@ export class Gardener {
 
   // ---- destroy ----
 
+  /**
+   * Journals the teardown (phase 'destroying', on disk before the reply), takes the handle out
+   * of every view and returns; the teardown runs on in the background and, if this process
+   * dies, the next start finishes it (restore).
+   */
   async destroy(handle: string): Promise<void> {
     const c = this.containers.get(handle);
-    if (c === undefined || (c.record.phase !== 'created' && c.record.phase !== 'destroying')) throw new ContainerNotFound(handle);
-    if (c.destroying !== undefined) throw new TrellisError('ERR_TRELLIS_BUSY', 'container already being destroyed');
-    c.destroying = this.finishDestroy(c).finally(() => {
-      c.destroying = undefined;
-    });
-    return c.destroying;
+    if (c === undefined || c.record.phase !== 'created') throw new ContainerNotFound(handle);
+    const log = this.log.child({ session: 'destroy', handle });
+    log.info('destroy.start');
+    // From here on every request answers as for an unknown handle, the reaper's included.
+    c.record.phase = 'destroying';
+    this.reaper.untrack(handle);
+    try {
+      await this.persist(c, { record: true, durable: true });
+    } catch (err) {
+      c.record.phase = 'created';
+      this.reaper.track(handle, BigInt(c.record.graceTimeNs));
+      this.snapshotProperties();
+      log.error({ err: errorMessage(err) }, 'destroy.journal-failed');
+      throw err;
+    }
+    log.debug('destroy.journaled');
+    void this.startTeardown(c).catch(() => {}); // logged where it fails
   }
 
+  /** The container's teardown round: the running one, or a new one (retried with backoff). */
+  private startTeardown(c: Container): Promise<void> {
+    if (c.teardown !== undefined) return c.teardown;
+    const round = this.tearDown(c).finally(() => {
+      if (c.teardown === round) c.teardown = undefined;
+    });
+    c.teardown = round;
+    return round;
+  }
+
+  private async tearDown(c: Container): Promise<void> {
+    const { attempts, firstDelayMs, maxDelayMs } = this.cfg.teardownRetry ?? TEARDOWN_RETRY;
+    const log = this.log.child({ session: 'destroy', handle: c.record.handle });
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await this.finishDestroy(c);
+        return;
+      } catch (err) {
+        if (attempt >= attempts || this.stopping.signal.aborted) {
+          // Still journaled: the next start (or a create of the same handle) tries again.
+          log.error({ attempt, err: errorMessage(err) }, 'destroy.gave-up');
+          throw err;
+        }
+        const delayMs = Math.min(firstDelayMs * 2 ** (attempt - 1), maxDelayMs);
+        log.info({ attempt, delayMs }, 'destroy.retrying');
+        try {
+          await sleep(delayMs, undefined, { signal: this.stopping.signal, ref: false });
+        } catch {
+          throw err; // shutting down
+        }
+      }
+    }
+  }
+
+  /** One pass over every teardown step of a journaled container; the entry goes only when all succeeded. */
   private async finishDestroy(c: Container): Promise<void> {
     const { handle, key } = c.record;
     const log = this.log.child({ session: 'destroy', handle });
-    log.info('destroy.start');
-    this.reaper.untrack(handle);
-    c.record.phase = 'destroying';
-    await this.cfg.depot.saveContainer(c.record).catch(() => {});
+    const started = performance.now();
     const failures: string[] = [];
     const attempt = async (name: string, fn: () => Promise<void>) => {
       const t0 = performance.now();
@@ -438,15 +511,22 @@ export class Gardener {
       log.error({ failures }, 'destroy.failed');
       throw new TrellisError('ERR_TRELLIS_DESTROY', `destroying ${handle}: ${failures.join('; ')}`);
     }
-    await this.cfg.depot.remove(key);
+    await attempt('depot', () => this.cfg.depot.remove(key));
+    if (failures.length > 0) throw new TrellisError('ERR_TRELLIS_DESTROY', `destroying ${handle}: ${failures.join('; ')}`);
     this.containers.delete(handle);
-    this.snapshotProperties();
-    log.info('destroy.finished');
+    log.info({ ms: Math.round(performance.now() - started) }, 'destroy.finished');
+  }
+
+  /** Settles once the teardowns running now have ended, however they ended (or after `ms`). */
+  async teardownsSettled(ms = 30_000): Promise<void> {
+    const running = [...this.containers.values()].flatMap((c) => (c.teardown === undefined ? [] : [c.teardown]));
+    if (running.length === 0) return;
+    await Promise.race([Promise.allSettled(running), sleep(ms, undefined, { ref: false })]);
   }
 
   private async reap(handle: string): Promise<void> {
     const c = this.containers.get(handle);
-    if (c === undefined || c.destroying !== undefined) return;
+    if (c === undefined || c.record.phase !== 'created') return;
     this.log.info({ handle }, 'reaper.expired');
     try {
       await this.destroy(handle);
@@ -499,8 +579,16 @@ export class Gardener {
     return this.get(handle).record.limits;
   }
 
+  /** A running pea by its process id, unless its container is being destroyed. */
+  private pea(processId: string) {
+    const rec = this.peas.find(processId);
+    if (rec === undefined) return undefined;
+    for (const c of this.containers.values()) if (c.record.key === rec.sandboxKey) return c.record.phase === 'created' ? rec : undefined;
+    return undefined;
+  }
+
   async stats(handle: string) {
-    const pea = this.exists(handle) ? undefined : this.peas.find(handle);
+    const pea = this.exists(handle) ? undefined : this.pea(handle);
     if (pea !== undefined) return this.cfg.image.stats(pea.imageKey, pea.imageKey);
     const c = this.get(handle);
     return this.cfg.image.stats(handle, c.record.key);
@@ -509,7 +597,7 @@ export class Gardener {
   /** Memory, CPU and pid figures from the container's cgroup (zeros where there is none). */
   async cgroupStats(handle: string) {
     // Garden's bulk metrics take a pea's process id as a handle.
-    const pea = this.exists(handle) ? undefined : this.peas.find(handle);
+    const pea = this.exists(handle) ? undefined : this.pea(handle);
     const c = pea === undefined ? this.get(handle) : undefined;
     const reader = this.cfg.cgroups;
     if (reader === undefined || this.cfg.cgroupParent === undefined) return undefined;
@@ -518,7 +606,7 @@ export class Gardener {
   }
 
   createdAt(handle: string): Date {
-    const pea = this.exists(handle) ? undefined : this.peas.find(handle);
+    const pea = this.exists(handle) ? undefined : this.pea(handle);
     if (pea !== undefined) return new Date(pea.createdAt);
     return new Date(this.get(handle).record.createdAt);
   }
@@ -814,14 +902,19 @@ export class Gardener {
       const log = this.log.child({ session: 'restore', handle: record.handle });
       const c: Container = { record, properties: propertyMap(await this.cfg.depot.loadProperties(record.key)), processes: new Map() };
       if (record.phase !== 'created') {
-        // An interrupted create or destroy: finish it off.
+        // An interrupted create or destroy: finish it off before serving. It stays out of
+        // every view and counts against --max-containers until its teardown has finished.
         this.containers.set(record.handle, c);
-        record.phase = 'destroying';
+        if (record.phase !== 'destroying') {
+          record.phase = 'destroying';
+          await this.cfg.depot.saveContainer(record, true).catch((err: unknown) => log.error({ err: errorMessage(err) }, 'restore.journal-failed'));
+        }
         try {
           await this.finishDestroy(c);
           log.info('restore.finished-destroy');
         } catch (err) {
           log.error({ err: errorMessage(err) }, 'restore.destroy-failed');
+          void this.startTeardown(c).catch(() => {}); // retried in the background, logged there
         }
         continue;
       }
@@ -837,9 +930,15 @@ export class Gardener {
     }
   }
 
-  shutdown(): void {
+  /**
+   * Graceful stop: no more reaping or retrying; teardowns already running get up to
+   * `teardownWaitMs` to finish (what is left, the next start finishes).
+   */
+  async shutdown(teardownWaitMs = 0): Promise<void> {
     this.reaper.stop();
     if (this.sweeper !== undefined) clearInterval(this.sweeper);
+    this.stopping.abort();
+    await this.teardownsSettled(teardownWaitMs);
     for (const c of this.containers.values()) for (const p of c.processes.values()) p.close();
   }
 

@@ -1,8 +1,8 @@
 // The depot on disk is the truth about which containers and processes exist;
 // memory is a cache rebuilt from it at start.
 import { createHash } from 'node:crypto';
-import { mkdir, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { mkdir, open, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
 
 export type ContainerPhase = 'creating' | 'created' | 'destroying';
 
@@ -48,11 +48,35 @@ export function containerKey(handle: string): string {
   return `h-${createHash('sha256').update(handle).digest('hex').slice(0, 40)}`;
 }
 
-export async function writeJsonAtomic(path: string, value: unknown): Promise<void> {
+/** `durable`: the file and its directory entry are on disk (fsync) before this resolves. */
+export async function writeJsonAtomic(path: string, value: unknown, durable = false): Promise<void> {
   const tmp = `${path}.tmp-${process.pid}-${Math.random().toString(36).slice(2)}`;
-  await writeFile(tmp, JSON.stringify(value), { mode: 0o600 });
+  if (!durable) {
+    await writeFile(tmp, JSON.stringify(value), { mode: 0o600 });
+    await rename(tmp, path);
+    return;
+  }
+  const f = await open(tmp, 'w', 0o600);
+  try {
+    await f.writeFile(JSON.stringify(value));
+    await f.sync();
+  } finally {
+    await f.close();
+  }
   await rename(tmp, path);
+  const d = await open(dirname(path), 'r');
+  try {
+    await d.sync();
+  } finally {
+    await d.close();
+  }
 }
+
+/**
+ * A depot entry being removed is first renamed to this prefix (never a key: keys start with
+ * [A-Za-z0-9_]), so a removal cut short leaves a name the next start knows to finish removing.
+ */
+const GONE = '.gone-';
 
 export class Depot {
   constructor(readonly root: string) {}
@@ -78,8 +102,9 @@ export class Depot {
     await this.saveContainer(record);
   }
 
-  async saveContainer(record: ContainerRecord): Promise<void> {
-    await writeJsonAtomic(join(this.dir(record.key), 'container.json'), record);
+  /** `durable` for the records a crash must not lose (the destroy journal: phase 'destroying'). */
+  async saveContainer(record: ContainerRecord, durable = false): Promise<void> {
+    await writeJsonAtomic(join(this.dir(record.key), 'container.json'), record, durable);
   }
 
   async saveProperties(key: string, props: Record<string, string>): Promise<void> {
@@ -103,6 +128,10 @@ export class Depot {
     }
     const out: ContainerRecord[] = [];
     for (const name of names) {
+      if (name.startsWith(GONE)) {
+        await rm(join(this.root, name), { recursive: true, force: true, maxRetries: 3 }).catch(() => {});
+        continue;
+      }
       try {
         out.push(JSON.parse(await readFile(join(this.root, name, 'container.json'), 'utf8')) as ContainerRecord);
       } catch {
@@ -139,8 +168,16 @@ export class Depot {
     return out;
   }
 
+  /** Removes the entry: one rename takes it out of the depot at once, then its files go. */
   async remove(key: string): Promise<void> {
-    await rm(this.dir(key), { recursive: true, force: true, maxRetries: 3 });
+    const gone = join(this.root, `${GONE}${key}-${process.pid}-${Math.random().toString(36).slice(2)}`);
+    try {
+      await rename(this.dir(key), gone);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
+      throw err;
+    }
+    await rm(gone, { recursive: true, force: true, maxRetries: 3 });
   }
 }
 

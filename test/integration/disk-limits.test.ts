@@ -10,7 +10,10 @@ import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { execa } from 'execa';
 import { dirname, join } from 'node:path';
 import { DiskLimitScope, type ContainerSpec } from '../../src/client/types.js';
-import { cleanupServer, dumpLogsIfFailed, eventually, REPO, restartServer, runAndWait, runtimeDir, type Server, sh, spec, startServer, STORE } from './harness.js';
+import {
+  cleanupServer, dumpLogsIfFailed, eventually, REPO, restartServer, runAndWait, runtimeDir, type Server, sh, spec, startServer, STORE,
+  teardownFinished, teardownsFinished,
+} from './harness.js';
 
 const QUOTA_STORE = join(dirname(STORE), 'quota-store');
 const MiB = 1024 * 1024;
@@ -203,6 +206,7 @@ describe('disk limits on the btrfs quota store (integration, issue #11)', functi
     const qgroup = join(qgroupsDir(), `0_${record.quota!.subvolume}`);
     expect(Number(readFileSync(join(qgroup, 'max_exclusive'), 'utf8'))).to.equal(16 * MiB);
     await server.client.destroy(h);
+    expect(await teardownFinished(h, server.depot), 'teardown finished').to.equal(true);
     expect(existsSync(join(QUOTA_STORE, 'images', h))).to.equal(false);
     expect(await eventually(() => !existsSync(qgroup), 60_000, 500), `${qgroup} removed`).to.equal(true);
   });
@@ -243,6 +247,7 @@ describe('disk limits on the btrfs quota store (integration, issue #11)', functi
     };
     await Promise.all(Array.from({ length: 8 }, destroy));
     expect((await server.client.list()).filter((h) => handles.includes(h))).to.deep.equal([]);
+    expect(await teardownsFinished(server.depot, 120_000), 'teardowns finished').to.equal(true);
     const left = (await readdir(join(QUOTA_STORE, 'images'))).filter((n) => handles.includes(n));
     expect(left).to.deep.equal([]);
     // grootfs clean with quotas on: the volumes no image uses go (the default rootfs's among them)

@@ -421,6 +421,7 @@ export async function leftoversNow(handle: string, where: { depot: string; store
   const depotDir = join(where.depot, handle);
   const imageDir = join(store, 'images', handle);
   if (existsSync(depotDir)) found.push(`depot dir ${depotDir} exists`);
+  for (const e of await entries(where.depot)) if (e.startsWith(`.gone-${handle}-`)) found.push(`depot dir ${join(where.depot, e)} (being removed) exists`);
   if (existsSync(imageDir)) found.push(`image dir ${imageDir} exists`);
 
   const seenMounts = new Set<string>();
@@ -453,8 +454,36 @@ export async function leftoversNow(handle: string, where: { depot: string; store
   return found;
 }
 
-/** leftoversNow, allowing ~3 s for monitors to finish exiting after destroy returned. */
-export async function leftovers(handle: string, where: { depot: string; store?: string }, graceMs = 3000): Promise<string[]> {
+/**
+ * Issue #10: destroy replies once the teardown is journaled, and the teardown runs on. It has
+ * finished when the depot entry is gone (removed last, only after every other step succeeded)
+ * and so is the renamed `.gone-` copy the removal deletes. Whether it did within `ms`.
+ */
+export async function teardownFinished(handle: string, depot: string, ms = 30_000): Promise<boolean> {
+  return eventually(async () => !existsSync(join(depot, handle)) && !(await entries(depot)).some((e) => e.startsWith(`.gone-${handle}-`)), ms, 50);
+}
+
+/** Whether, within `ms`, no teardown is left in the depot (none journaled, none being removed). */
+export async function teardownsFinished(depot: string, ms = 30_000): Promise<boolean> {
+  return eventually(async () => {
+    for (const e of await entries(depot)) {
+      if (e.startsWith('.gone-')) return false;
+      try {
+        if ((JSON.parse(await readFile(join(depot, e, 'container.json'), 'utf8')) as { phase?: string }).phase === 'destroying') return false;
+      } catch {
+        // no record (yet, or any more)
+      }
+    }
+    return true;
+  }, ms, 50);
+}
+
+/**
+ * leftoversNow once the container's teardown has finished (up to `teardownMs`: a teardown that
+ * never finishes shows as its depot entry), allowing ~3 s more for monitors to finish exiting.
+ */
+export async function leftovers(handle: string, where: { depot: string; store?: string }, graceMs = 3000, teardownMs = 30_000): Promise<string[]> {
+  await teardownFinished(handle, where.depot, teardownMs);
   const deadline = Date.now() + graceMs;
   for (;;) {
     const found = await leftoversNow(handle, where);

@@ -171,6 +171,27 @@ describe('lifecycle (integration)', function () {
     expect((again as Error).message).to.equal(`unknown handle: ${h}`);
   });
 
+  it('issue #10: destroy replies before its teardown ends, and a create of the same handle at once gets a fresh container', async function () {
+    for (let i = 0; i < 5; i++) {
+      const h = await server.client.create(spec({ handle: 'life-again', properties: { round: String(i) } }));
+      await runAndWait(server.client, h, sh(`echo ${i} > /round`));
+      await server.client.destroy(h);
+      // Gone from every view at the reply, whatever the teardown still has to do.
+      expect(await server.client.list({ 'garden.state': 'all' }), `round ${i}`).to.not.include(h);
+      const infoErr = await server.client.info(h).then(() => null, (e: unknown) => e);
+      expect(infoErr, `round ${i}: info`).to.be.instanceOf(ContainerNotFound);
+      const bulk = await server.client.bulkInfo([h]);
+      expect(bulk[h]?.Err?.message, `round ${i}: bulk_info`).to.equal(`unknown handle: ${h}`);
+      const again = await server.client.create(spec({ handle: h, properties: { round: `${i}-again` } }));
+      expect(again).to.equal(h);
+      expect(await server.client.property(h, 'round')).to.equal(`${i}-again`);
+      const fresh = await runAndWait(server.client, h, sh('cat /round 2>&1; echo ok'));
+      expect(fresh.stdout, 'a fresh rootfs').to.match(/No such file[^\n]*\nok\n$/);
+      await server.client.destroy(h);
+    }
+    expect(await leftovers('life-again', { depot: server.depot })).to.deep.equal([]);
+  });
+
   it('enforces the pid and memory limits through the delegated cgroup, and metrics report them', async function () {
     const h = await server.client.create(spec({
       handle: 'life-limits',

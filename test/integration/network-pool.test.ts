@@ -18,7 +18,10 @@ import { Protocol } from '../../src/client/types.js';
 import { intToIp, ipToInt, loadUserNetwork } from '../../plugins/networker/config.js';
 import { parseCidr } from '../../plugins/networker/netout.js';
 import { gateId } from '../../plugins/networker/networker.js';
-import { cleanupServer, dumpLogsIfFailed, entries, gardenError, leftovers, PATHS, rawRequest, restartServer, runAndWait, type Server, sh, spec, startServer } from './harness.js';
+import {
+  cleanupServer, dumpLogsIfFailed, entries, gardenError, leftovers, PATHS, rawRequest, restartServer, runAndWait, type Server, sh, spec, startServer,
+  teardownFinished, teardownsFinished,
+} from './harness.js';
 
 const uid = process.getuid?.() ?? 0;
 const NET = loadUserNetwork(uid);
@@ -119,8 +122,10 @@ describe('network pool (integration, issue #8)', function () {
     await cleanupServer(server);
   });
 
-  afterEach(function () {
+  afterEach(async function () {
     dumpLogsIfFailed(this, server);
+    // Issue #10: teardowns run on after destroy replied; the next test's "as before" starts here.
+    expect(await teardownsFinished(server.depot), 'teardowns finished').to.equal(true);
   });
 
   it('issue #8: two containers on one subnet of the pool: the address asked for, its own bridge and gateway, and they reach each other', async function () {
@@ -158,6 +163,7 @@ describe('network pool (integration, issue #8)', function () {
     } finally {
       for (const h of hs) await server.client.destroy(h);
     }
+    expect(await teardownsFinished(server.depot), 'teardowns finished').to.equal(true);
     expect(bridgeOf(s.cidr), "the subnet's bridge after its last container").to.equal(undefined);
   });
 
@@ -174,12 +180,14 @@ describe('network pool (integration, issue #8)', function () {
         await server.client.create(spec({ handle: `pool-go-${i}`, ...open }));
         expect(await tcpFrom(server.client, `pool-go-${i}`, GW, host.port), `pool-go-${i}`).to.equal('host');
         await server.client.destroy(`pool-go-${i}`);
+        expect(await teardownFinished(`pool-go-${i}`, server.depot), `pool-go-${i}: teardown finished`).to.equal(true);
         expect(await tcpFrom(server.client, 'pool-stay', GW, host.port), `after pool-go-${i} went`).to.equal('host');
       }
       expect(ipJson<Link[]>(['link', 'show', bridgeOf(s.cidr) as string])[0]?.address, 'the bridge MAC').to.equal(mac);
       // and a container made in the subnet again after all of it was gone routes as well
       await server.client.destroy('pool-stay');
       hs.length = 0;
+      expect(await teardownFinished('pool-stay', server.depot), 'pool-stay: teardown finished').to.equal(true);
       expect(bridgeOf(s.cidr)).to.equal(undefined);
       hs.push(await server.client.create(spec({ handle: 'pool-again', ...open })));
       expect(await tcpFrom(server.client, 'pool-again', GW, host.port), 'in a previously used subnet').to.equal('host');
@@ -273,6 +281,7 @@ describe('network pool (integration, issue #8)', function () {
       await server.client.destroy(h).catch(() => undefined);
       await host.close();
     }
+    expect(await teardownFinished(h, server.depot), 'teardown finished').to.equal(true);
     expect(bridgeOf(s.cidr), 'after destroy').to.equal(undefined);
   });
 
@@ -283,6 +292,7 @@ describe('network pool (integration, issue #8)', function () {
       expect((await server.client.info(h)).ContainerIP, `cycle ${i}`).to.equal(s.at(9));
       expect(bridgeOf(s.cidr), `cycle ${i}`).to.match(POOL_BRIDGE);
       await server.client.destroy(h);
+      expect(await teardownFinished(h, server.depot), `cycle ${i}: teardown finished`).to.equal(true);
       expect(bridgeOf(s.cidr), `cycle ${i}: after destroy`).to.equal(undefined);
       expect(await entries(NETWORKER_STATE), `cycle ${i}`).to.not.include(`${gateId(h)}.json`);
     }

@@ -26,7 +26,7 @@ import { DEFAULT_GATE, inSubnet, intToIp, ipToInt, loadUserNetwork } from '../..
 import { gateId, hostResolvers } from '../../plugins/networker/networker.js';
 import {
   cleanupServer, dumpLogsIfFailed, eventually, GAOL, gardenError, leftovers, PATHS, rawRequest, REPO, restartServer,
-  runAndWait, runtimeDir, type Server, sh, sleep, spec, startServer, runGaol } from './harness.js';
+  runAndWait, runtimeDir, type Server, sh, sleep, spec, startServer, runGaol, teardownFinished, teardownsFinished } from './harness.js';
 
 const uid = process.getuid?.() ?? 0;
 /** What `gdn setup` gave this user (/etc/trellis/net/<uid>.conf). */
@@ -263,8 +263,10 @@ describe('network (integration, issue #4)', function () {
     for (const s of hostServers) await s.close();
   });
 
-  afterEach(function () {
+  afterEach(async function () {
     dumpLogsIfFailed(this, server);
+    // Issue #10: teardowns run on after destroy replied; the next test's "as before" starts here.
+    expect(await teardownsFinished(server.depot), 'teardowns finished').to.equal(true);
   });
 
   it('gives each container an address on the bridge, a default route via the gateway, /etc/hosts and /etc/resolv.conf', async function () {
@@ -397,6 +399,7 @@ describe('network (integration, issue #4)', function () {
     } finally {
       await server.client.destroy(h);
     }
+    expect(await teardownFinished(h, server.depot), 'teardown finished').to.equal(true);
     const after = await curl(`http://127.0.0.1:${hostPort}/`);
     expect(after.code, 'curl after destroy').to.not.equal(0);
     expect(after.stderr).to.match(/refused|Failed to connect/i);
@@ -619,6 +622,7 @@ describe('network (integration, issue #4)', function () {
       // Every container has talked to the host: each holds an ARP entry for the gateway.
       for (const h of hs) expect(await tcpFrom(server.client, h, GW, a.port), `${h} before`).to.equal('open');
       await server.client.destroy(leave);
+      expect(await teardownFinished(leave, server.depot), 'teardown finished').to.equal(true);
       hs.splice(hs.indexOf(leave), 1);
       const after = bridgeMac();
       for (const h of hs) {
@@ -653,6 +657,7 @@ describe('network (integration, issue #4)', function () {
       expect(bridgeVeths().has(veth), `cycle ${i}: veth ${veth} on ${NET.bridge}`).to.equal(true);
       expect(await entries(NETWORKER_STATE), `cycle ${i}: networker state`).to.include(`${gateId(handle)}.json`);
       await server.client.destroy(handle);
+      expect(await teardownFinished(handle, server.depot), `cycle ${i}: teardown finished`).to.equal(true);
       expect(bridgeVeths().has(veth), `cycle ${i}: veth ${veth} after destroy`).to.equal(false);
       expect(await entries(NETWORKER_STATE), `cycle ${i}: networker state after destroy`).to.not.include(`${gateId(handle)}.json`);
     }
@@ -663,6 +668,7 @@ describe('network (integration, issue #4)', function () {
     expect(inSubnet(info.ContainerIP, NET.subnet)).to.equal(true);
     expect(info.MappedPorts?.[0]?.HostPort).to.be.within(NET.portStart, NET.portEnd);
     await server.client.destroy(h);
+    expect(await teardownFinished(h, server.depot), 'teardown finished').to.equal(true);
     expect(hostState()).to.deep.equal(before);
   });
 
@@ -846,6 +852,7 @@ describe('network across a daemon restart (integration, issue #4)', function () 
     expect(await tcpFrom(server.client, h, GW, b.port), 'the rule added after the first restart').to.equal('open');
     const veth = await vethPeer(server.client, h);
     await server.client.destroy(h);
+    expect(await teardownFinished(h, server.depot), 'teardown finished').to.equal(true);
     expect(bridgeVeths().has(veth), 'veth after destroy').to.equal(false);
   });
 });
@@ -917,6 +924,7 @@ describe('network: the seed walkthrough networking steps (integration, issue #4)
     expect((await hostConnect(GW, hostPort)).text).to.include(`${info.ContainerIP}:8080`);
 
     expect(await runGaol(server.socketPath, ['destroy', 'net-cake'])).to.deep.equal({ code: 0, stdout: '', stderr: '' });
+    expect(await teardownFinished('net-cake', server.depot), 'teardown finished').to.equal(true);
     expect(bridgeVeths().has(veth), 'veth after destroy').to.equal(false);
     expect(await eventually(async () => !(await entries(NETWORKER_STATE)).includes(`${gateId('net-cake')}.json`), 2000)).to.equal(true);
   });

@@ -12,7 +12,7 @@ import { ExecutableNotFound } from '../../src/errors.js';
 import type { GardenClient } from '../../src/client/client.js';
 import {
   cleanupServer, Collector, dumpLogsIfFailed, eventually, processes, restartServer, runAndWait, runtimeDir, type Server, sh, sleep, spec,
-  startServer, STORE,
+  startServer, STORE, teardownFinished, teardownsFinished,
 } from './harness.js';
 import { busyboxLayerEntries, type Entry, rootfsTarball } from './images.js';
 
@@ -90,8 +90,10 @@ describe('peas: processes with their own image (integration)', function () {
     await rm(dir, { recursive: true, force: true });
   });
 
-  afterEach(function () {
+  afterEach(async function () {
     dumpLogsIfFailed(this, server);
+    // Issue #10: teardowns run on after destroy replied; the next test's "nothing left" starts here.
+    expect(await teardownsFinished(server.depot), 'teardowns finished').to.equal(true);
   });
 
   it('runs in its own rootfs, with its image env and the spec env, not the sandbox env', async function () {
@@ -248,6 +250,7 @@ describe('peas: processes with their own image (integration)', function () {
     const code = p.wait();
     await server.client.destroy(c);
     expect(await code).to.equal(137);
+    expect(await teardownFinished(c, server.depot), 'teardown finished').to.equal(true);
     expect(await noPeaTraces(), 'pea images or cgroups left after destroy').to.deep.equal([]);
     expect(existsSync(join(server.depot, 'pea-destroy')), 'depot entry').to.equal(false);
     expect(existsSync(join(MEMORY_CGROUP, 'pea-destroy')), 'sandbox cgroup').to.equal(false);
@@ -299,6 +302,7 @@ describe('peas: processes with their own image (integration)', function () {
     await p.signal(1);
     expect(await p.wait()).to.equal(137);
     await server.client.destroy(c);
+    expect(await teardownFinished(c, server.depot), 'teardown finished').to.equal(true);
     expect(await noPeaTraces()).to.deep.equal([]);
   });
 

@@ -4,11 +4,29 @@
 // output and real exit codes.
 
 import { expect } from 'chai';
+import { execFileSync } from 'node:child_process';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { ContainerNotFound } from '../../src/errors.js';
+import { gateId } from '../../plugins/networker/networker.js';
+import { intToIp, ipToInt, loadUserNetwork } from '../../plugins/networker/config.js';
 import {
-  cleanupServer, Collector, dumpLogsIfFailed, eventually, leftovers, monitorsMentioning, processes, restartServer, runAndWait, SECOND,
+  cleanupServer, Collector, dumpLogsIfFailed, eventually, leftovers, monitorsMentioning, PATHS, processes, restartServer, runAndWait, SECOND,
   type Server, sh, sleep, spec, startServer,
 } from './harness.js';
+
+const NET = loadUserNetwork(process.getuid?.() ?? 0);
+
+/** The directories of a cgroup path in every hierarchy mounted under /sys/fs/cgroup (v1 controllers, v2). */
+function cgroupDirs(path: string): string[] {
+  const roots = ['/sys/fs/cgroup', ...readdirSync('/sys/fs/cgroup').map((e) => join('/sys/fs/cgroup', e))];
+  return roots.map((r) => join(r, path)).filter((d) => existsSync(d));
+}
+
+/** Host links by index (ip -j link). */
+function linkIndexes(): Set<number> {
+  return new Set((JSON.parse(execFileSync('ip', ['-j', 'link', 'show'], { encoding: 'utf8' })) as { ifindex: number }[]).map((l) => l.ifindex));
+}
 
 describe('restart (integration)', function () {
   let server: Server | undefined;
@@ -122,6 +140,78 @@ describe('restart (integration)', function () {
     expect(out.text()).to.equal('slow\n');
     await server.client.destroy(h);
     expect(await leftovers(h, { depot: server.depot })).to.deep.equal([]);
+  });
+
+  it('issue #10: destroy, then kill -9 of gdn at once, then a restart: nothing is left (mounts, processes, veth, lease, depot, cgroup)', async function () {
+    this.timeout(240_000);
+    first = track(await startServer());
+    server = first;
+    // Killed at different points of the teardown that runs after the reply.
+    for (const [i, delayMs] of [0, 40, 120].entries()) {
+      const h = `rs-teardown-${i}`;
+      const c = server.client;
+      // An address of its own, asked for again after the restart: it is free only if the lease went.
+      // (Picked at random mid-subnet: other servers of this user may share the subnet.)
+      let ip = '';
+      for (let attempt = 0; ip === '' && attempt < 10; attempt++) {
+        const want = intToIp(ipToInt(NET.subnet.split('/')[0]!) + 100 + Math.floor(Math.random() * 120));
+        try {
+          await c.create(spec({ handle: h, network: want }));
+          ip = want;
+        } catch (err) {
+          if (!/not available/.test((err as Error).message)) throw err;
+        }
+      }
+      expect((await c.info(h)).ContainerIP, 'the container has its address').to.equal(ip);
+      const p = await c.run(h, sh(`exec sleep 42${i}42`), {});
+      p.detach();
+      const eth0 = (await runAndWait(c, h, sh('ip link show eth0'))).stdout;
+      const veth = Number(/eth0@if(\d+):/.exec(eth0)?.[1]);
+      expect(linkIndexes().has(veth), `the veth (${eth0})`).to.equal(true);
+      const cgroupsPath = (JSON.parse(readFileSync(join(server.depot, h, 'config.json'), 'utf8')) as { linux?: { cgroupsPath?: string } }).linux?.cgroupsPath;
+      const cgroups = cgroupsPath === undefined ? [] : cgroupDirs(cgroupsPath);
+      if (cgroupsPath !== undefined) expect(cgroups, `cgroup ${cgroupsPath}`).to.not.deep.equal([]);
+      const sleeping = async () => (await processes()).filter((x) => x.state !== 'Z' && x.cmdline.join(' ') === `sleep 42${i}42`);
+      expect(await sleeping(), 'the container process runs').to.have.length(1);
+      const state = join(PATHS.runtimeDir, 'network', `${gateId(h)}.json`);
+      expect(existsSync(state), 'networker state').to.equal(true);
+
+      await c.destroy(h);
+      if (delayMs > 0) await sleep(delayMs);
+      await server.kill9();
+      // (at once, the teardown cannot have finished: the kill really lands in the middle of it)
+      if (delayMs === 0) expect(existsSync(join(server.depot, h)), 'depot entry at the kill').to.equal(true);
+      server = track(await restartServer(server));
+
+      expect(await server.client.list({ 'garden.state': 'all' }), 'after the restart').to.not.include(h);
+      expect(await leftovers(h, { depot: server.depot }), `killed ${delayMs} ms after the reply`).to.deep.equal([]);
+      expect(await sleeping(), 'container processes').to.deep.equal([]);
+      expect(linkIndexes().has(veth), 'the veth').to.equal(false);
+      expect(existsSync(state), 'networker state').to.equal(false);
+      expect(cgroups.filter((d) => existsSync(d)), 'cgroups').to.deep.equal([]);
+      // The address's lease went too: the same address can be had again.
+      const again = await server.client.create(spec({ handle: `${h}-again`, network: ip }));
+      expect((await server.client.info(again)).ContainerIP).to.equal(ip);
+      await server.client.destroy(again);
+    }
+    expect(first.running()).to.equal(false);
+  });
+
+  it('issue #10: a graceful stop right after destroy finishes the teardown before gdn exits', async function () {
+    this.timeout(60_000);
+    first = track(await startServer());
+    server = first;
+    const h = await first.client.create(spec({ handle: 'rs-stop-teardown' }));
+    await first.client.run(h, sh('sleep 100'), {}).then((p) => p.detach());
+    await first.client.destroy(h);
+    await first.stop(); // SIGTERM, and wait for the exit
+    const logs = first.logs();
+    expect(logs.indexOf('"msg":"stopping"'), 'gdn logged its stop').to.be.greaterThan(-1);
+    // (the stop comes at once: the teardown was still running when it arrived)
+    expect(logs.indexOf('"msg":"destroy.finished"'), 'the teardown finished, after the stop began').to.be.greaterThan(logs.indexOf('"msg":"stopping"'));
+    expect(logs.indexOf('"msg":"destroy.finished"'), 'before gdn stopped').to.be.lessThan(logs.indexOf('"msg":"stopped"'));
+    // Nothing started again: the dead server left nothing.
+    expect(await leftovers(h, { depot: first.depot }, 3000, 0)).to.deep.equal([]);
   });
 
   it('finishes off a destroy (and a create) that a crash interrupted', async function () {
