@@ -106,6 +106,40 @@ kill_gate_under() {
   done
 }
 
+# Issue #10: del runs portmap only for an id with a ports record. A container whose ports
+# call was killed at 5-100 ms (TCP and UDP, so both portmap's rules and the gate's), or
+# that finished ("done"), then deleted, leaves no nat rule naming it, and no record, eth0
+# or lease.
+killed_ports_del_check() {
+  local tuid p ms spare pid rc left ok=1
+  tuid=$(id -u "$TEST_USER")
+  p=$(($(conf_value "$tuid" port_end) - 3))
+  for ms in 5 15 25 35 50 70 100 done; do
+    spare=$(runuser -u "$TEST_USER" -- bash -c 'unshare --user --map-root-user --net sleep 600 </dev/null >/dev/null 2>&1 & echo $!')
+    for _ in $(seq 100); do [[ $(cat "/proc/$spare/comm" 2>/dev/null) == sleep ]] && break; sleep 0.05; done
+    as_test_user "$GATE" add portskilled "$spare" >/dev/null || ok=0
+    as_test_user "$GATE" ports portskilled "$spare" "$p:8080/tcp" "$p:8080/udp" >/dev/null 2>&1 &
+    pid=$!
+    if [[ $ms == done ]]; then
+      wait "$pid" || ok=0
+      [[ $(iptables-save -t nat | grep -cF "u$tuid-portskilled") -ge 2 ]] || { echo "scripts/test: ports portskilled made no nat rules" >&2; ok=0; }
+    else
+      sleep "$(printf '0.%03d' "$ms")"
+      kill_gate_under "$pid"
+      wait "$pid" 2>/dev/null || true
+    fi
+    rc=0
+    as_test_user "$GATE" del portskilled "$spare" || rc=$?
+    left=$( (iptables-save -t nat | grep -F "u$tuid-portskilled"; nsenter -t "$spare" -n ip -o link show; grep -rlF "u$tuid-portskilled" "/var/lib/trellis/net/$tuid/ipam"; ls "/var/lib/trellis/net/$tuid/results/portskilled.json" "/var/lib/trellis/net/$tuid/ports/portskilled") 2>/dev/null | grep -cv ': lo:' || true)
+    if ((rc != 0 || left != 0)); then
+      echo "scripts/test: a ports call killed after ${ms} ms, then del (exit $rc), left $left things (nat rules, eth0, lease, records)" >&2
+      ok=0
+    fi
+    kill "$spare" 2>/dev/null || true
+  done
+  check "issue #10: a container whose ports call was killed is undone by del: no nat rule, record, eth0 or lease" "$ok"
+}
+
 # An add (with the extra arguments given) killed at 5-100 ms, then del: nothing of it may be
 # left: no eth0 in its namespace, lease, result, and for a pool add its record and bridge.
 killed_add_check() {
@@ -155,6 +189,7 @@ interrupted_gate_checks() {
     fi
   done
   check "issue #13: a killed ports call is undone by the next one" "$ok"
+  killed_ports_del_check
   killed_add_check "issue #13: a killed add is undone by del"
   # issue #8: the same on a subnet of the test user's pool: nor is its pool record or bridge left
   local pool net

@@ -2893,12 +2893,18 @@ static void cmd_del(int netns)
 		na = 0;
 	}
 	char err[1400];
-	/* always: a ports call cut short may have mapped ports before it recorded them */
 	struct mapping m[MAX_PORTS];
 	size_t nm = 0;
 	if (have_ports && parse_ports_file(&ports, m, &nm))
 		nm = 0;
-	if (portmap_del_all(netns, m, nm, have_res && !intent ? &res : NULL, err, sizeof err))
+	/*
+	 * portmap only when there is a ports record (issue #10: portmap DEL runs ~16 iptables
+	 * and is most of a lifecycle's cost). Safe because cmd_ports keeps "portmap rules for
+	 * an id => its ports record exists" on every path: the record is written before any
+	 * portmap ADD, and removed only after a portmap DEL of the id that succeeded. A
+	 * record, even a corrupt one, still gets the DEL of the id's whole chain.
+	 */
+	if (have_ports && portmap_del_all(netns, m, nm, have_res && !intent ? &res : NULL, err, sizeof err))
 		fail("%s", err);
 	/* the user's UDP rules without this id's, then its record (a del cut short between them is redone) */
 	if (have_ports && udp_sync(&s, cont_id, err, sizeof err))
@@ -3112,6 +3118,9 @@ static void cmd_ports(const char *id, int netns, const struct mapping *m, size_t
 	if (!old_valid)
 		on = 0;
 
+	/* no mappings asked and none recorded: no portmap or UDP rule of this id exists to remove */
+	if (nm == 0 && !have_old)
+		exit(0);
 	char err[1400], err2[1400];
 	struct buf file = {0};
 	for (size_t i = 0; i < nm; i++)
@@ -3119,8 +3128,12 @@ static void cmd_ports(const char *id, int netns, const struct mapping *m, size_t
 	/* the intent first: a call cut short leaves a record that del (and the next ports) undoes */
 	if (nm > 0 && write_state_file(s.ports, id, file.p, file.n))
 		fail("cannot store " STATE_DIR "/%u/ports/%s: %s", caller, id, strerror(errno));
-	/* always: whatever an earlier call cut short may have mapped goes too */
-	if (portmap_del_all(netns, om, on, &res, err, sizeof err))
+	/*
+	 * Whatever an earlier call (cut short or not) mapped goes too. Without an old record
+	 * there is nothing: a portmap ADD only ever runs with the record in place, and the
+	 * record goes only after a portmap DEL that succeeded (see cmd_del).
+	 */
+	if (have_old && portmap_del_all(netns, om, on, &res, err, sizeof err))
 		fail("%s", err);
 	/* UDP: the entries of every port this call maps or unmaps go (only those of local destinations) */
 	unsigned flush[2 * MAX_PORTS];
@@ -3153,8 +3166,9 @@ static void cmd_ports(const char *id, int netns, const struct mapping *m, size_t
 			ct_flush_udp(flush, nflush, err2, sizeof err2);
 			fail("%s (the previous mappings are restored)", err);
 		}
-		if (nt)
-			plugin("portmap", "DEL", netns, NULL, &c, err2, sizeof err2);
+		/* the record stays until portmap's rules are gone: del, or the next ports, finishes the job */
+		if (nt && plugin("portmap", "DEL", netns, NULL, &c, err2, sizeof err2))
+			fail("%s; rollback failed: %s", err, err2);
 	}
 	if (udp_sync(&s, id, err2, sizeof err2) == 0)
 		remove_state_file(s.ports, id);
