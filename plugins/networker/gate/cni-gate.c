@@ -54,6 +54,8 @@
 #include <linux/magic.h>
 #include <linux/neighbour.h>
 #include <linux/netlink.h>
+#include <linux/netfilter.h>
+#include <linux/netfilter/nf_tables.h>
 #include <linux/netfilter/nfnetlink.h>
 #include <linux/netfilter/nfnetlink_conntrack.h>
 #include <linux/nsfs.h>
@@ -3384,6 +3386,189 @@ static size_t tcp_only(const struct mapping *m, size_t n, struct mapping *out)
  */
 #define NFT "/usr/sbin/nft"
 
+/*
+ * The same elements over nf_tables netlink, without exec'ing nft (issue #10: nft was two
+ * process starts per lifecycle): one batch, one transaction, each operation acknowledged.
+ * Keys as nft lays them out: ifname 16 bytes, each field of a concatenation padded to 4
+ * (ipv4_addr 4, ether_addr 6 + 2). -1 (errno) when it cannot (the table or a set missing:
+ * a gate newer than the last gdn setup), and the caller runs nft, which declares them.
+ */
+struct nb {
+	char b[8192];
+	size_t n;
+	int bad;
+};
+
+static size_t nb_put(struct nb *x, uint16_t type, const void *d, size_t len)
+{
+	size_t at = x->n, tot = NLA_HDR + len;
+	if (x->bad || at + al4(tot) > sizeof x->b) {
+		x->bad = 1;
+		return at;
+	}
+	struct nlattr *a = (struct nlattr *)(void *)(x->b + at);
+	a->nla_type = type;
+	a->nla_len = (uint16_t)tot;
+	if (len)
+		memcpy(x->b + at + NLA_HDR, d, len);
+	memset(x->b + at + tot, 0, al4(tot) - tot);
+	x->n += al4(tot);
+	return at;
+}
+
+/* closes the nested attribute started at at */
+static void nb_nest_end(struct nb *x, size_t at)
+{
+	if (!x->bad)
+		((struct nlattr *)(void *)(x->b + at))->nla_len = (uint16_t)(x->n - at);
+}
+
+static size_t nb_msg(struct nb *x, uint16_t type, uint16_t flags, uint8_t family, uint16_t res_id, uint32_t seq)
+{
+	size_t at = x->n, hl = NLMSG_LENGTH(sizeof(struct nfgenmsg));
+	if (x->bad || at + NLMSG_ALIGN(hl) > sizeof x->b) {
+		x->bad = 1;
+		return at;
+	}
+	memset(x->b + at, 0, NLMSG_ALIGN(hl));
+	struct nlmsghdr *h = (struct nlmsghdr *)(void *)(x->b + at);
+	h->nlmsg_type = type;
+	h->nlmsg_flags = flags;
+	h->nlmsg_seq = seq;
+	struct nfgenmsg *g = NLMSG_DATA(h);
+	g->nfgen_family = family;
+	g->version = NFNETLINK_V0;
+	g->res_id = htons(res_id);
+	x->n += NLMSG_ALIGN(hl);
+	return at;
+}
+
+static void nb_msg_end(struct nb *x, size_t at)
+{
+	if (!x->bad)
+		((struct nlmsghdr *)(void *)(x->b + at))->nlmsg_len = (uint32_t)(x->n - at);
+}
+
+struct nft_key {
+	unsigned char k[24];
+	size_t len;
+};
+
+static void nb_elems(struct nb *x, int del, const char *set, const struct nft_key *keys, size_t n, uint32_t seq)
+{
+	size_t m = nb_msg(x, (uint16_t)((NFNL_SUBSYS_NFTABLES << 8) | (del ? NFT_MSG_DELSETELEM : NFT_MSG_NEWSETELEM)),
+	                  (uint16_t)(NLM_F_REQUEST | NLM_F_ACK | (del ? 0 : NLM_F_CREATE)), NFPROTO_BRIDGE, 0, seq);
+	nb_put(x, NFTA_SET_ELEM_LIST_TABLE, "trellis", 8);
+	nb_put(x, NFTA_SET_ELEM_LIST_SET, set, strlen(set) + 1);
+	size_t l = nb_put(x, NFTA_SET_ELEM_LIST_ELEMENTS | NLA_F_NESTED, NULL, 0);
+	for (size_t i = 0; i < n; i++) {
+		size_t e = nb_put(x, NFTA_LIST_ELEM | NLA_F_NESTED, NULL, 0);
+		size_t k = nb_put(x, NFTA_SET_ELEM_KEY | NLA_F_NESTED, NULL, 0);
+		nb_put(x, NFTA_DATA_VALUE, keys[i].k, keys[i].len);
+		nb_nest_end(x, k);
+		nb_nest_end(x, e);
+	}
+	nb_nest_end(x, l);
+	nb_msg_end(x, m);
+}
+
+static int guard_netlink(int add, const char *veth, const struct addr *a, size_t na, const unsigned char *mac)
+{
+	struct nft_key own[MAX_IPS], name, om;
+	memset(&name, 0, sizeof name);
+	memcpy(name.k, veth, strlen(veth)); /* < IFNAMSIZ: the rest stays zero */
+	name.len = IFNAMSIZ;
+	for (size_t i = 0; i < na; i++) {
+		uint32_t be = htonl(a[i].ip);
+		own[i] = name;
+		memcpy(own[i].k + IFNAMSIZ, &be, 4);
+		own[i].len = IFNAMSIZ + 4;
+	}
+	om = name;
+	if (mac) {
+		memcpy(om.k + IFNAMSIZ, mac, 6);
+		om.len = IFNAMSIZ + 8;
+	}
+	static struct nb x;
+	memset(&x, 0, sizeof x);
+	static uint32_t seq = 1u << 24;
+	uint32_t first = seq + 1;
+	size_t b = nb_msg(&x, NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, AF_UNSPEC, NFNL_SUBSYS_NFTABLES, ++seq);
+	nb_msg_end(&x, b);
+	/* unlisting adds first, in the same transaction: deleting an absent element fails */
+	unsigned ops = 0;
+	for (int pass = 0; pass < (add ? 1 : 2); pass++) {
+		if (na) {
+			nb_elems(&x, pass, "own", own, na, ++seq);
+			ops++;
+		}
+		if (mac) {
+			nb_elems(&x, pass, "ownmac", &om, 1, ++seq);
+			ops++;
+		}
+		nb_elems(&x, pass, "veths", &name, 1, ++seq);
+		ops++;
+	}
+	size_t e = nb_msg(&x, NFNL_MSG_BATCH_END, NLM_F_REQUEST, AF_UNSPEC, NFNL_SUBSYS_NFTABLES, ++seq);
+	nb_msg_end(&x, e);
+	if (x.bad) {
+		errno = EMSGSIZE;
+		return -1;
+	}
+	int fd = nf_socket(NETLINK_NETFILTER);
+	if (fd < 0)
+		return -1;
+	struct sockaddr_nl sa;
+	memset(&sa, 0, sizeof sa);
+	sa.nl_family = AF_NETLINK;
+	if (sendto(fd, x.b, x.n, 0, (struct sockaddr *)&sa, sizeof sa) < 0) {
+		close(fd);
+		return -1;
+	}
+	/* one answer per operation (each asked for an ack); the first error fails it all */
+	unsigned got = 0;
+	int error = 0;
+	long deadline = now_s() + NETLINK_TIMEOUT_S;
+	while (got < ops) {
+		union {
+			struct nlmsghdr h;
+			char b[8192];
+		} r;
+		struct sockaddr_nl from;
+		socklen_t fl = sizeof from;
+		memset(&from, 0, sizeof from);
+		ssize_t k = recvfrom(fd, &r, sizeof r, 0, (struct sockaddr *)&from, &fl);
+		if (k < 0 && errno == EINTR)
+			continue;
+		if (k < 0 || now_s() > deadline) {
+			if (k >= 0)
+				errno = ETIMEDOUT;
+			close(fd);
+			return -1;
+		}
+		if (fl != sizeof from || from.nl_family != AF_NETLINK || from.nl_pid != 0)
+			continue; /* not the kernel */
+		size_t left = (size_t)k;
+		for (struct nlmsghdr *m = &r.h; NLMSG_OK(m, left); m = NLMSG_NEXT(m, left)) {
+			if (m->nlmsg_type != NLMSG_ERROR || m->nlmsg_seq < first || m->nlmsg_seq > seq)
+				continue;
+			struct nlmsgerr er;
+			if (m->nlmsg_len < NLMSG_LENGTH(sizeof er))
+				continue;
+			memcpy(&er, NLMSG_DATA(m), sizeof er);
+			if (er.error && !error)
+				error = -er.error;
+			got++;
+		}
+	}
+	close(fd);
+	if (error) {
+		errno = error;
+		return -1;
+	}
+	return 0;
+}
+
 /* Writes v to /proc/sys/net/<family>/conf/<veth>/<key> (a link the gate names: [A-Za-z0-9_.-]). */
 static int veth_sysctl(const char *family, const char *veth, const char *key, const char *v)
 {
@@ -3418,6 +3603,11 @@ static int veth_guard(int add, const struct buf *res, const struct addr *a, size
 		snprintf(err, errlen, "cannot set reverse-path filtering on %s: %s", veth, strerror(errno));
 		return -1;
 	}
+	unsigned char macb[6];
+	for (int i = 0; has_mac && i < 6; i++)
+		macb[i] = (unsigned char)(hexval(mac[3 * i]) << 4 | hexval(mac[3 * i + 1]));
+	if (guard_netlink(add, veth, a, na, has_mac ? macb : NULL) == 0)
+		return 0;
 	struct buf in = {0};
 	/* table and sets too (idempotent): a gate newer than the last gdn setup still works */
 	b_str(&in, "add table bridge trellis\nadd set bridge trellis veths { type ifname; }\n"
