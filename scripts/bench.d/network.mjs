@@ -23,7 +23,8 @@ export const TARGET_THROUGHPUT = 3; // Trellis / slirp4netns, at least
 export const TARGET_UP_MS = 30; // what up adds to create, under
 
 const NET_CONF = (uid) => `/etc/trellis/net/${uid}.conf`;
-const GATE = '/usr/local/libexec/trellis/cni-gate';
+// TRELLIS_GATE_UNDER_TEST: a gate build installed setuid elsewhere (pass the same to gdn with --gdn-flag=--network-gate=...).
+const GATE = process.env.TRELLIS_GATE_UNDER_TEST || '/usr/local/libexec/trellis/cni-gate';
 const WARMUP_BYTES = 64 * 1024 * 1024;
 const UPDOWN_WARMUP = 2;
 const LIMITS = { bandwidth_limits: {}, cpu_limits: {}, disk_limits: {}, memory_limits: {}, pid_limits: {} };
@@ -576,7 +577,7 @@ export class NetworkBench {
 
     const { networkerFor } = await import(join(this.repo, 'dist/plugins/networker/wiring.js'));
     const { pino } = await import('pino');
-    const networker = networkerFor(this.uid, { stateDir: join(this.dir, 'netstate') }, pino({ level: 'silent' }));
+    const networker = networkerFor(this.uid, { stateDir: join(this.dir, 'netstate'), gate: GATE }, pino({ level: 'silent' }));
     const { execa } = await import('execa');
 
     const sides = [
@@ -713,9 +714,9 @@ export class NetworkBench {
       r('destroy, networker /bin/true (loopback only)      [baseline]', t.offDestroy);
       r('destroy, built-in networker', t.netDestroy, `down adds ${signed(dDown)}`);
       r('Networker.up in-process, own unshare --net         [ref]', t.up, `gate add + state + nsenter iptables-restore x2`);
-      r('  cni-gate add alone (bridge + host-local ADD)    [ref]', t.add, `rest of up: ${signed(median(t.up) - median(t.add))}`);
+      r('  cni-gate add alone (veth, address, lease)        [ref]', t.add, `rest of up: ${signed(median(t.up) - median(t.add))}`);
       r('Networker.down in-process                          [ref]', t.down);
-      r('  cni-gate del alone (eth0, bridge DEL, ipmasq)   [ref]', t.del);
+      r('  cni-gate del alone (veth, lease)                 [ref]', t.del);
       r('exec of /bin/true, as ExecNetworkPlugin runs it    [ref]', t.trueExec, 'once in each baseline create and destroy');
       verdicts.push(`networker up adds ${signed(dUp)} to create (target < ${TARGET_UP_MS} ms) ${ok ? 'PASS' : 'MISS'}; down adds ${signed(dDown)} to destroy; gate add ${ms(median(t.add))}, del ${ms(median(t.del))}`);
     }
@@ -740,7 +741,7 @@ export class NetworkBench {
     if (this.inProcessHandles.size > 0 || this.gateIds.size > 0) {
       const { networkerFor } = await import(join(this.repo, 'dist/plugins/networker/wiring.js'));
       const { pino } = await import('pino');
-      const networker = networkerFor(this.uid, { stateDir: join(this.dir, 'netstate') }, pino({ level: 'silent' }));
+      const networker = networkerFor(this.uid, { stateDir: join(this.dir, 'netstate'), gate: GATE }, pino({ level: 'silent' }));
       for (const h of this.inProcessHandles) await networker.down(h).catch((err) => problems.push(`networker down ${h}: ${err.message}`));
       for (const id of this.gateIds) {
         const r = await run(GATE, ['del', id], {});

@@ -106,6 +106,83 @@ kill_gate_under() {
   done
 }
 
+# Issue #10: del runs portmap only for an id with a ports record. A container whose ports
+# call was killed at 5-100 ms (TCP and UDP, so both portmap's rules and the gate's), or
+# that finished ("done"), then deleted, leaves no nat rule naming it, and no record, eth0
+# or lease.
+killed_ports_del_check() {
+  local tuid p ms spare pid rc left ok=1
+  tuid=$(id -u "$TEST_USER")
+  p=$(($(conf_value "$tuid" port_end) - 3))
+  for ms in 5 15 25 35 50 70 100 done; do
+    spare=$(runuser -u "$TEST_USER" -- bash -c 'unshare --user --map-root-user --net sleep 600 </dev/null >/dev/null 2>&1 & echo $!')
+    for _ in $(seq 100); do [[ $(cat "/proc/$spare/comm" 2>/dev/null) == sleep ]] && break; sleep 0.05; done
+    as_test_user "$GATE" add portskilled "$spare" >/dev/null || ok=0
+    as_test_user "$GATE" ports portskilled "$spare" "$p:8080/tcp" "$p:8080/udp" >/dev/null 2>&1 &
+    pid=$!
+    if [[ $ms == done ]]; then
+      wait "$pid" || ok=0
+      [[ $(iptables-save -t nat | grep -cF "u$tuid-portskilled") -ge 2 ]] || { echo "scripts/test: ports portskilled made no nat rules" >&2; ok=0; }
+    else
+      sleep "$(printf '0.%03d' "$ms")"
+      kill_gate_under "$pid"
+      wait "$pid" 2>/dev/null || true
+    fi
+    rc=0
+    as_test_user "$GATE" del portskilled "$spare" || rc=$?
+    left=$( (iptables-save -t nat | grep -F "u$tuid-portskilled"; nsenter -t "$spare" -n ip -o link show; grep -rlF "u$tuid-portskilled" "/var/lib/trellis/net/$tuid/ipam"; ls "/var/lib/trellis/net/$tuid/results/portskilled.json" "/var/lib/trellis/net/$tuid/ports/portskilled") 2>/dev/null | grep -cv ': lo:' || true)
+    if ((rc != 0 || left != 0)); then
+      echo "scripts/test: a ports call killed after ${ms} ms, then del (exit $rc), left $left things (nat rules, eth0, lease, records)" >&2
+      ok=0
+    fi
+    kill "$spare" 2>/dev/null || true
+  done
+  check "issue #10: a container whose ports call was killed is undone by del: no nat rule, record, eth0 or lease" "$ok"
+}
+
+# Issue #10, from root (only root can write the gate's state): the gate's own leases and
+# links. A lease file of another id (an earlier host-local's, another container's) is
+# never taken or released: ip= of its address is refused and nothing is made; an add
+# takes another address; its del leaves the planted file. A host veth named by a record
+# (an intent, as a killed add leaves) that is not on the user's bridge is left alone by del.
+lease_and_veth_checks() {
+  local tuid gw ip dir spare rc out ok=1 left
+  tuid=$(id -u "$TEST_USER")
+  gw=$(conf_value "$tuid" gateway)
+  ip="${gw%.*}.$((${gw##*.} + 250))"
+  dir=/var/lib/trellis/net/$tuid/ipam/trellis-$tuid
+  echo "== gate lease and veth checks (root): a lease of another id on $ip, a foreign veth"
+  install -d -m 0755 "$dir"
+  printf 'u%s-someone-else\r\neth0' "$tuid" >"$dir/$ip"
+  chmod 0644 "$dir/$ip"
+  spare=$(runuser -u "$TEST_USER" -- bash -c 'unshare --user --map-root-user --net sleep 600 </dev/null >/dev/null 2>&1 & echo $!')
+  for _ in $(seq 100); do [[ $(cat "/proc/$spare/comm" 2>/dev/null) == sleep ]] && break; sleep 0.05; done
+  rc=0
+  out=$(as_test_user "$GATE" add planted "$spare" "ip=$ip" 2>&1) || rc=$?
+  if ((rc != 1)) || [[ $out != *"requested IP address $ip is not available"* ]]; then
+    echo "scripts/test: add ip=$ip over another id's lease: exit $rc: $out" >&2
+    ok=0
+  fi
+  left=$( (nsenter -t "$spare" -n ip -o link show; ls "/var/lib/trellis/net/$tuid/results/planted.json") 2>/dev/null | grep -cv ': lo:' || true)
+  ((left == 0)) || { echo "scripts/test: the refused add left $left things" >&2; ok=0; }
+  out=$(as_test_user "$GATE" add planted "$spare" 2>/dev/null | grep -o '"address": "[^"]*"') || ok=0
+  [[ $out != *"\"$ip/"* ]] || { echo "scripts/test: add took the planted lease's address: $out" >&2; ok=0; }
+  as_test_user "$GATE" del planted "$spare" || ok=0
+  as_test_user "$GATE" del planted || ok=0
+  [[ $(cat "$dir/$ip" 2>/dev/null) == "u$tuid-someone-else"$'\r\n'eth0 ]] || { echo "scripts/test: del removed or changed another id's lease" >&2; ok=0; }
+  rm -f "$dir/$ip"
+  # a veth of the host's that a record names, not on the user's bridge
+  ip link add trtestfv0 type veth peer name trtestfv1
+  printf '{"intent":"add","netns":"none","veth":"trtestfv0"}' >"/var/lib/trellis/net/$tuid/results/foreignveth.json"
+  chmod 0600 "/var/lib/trellis/net/$tuid/results/foreignveth.json"
+  as_test_user "$GATE" del foreignveth "$spare" || { echo "scripts/test: del of a record naming a foreign veth failed" >&2; ok=0; }
+  ip link show trtestfv0 >/dev/null 2>&1 || { echo "scripts/test: del removed a veth that is not on the user's bridge" >&2; ok=0; }
+  [[ ! -e "/var/lib/trellis/net/$tuid/results/foreignveth.json" ]] || ok=0
+  ip link del trtestfv0 2>/dev/null || true
+  kill "$spare" 2>/dev/null || true
+  check "issue #10: another id's lease is never taken or released; a foreign veth a record names is left alone" "$ok"
+}
+
 # An add (with the extra arguments given) killed at 5-100 ms, then del: nothing of it may be
 # left: no eth0 in its namespace, lease, result, and for a pool add its record and bridge.
 killed_add_check() {
@@ -155,6 +232,8 @@ interrupted_gate_checks() {
     fi
   done
   check "issue #13: a killed ports call is undone by the next one" "$ok"
+  killed_ports_del_check
+  lease_and_veth_checks
   killed_add_check "issue #13: a killed add is undone by del"
   # issue #8: the same on a subnet of the test user's pool: nor is its pool record or bridge left
   local pool net

@@ -40,6 +40,7 @@
 #include <sys/file.h>
 #include <sys/ioctl.h>
 #include <sys/prctl.h>
+#include <sys/random.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -51,11 +52,15 @@
 #include <time.h>
 #include <unistd.h>
 #include <linux/magic.h>
+#include <linux/neighbour.h>
 #include <linux/netlink.h>
+#include <linux/netfilter.h>
+#include <linux/netfilter/nf_tables.h>
 #include <linux/netfilter/nfnetlink.h>
 #include <linux/netfilter/nfnetlink_conntrack.h>
 #include <linux/nsfs.h>
 #include <linux/rtnetlink.h>
+#include <linux/veth.h>
 
 #include "gate.h"
 
@@ -896,7 +901,8 @@ static void check_no_overlap(unsigned uid, const struct netconf *c)
 	closedir(d);
 }
 
-static const char *const plugins[] = {"bridge", "host-local", "portmap"};
+/* bridge and host-local are the gate's own work now (issue #10): portmap is the one plugin left */
+static const char *const plugins[] = {"portmap"};
 
 static void check_plugins(void)
 {
@@ -1201,29 +1207,6 @@ struct addr {
 	unsigned prefix;
 };
 
-static void conf_bridge(struct buf *b, const struct netconf *c, uint32_t rs, uint32_t re, const struct buf *prev)
-{
-	char net[16], gw[16], a[16], z[16];
-	fmt_ip(c->net, net);
-	fmt_ip(c->gw, gw);
-	b_fmt(b,
-	      "{\"cniVersion\":\"1.0.0\",\"name\":\"trellis-%u\",\"type\":\"bridge\",\"bridge\":\"%s\","
-	      "\"isGateway\":true,\"ipMasq\":false,\"hairpinMode\":true,\"mtu\":%u,"
-	      "\"ipam\":{\"type\":\"host-local\",\"ranges\":[[{\"subnet\":\"%s/%u\",\"gateway\":\"%s\"",
-	      caller, c->bridge, c->mtu, net, c->prefix, gw);
-	if (rs) {
-		fmt_ip(rs, a);
-		fmt_ip(re, z);
-		b_fmt(b, ",\"rangeStart\":\"%s\",\"rangeEnd\":\"%s\"", a, z);
-	}
-	b_fmt(b, "}]],\"routes\":[{\"dst\":\"0.0.0.0/0\"}],\"dataDir\":\"" STATE_DIR "/%u/ipam\"}", caller);
-	if (prev) {
-		b_str(b, ",\"prevResult\":");
-		b_add(b, prev->p, prev->n);
-	}
-	b_str(b, "}");
-}
-
 static void conf_portmap(struct buf *b, const struct mapping *m, size_t n, const struct buf *prev)
 {
 	b_fmt(b,
@@ -1328,7 +1311,7 @@ static int result_addrs(const struct buf *res, const struct netconf *c, int stri
 	}
 }
 
-/* ------------------------------------------------------------------ a throwaway netns holding the container's addresses */
+/* ------------------------------------------------------------------ rtnetlink */
 
 static long now_s(void)
 {
@@ -1447,76 +1430,6 @@ static int nl_talk(int fd, struct nlmsghdr *h, uint16_t want, void *reply, size_
 }
 
 static int nl_do(int fd, struct nlmsghdr *h) { return nl_talk(fd, h, 0, NULL, 0); }
-
-/* In the current (fresh) netns: a link "eth0" carrying the addresses. */
-static int ghost_eth0(const struct addr *a, size_t n)
-{
-	int fd = nl_socket();
-	if (fd < 0)
-		return -1;
-	union {
-		struct nlmsghdr h;
-		char b[512];
-	} q;
-	struct rtattr *li = NULL;
-	memset(&q, 0, sizeof q);
-	q.h.nlmsg_len = NLMSG_LENGTH(sizeof(struct ifinfomsg));
-	q.h.nlmsg_type = RTM_NEWLINK;
-	q.h.nlmsg_flags = NLM_F_CREATE | NLM_F_EXCL;
-	((struct ifinfomsg *)NLMSG_DATA(&q.h))->ifi_family = AF_UNSPEC;
-	/* a bridge: the bridge plugin needs that driver anyway (dummy may be missing) */
-	if (nl_attr(&q.h, sizeof q, IFLA_IFNAME, "eth0", 5, NULL) || nl_attr(&q.h, sizeof q, IFLA_LINKINFO, NULL, 0, &li) ||
-	    nl_attr(&q.h, sizeof q, IFLA_INFO_KIND, "bridge", 7, NULL))
-		goto bad;
-	li->rta_len = (unsigned short)((char *)&q.h + q.h.nlmsg_len - (char *)li);
-	if (nl_do(fd, &q.h))
-		goto bad;
-	unsigned idx = if_nametoindex("eth0");
-	if (!idx)
-		goto bad;
-	for (size_t i = 0; i < n; i++) {
-		memset(&q, 0, sizeof q);
-		q.h.nlmsg_len = NLMSG_LENGTH(sizeof(struct ifaddrmsg));
-		q.h.nlmsg_type = RTM_NEWADDR;
-		q.h.nlmsg_flags = NLM_F_CREATE | NLM_F_EXCL;
-		struct ifaddrmsg *ifa = NLMSG_DATA(&q.h);
-		ifa->ifa_family = AF_INET;
-		ifa->ifa_prefixlen = (unsigned char)a[i].prefix;
-		ifa->ifa_scope = RT_SCOPE_UNIVERSE;
-		ifa->ifa_index = idx;
-		uint32_t be = htonl(a[i].ip);
-		if (nl_attr(&q.h, sizeof q, IFA_LOCAL, &be, 4, NULL) || nl_attr(&q.h, sizeof q, IFA_ADDRESS, &be, 4, NULL) || nl_do(fd, &q.h))
-			goto bad;
-	}
-	close(fd);
-	return 0;
-bad:
-	close(fd);
-	return -1;
-}
-
-/*
- * The bridge plugin cleans up a container's IP masquerade rules only when DEL finds an
- * eth0 with the container's addresses in CNI_NETNS; with an empty CNI_NETNS (container
- * gone) it releases the lease and leaves the rules. So DEL gets a fresh netns of ours
- * holding an eth0 with the stored addresses. Returns its fd, or -1.
- */
-static int ghost_netns(const struct addr *a, size_t n)
-{
-	struct stat before, after;
-	int host = open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC);
-	if (host < 0 || fstat(host, &before) < 0)
-		return -1;
-	if (unshare(CLONE_NEWNET) < 0) {
-		close(host);
-		return -1;
-	}
-	int fd = ghost_eth0(a, n) == 0 ? open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC) : -1;
-	if (setns(host, CLONE_NEWNET) < 0 || stat("/proc/self/ns/net", &after) < 0 || !same_file(&before, &after))
-		fail("cannot return to the host network namespace");
-	close(host);
-	return fd;
-}
 
 /* ------------------------------------------------------------------ state */
 
@@ -1813,57 +1726,15 @@ static int container_has_eth0(int netns)
 	return r == 0 ? 1 : r == 1 ? 0 : -1;
 }
 
-/*
- * bridge DEL; when it fails only because the container's masquerade chain is already
- * gone (bridge 1.1.1 with iptables-nft does not treat "Chain ... does not exist" as
- * done: a repeated DEL, or one after a reboot), DEL again with an empty CNI_NETNS,
- * which only releases the lease.
- */
-static int bridge_del(int netns, const struct buf *c, char *err, size_t errlen)
+/* A link name the gate may act on (a stored result's or intent's): [A-Za-z0-9_.-], 1 to 15 bytes. */
+static int link_name_ok(const char *n, size_t len)
 {
-	if (plugin("bridge", "DEL", netns, NULL, c, err, errlen) == 0)
+	if (len == 0 || len >= IFNAMSIZ)
 		return 0;
-	if (netns < 0 || (!strstr(err, "does not exist") && !strstr(err, "No chain/target/match by that name")))
-		return -1;
-	return plugin("bridge", "DEL", -1, NULL, c, err, errlen);
-}
-
-/*
- * Everything of the container that bridge DEL can clean. Masquerade rules and lease are
- * released with a ghost netns holding exactly the stored addresses (never through what
- * the user may have put on eth0 in their own netns); the container's eth0 is removed by
- * the gate. Without stored addresses: DEL in the container's netns (a failed ADD), or
- * with an empty CNI_NETNS (lease only).
- */
-static int bridge_teardown(int netns, const struct buf *res, const struct addr *a, size_t na, char *err, size_t errlen)
-{
-	struct buf c = {0};
-	conf_bridge(&c, &conf, 0, 0, NULL);
-	int rc;
-	if (na == 0) {
-		rc = bridge_del(netns, &c, err, errlen);
-	} else {
-		rc = 0;
-		char veth[IFNAMSIZ];
-		/* the stored host veth, not whatever the container now calls eth0 (it may rename it) */
-		if (res && result_host_veth(res, veth) == 1) {
-			if (remove_host_veth(veth) < 0) {
-				snprintf(err, errlen, "cannot remove the host veth %s: %s", veth, strerror(errno));
-				rc = -1;
-			}
-		} else if (netns >= 0 && remove_container_eth0(netns) < 0) {
-			snprintf(err, errlen, "cannot remove eth0 from the container's network namespace");
-			rc = -1;
-		}
-		if (rc == 0) {
-			int ghost = ghost_netns(a, na);
-			rc = bridge_del(ghost, &c, err, errlen);
-			if (ghost >= 0)
-				close(ghost);
-		}
-	}
-	b_free(&c);
-	return rc;
+	for (size_t i = 0; i < len; i++)
+		if (!is_alnum(n[i]) && n[i] != '_' && n[i] != '-' && n[i] != '.')
+			return 0;
+	return 1;
 }
 
 /* Never blocks: a caller that does not read (a full pipe) gets nothing, after a short wait. */
@@ -2111,6 +1982,653 @@ static void pool_use(struct state *s, const char *id)
 
 static int pool_routes_free(const struct poolnet *p, char *why, size_t whylen);
 
+/* ------------------------------------------------------------------ the container's network, made by the gate itself (issue #10) */
+
+/*
+ * The bridge and host-local plugins were two Go processes on every add and del (each
+ * bridge run starting host-local): most of the time a container's network took. The gate
+ * does their work itself over rtnetlink, with their outcome: the bridge made (name,
+ * gateway address, mtu, up) when absent; a veth pair, the host end on the bridge with
+ * hairpin on, the other end the container's eth0 with its address and a default route
+ * via the gateway; a lease in host-local's files under the same dataDir (so leases of
+ * earlier gates are honoured); and the same stored result, which ports, check, del, the
+ * veth guard and gdn read. The gate never enters the container's network namespace
+ * itself: the veth's peer is created straight into it, and eth0 is configured from a
+ * child (as eth0_request does).
+ */
+static int nl_dump(int fd, struct nlmsghdr *h, void (*fn)(const struct nlmsghdr *, void *), void *ctx);
+
+struct link_info {
+	int index, is_veth, is_bridge, has_mac, operstate;
+	unsigned master, flags;
+	unsigned char mac[6];
+};
+
+/* RTM_GETLINK by name in the socket's namespace: 0 found (li), 1 no such link, -1 failed (errno). */
+static int link_get(int fd, const char *name, struct link_info *li)
+{
+	union {
+		struct nlmsghdr h;
+		char b[256];
+	} q;
+	union {
+		struct nlmsghdr h;
+		char b[8192];
+	} r;
+	memset(&q, 0, sizeof q);
+	memset(li, 0, sizeof *li);
+	q.h.nlmsg_len = NLMSG_LENGTH(sizeof(struct ifinfomsg));
+	q.h.nlmsg_type = RTM_GETLINK;
+	((struct ifinfomsg *)NLMSG_DATA(&q.h))->ifi_family = AF_UNSPEC;
+	if (nl_attr(&q.h, sizeof q, IFLA_IFNAME, name, strlen(name) + 1, NULL))
+		return -1;
+	if (nl_talk(fd, &q.h, RTM_NEWLINK, &r, sizeof r) < 0)
+		return errno == ENODEV ? 1 : -1;
+	if (r.h.nlmsg_len < NLMSG_LENGTH(sizeof(struct ifinfomsg))) {
+		errno = EPROTO;
+		return -1;
+	}
+	struct ifinfomsg *ifi = NLMSG_DATA(&r.h);
+	li->index = ifi->ifi_index;
+	li->flags = ifi->ifi_flags;
+	size_t len = r.h.nlmsg_len - NLMSG_LENGTH(sizeof *ifi);
+	for (struct rtattr *a = IFLA_RTA(ifi); RTA_OK(a, len); a = RTA_NEXT(a, len)) {
+		if (a->rta_type == IFLA_MASTER && RTA_PAYLOAD(a) == 4)
+			memcpy(&li->master, RTA_DATA(a), 4);
+		if (a->rta_type == IFLA_OPERSTATE && RTA_PAYLOAD(a) == 1)
+			li->operstate = *(unsigned char *)RTA_DATA(a);
+		if (a->rta_type == IFLA_ADDRESS && RTA_PAYLOAD(a) == 6) {
+			memcpy(li->mac, RTA_DATA(a), 6);
+			li->has_mac = 1;
+		}
+		if (a->rta_type == IFLA_LINKINFO) {
+			size_t il = RTA_PAYLOAD(a);
+			for (struct rtattr *i = RTA_DATA(a); RTA_OK(i, il); i = RTA_NEXT(i, il))
+				if (i->rta_type == IFLA_INFO_KIND) {
+					li->is_veth = RTA_PAYLOAD(i) >= 5 && !memcmp(RTA_DATA(i), "veth", 5);
+					li->is_bridge = RTA_PAYLOAD(i) >= 7 && !memcmp(RTA_DATA(i), "bridge", 7);
+				}
+		}
+	}
+	return 0;
+}
+
+static int link_up(int fd, int index)
+{
+	union {
+		struct nlmsghdr h;
+		char b[128];
+	} q;
+	memset(&q, 0, sizeof q);
+	q.h.nlmsg_len = NLMSG_LENGTH(sizeof(struct ifinfomsg));
+	q.h.nlmsg_type = RTM_NEWLINK;
+	struct ifinfomsg *ifi = NLMSG_DATA(&q.h);
+	ifi->ifi_family = AF_UNSPEC;
+	ifi->ifi_index = index;
+	ifi->ifi_flags = IFF_UP;
+	ifi->ifi_change = IFF_UP;
+	return nl_do(fd, &q.h);
+}
+
+/* ip/prefix on link index (no broadcast, as the bridge plugin's netlink library did) */
+static int addr_add(int fd, int index, uint32_t ip, unsigned prefix)
+{
+	union {
+		struct nlmsghdr h;
+		char b[256];
+	} q;
+	memset(&q, 0, sizeof q);
+	q.h.nlmsg_len = NLMSG_LENGTH(sizeof(struct ifaddrmsg));
+	q.h.nlmsg_type = RTM_NEWADDR;
+	q.h.nlmsg_flags = NLM_F_CREATE | NLM_F_EXCL;
+	struct ifaddrmsg *ifa = NLMSG_DATA(&q.h);
+	ifa->ifa_family = AF_INET;
+	ifa->ifa_prefixlen = (unsigned char)prefix;
+	ifa->ifa_scope = RT_SCOPE_UNIVERSE;
+	ifa->ifa_index = (unsigned)index;
+	uint32_t be = htonl(ip);
+	if (nl_attr(&q.h, sizeof q, IFA_LOCAL, &be, 4, NULL) || nl_attr(&q.h, sizeof q, IFA_ADDRESS, &be, 4, NULL))
+		return -1;
+	return nl_do(fd, &q.h);
+}
+
+static void fmt_mac(const unsigned char m[6], char out[18])
+{
+	snprintf(out, 18, "%02x:%02x:%02x:%02x:%02x:%02x", m[0], m[1], m[2], m[3], m[4], m[5]);
+}
+
+/* a random unicast, locally administered MAC (what the kernel gives a link left to itself) */
+static void random_mac(unsigned char m[6])
+{
+	if (getrandom(m, 6, 0) != 6)
+		fail("getrandom: %s", strerror(errno));
+	m[0] = (unsigned char)((m[0] & 0xfe) | 0x02);
+}
+
+/* Writes v to a /proc/sys or /sys file named from validated link names. */
+static int write_knob(const char *path, const char *v)
+{
+	int fd = open(path, O_WRONLY | O_NOFOLLOW | O_CLOEXEC);
+	if (fd < 0)
+		return -1;
+	ssize_t w = write(fd, v, strlen(v));
+	return close(fd) < 0 || w != (ssize_t)strlen(v) ? -1 : 0;
+}
+
+/* --- the bridge */
+
+struct addr_scan {
+	int index, has_gw, other;
+	uint32_t gw, other_ip;
+	unsigned prefix, other_prefix;
+};
+
+static void on_addr(const struct nlmsghdr *m, void *ctx)
+{
+	struct addr_scan *s = ctx;
+	if (m->nlmsg_type != RTM_NEWADDR || m->nlmsg_len < NLMSG_LENGTH(sizeof(struct ifaddrmsg)))
+		return;
+	const struct ifaddrmsg *ifa = NLMSG_DATA(m);
+	if (ifa->ifa_family != AF_INET || (int)ifa->ifa_index != s->index)
+		return;
+	size_t len = m->nlmsg_len - NLMSG_LENGTH(sizeof *ifa);
+	uint32_t be = 0;
+	int found = 0;
+	for (const struct rtattr *a = IFA_RTA(ifa); RTA_OK(a, len); a = RTA_NEXT(a, len))
+		if ((a->rta_type == IFA_LOCAL || (a->rta_type == IFA_ADDRESS && !found)) && RTA_PAYLOAD(a) == 4) {
+			memcpy(&be, RTA_DATA(a), 4);
+			found = 1;
+		}
+	if (!found)
+		return;
+	if (ntohl(be) == s->gw && ifa->ifa_prefixlen == s->prefix) {
+		s->has_gw = 1;
+	} else if (!s->other) {
+		s->other = 1;
+		s->other_ip = ntohl(be);
+		s->other_prefix = ifa->ifa_prefixlen;
+	}
+}
+
+/*
+ * conf's bridge, as the bridge plugin (isGateway) left it: made when absent (name, mtu,
+ * and a MAC set once, so that it keeps it whatever ports come and go; a pool bridge
+ * already has its fixed one), accept_ra off, up, the gateway address (another IPv4
+ * address there is an error), IPv4 forwarding on.
+ */
+static int bridge_ensure(int fd, struct link_info *br, char *err, size_t errlen)
+{
+	int r = link_get(fd, conf.bridge, br);
+	if (r == 1) {
+		union {
+			struct nlmsghdr h;
+			char b[512];
+		} q;
+		struct rtattr *li = NULL;
+		unsigned char mac[6];
+		uint32_t mtu = conf.mtu;
+		random_mac(mac);
+		memset(&q, 0, sizeof q);
+		q.h.nlmsg_len = NLMSG_LENGTH(sizeof(struct ifinfomsg));
+		q.h.nlmsg_type = RTM_NEWLINK;
+		q.h.nlmsg_flags = NLM_F_CREATE | NLM_F_EXCL;
+		((struct ifinfomsg *)NLMSG_DATA(&q.h))->ifi_family = AF_UNSPEC;
+		if (nl_attr(&q.h, sizeof q, IFLA_IFNAME, conf.bridge, strlen(conf.bridge) + 1, NULL) || nl_attr(&q.h, sizeof q, IFLA_ADDRESS, mac, 6, NULL) ||
+		    nl_attr(&q.h, sizeof q, IFLA_MTU, &mtu, 4, NULL) || nl_attr(&q.h, sizeof q, IFLA_LINKINFO, NULL, 0, &li) ||
+		    nl_attr(&q.h, sizeof q, IFLA_INFO_KIND, "bridge", 7, NULL)) {
+			snprintf(err, errlen, "cannot make bridge %s: message too long", conf.bridge);
+			return -1;
+		}
+		li->rta_len = (unsigned short)((char *)&q.h + q.h.nlmsg_len - (char *)li);
+		if (nl_do(fd, &q.h) < 0 && errno != EEXIST) {
+			snprintf(err, errlen, "cannot make bridge %s: %s", conf.bridge, strerror(errno));
+			return -1;
+		}
+		r = link_get(fd, conf.bridge, br);
+	}
+	if (r != 0) {
+		snprintf(err, errlen, "cannot find bridge %s: %s", conf.bridge, r > 0 ? "no such link" : strerror(errno));
+		return -1;
+	}
+	if (!br->is_bridge || !br->has_mac) {
+		snprintf(err, errlen, "%s already exists but is not a bridge", conf.bridge);
+		return -1;
+	}
+	char path[96];
+	snprintf(path, sizeof path, "/proc/sys/net/ipv6/conf/%s/accept_ra", conf.bridge);
+	write_knob(path, "0\n"); /* as the plugin: best effort (IPv6 may be off) */
+	if (!(br->flags & IFF_UP) && link_up(fd, br->index) < 0) {
+		snprintf(err, errlen, "cannot set bridge %s up: %s", conf.bridge, strerror(errno));
+		return -1;
+	}
+	struct addr_scan s;
+	memset(&s, 0, sizeof s);
+	s.index = br->index;
+	s.gw = conf.gw;
+	s.prefix = conf.prefix;
+	union {
+		struct nlmsghdr h;
+		char b[128];
+	} q;
+	memset(&q, 0, sizeof q);
+	q.h.nlmsg_len = NLMSG_LENGTH(sizeof(struct ifaddrmsg));
+	q.h.nlmsg_type = RTM_GETADDR;
+	((struct ifaddrmsg *)NLMSG_DATA(&q.h))->ifa_family = AF_INET;
+	if (nl_dump(fd, &q.h, on_addr, &s) < 0) {
+		snprintf(err, errlen, "cannot list the addresses of %s: %s", conf.bridge, strerror(errno));
+		return -1;
+	}
+	char gw[16], o[16];
+	fmt_ip(conf.gw, gw);
+	if (!s.has_gw && s.other) {
+		fmt_ip(s.other_ip, o);
+		snprintf(err, errlen, "\"%s\" already has an IP address different from %s/%u (%s/%u)", conf.bridge, gw, conf.prefix, o, s.other_prefix);
+		return -1;
+	}
+	if (!s.has_gw && addr_add(fd, br->index, conf.gw, conf.prefix) < 0 && errno != EEXIST) {
+		snprintf(err, errlen, "cannot add %s/%u to %s: %s", gw, conf.prefix, conf.bridge, strerror(errno));
+		return -1;
+	}
+	if (write_knob("/proc/sys/net/ipv4/ip_forward", "1\n") < 0) {
+		snprintf(err, errlen, "cannot enable IPv4 forwarding: %s", strerror(errno));
+		return -1;
+	}
+	return 0;
+}
+
+/* --- leases, in host-local's format: <dataDir>/trellis-<uid>/<address> holds "<CNI container id>\r\neth0" */
+
+#define LAST_RESERVED "last_reserved_ip.0"
+
+/* host-local's dir for this network (made as host-local makes it, 0755), locked with host-local's lock file. */
+static int ipam_open(const struct state *s)
+{
+	char name[32], path[160];
+	snprintf(name, sizeof name, "trellis-%u", caller);
+	snprintf(path, sizeof path, STATE_DIR "/%u/ipam/%s", caller, name);
+	int d = open_below(s->ipam, name, path, 1, 0755);
+	if (d < 0)
+		refuse("%s: refusing to keep leases there", why);
+	/* the gate's own lock covers every call of the user already; host-local's too, for anything else that reads the dir */
+	int lk = openat(d, "lock", O_RDONLY | O_CREAT | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK, 0750);
+	struct stat st;
+	if (lk < 0 || fstat(lk, &st) < 0 || (st.st_mode & S_IFMT) != S_IFREG || st.st_uid != 0)
+		refuse("%s/lock: not a root-owned regular file", path);
+	while (flock(lk, LOCK_EX) < 0)
+		if (errno != EINTR)
+			refuse("cannot lock %s/lock: %s", path, strerror(errno));
+	return d; /* lk stays open (and locked) until the gate exits */
+}
+
+/* Whose lease the file for ip is: 1 this container's, 0 another's or no such file, -1 unreadable. */
+static int lease_is_ours(int d, uint32_t ip)
+{
+	char name[16], path[200];
+	fmt_ip(ip, name);
+	snprintf(path, sizeof path, STATE_DIR "/%u/ipam/trellis-%u/%s", caller, caller, name);
+	struct buf b = {0};
+	int r = read_trusted_file(d, name, path, &b, 512);
+	if (r)
+		return r > 0 ? 0 : -1;
+	/* host-local's match: the content, whitespace trimmed, is "<id>\r\n<ifname>", or "<id>" (older leases) */
+	size_t s = 0, e = b.n;
+	while (s < e && (b.p[s] == ' ' || b.p[s] == '\t' || b.p[s] == '\r' || b.p[s] == '\n'))
+		s++;
+	while (e > s && (b.p[e - 1] == ' ' || b.p[e - 1] == '\t' || b.p[e - 1] == '\r' || b.p[e - 1] == '\n'))
+		e--;
+	char want[128];
+	int wl = snprintf(want, sizeof want, "%s\r\neth0", cid);
+	size_t cl = strlen(cid);
+	int ours = (e - s == (size_t)wl && !memcmp(b.p + s, want, (size_t)wl)) || (e - s == cl && !memcmp(b.p + s, cid, cl));
+	b_free(&b);
+	return ours;
+}
+
+/* Takes the lease of ip: 0 taken, 1 already someone's, -1 failed. Then records it as the last one reserved. */
+static int lease_take(int d, uint32_t ip)
+{
+	char name[16], text[128];
+	fmt_ip(ip, name);
+	int fd = openat(d, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
+	if (fd < 0)
+		return errno == EEXIST ? 1 : -1;
+	/* host-local's modes (the gate's umask is 077) */
+	int n = snprintf(text, sizeof text, "%s\r\neth0", cid);
+	ssize_t w = fchmod(fd, 0644) < 0 ? -1 : write(fd, text, (size_t)n);
+	if (close(fd) < 0 || w != n) {
+		unlinkat(d, name, 0);
+		return -1;
+	}
+	fd = openat(d, LAST_RESERVED, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0644);
+	if (fd < 0)
+		return -1;
+	w = fchmod(fd, 0644) < 0 ? -1 : write(fd, name, strlen(name));
+	return close(fd) < 0 || w != (ssize_t)strlen(name) ? -1 : 0;
+}
+
+/*
+ * An address for this container, by host-local's rules: ip= exactly that one; else the
+ * range (range=, or the subnet without network and broadcast) round-robin from the one
+ * after the last reserved, the gateway never. host-local also refuses an id that already
+ * holds a lease: add refuses an id with any record, and a lease never outlives its
+ * record (del and every rollback release it first).
+ */
+static int lease_alloc(int d, uint32_t req, uint32_t rs, uint32_t re, uint32_t *out, char *err, size_t errlen)
+{
+	uint32_t start = rs ? rs : conf.net + 1, end = rs ? re : bcast_of(&conf) - 1;
+	char a[16], b[16];
+	fmt_ip(start, a);
+	fmt_ip(end, b);
+	if (req) {
+		int r = lease_take(d, req);
+		fmt_ip(req, a);
+		if (r == 1)
+			snprintf(err, errlen, "requested IP address %s is not available", a);
+		else if (r < 0)
+			snprintf(err, errlen, "cannot store the lease of %s: %s", a, strerror(errno));
+		*out = req;
+		return r ? -1 : 0;
+	}
+	uint32_t first = start;
+	char path[200];
+	snprintf(path, sizeof path, STATE_DIR "/%u/ipam/trellis-%u/" LAST_RESERVED, caller, caller);
+	struct buf last = {0};
+	uint32_t lip;
+	if (read_trusted_file(d, LAST_RESERVED, path, &last, 64) == 0 && last.n && parse_ip(last.p, last.p + last.n, &lip) == 0 && lip >= start && lip <= end)
+		first = lip == end ? start : lip + 1;
+	b_free(&last);
+	uint32_t n = end - start + 1;
+	for (uint32_t k = 0; k < n; k++) {
+		uint32_t ip = start + (first - start + k) % n;
+		if (ip == conf.gw)
+			continue;
+		int r = lease_take(d, ip);
+		if (r == 0) {
+			*out = ip;
+			return 0;
+		}
+		if (r < 0) {
+			fmt_ip(ip, a);
+			snprintf(err, errlen, "cannot store the lease of %s: %s", a, strerror(errno));
+			return -1;
+		}
+	}
+	snprintf(err, errlen, "no IP addresses available in range set: %s-%s", a, b);
+	return -1;
+}
+
+/*
+ * Releases this container's leases: those of the addresses given when they are its own;
+ * when none is (or none given), every lease of the directory that names it (host-local's
+ * release by id). A lease of another container is never touched. 0 done, -1 failed.
+ */
+static int lease_release(int d, const struct addr *a, size_t na)
+{
+	char name[16];
+	int found = 0;
+	/* a file that is not a root-owned regular one is nobody's lease (only root writes here): left alone, as host-local does */
+	for (size_t i = 0; i < na; i++) {
+		int r = lease_is_ours(d, a[i].ip);
+		if (r < 0)
+			continue;
+		fmt_ip(a[i].ip, name);
+		if (r == 1 && unlinkat(d, name, 0) < 0 && errno != ENOENT)
+			return -1;
+		found |= r;
+	}
+	if (found)
+		return 0;
+	int lfd = openat(d, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	DIR *dir = lfd < 0 ? NULL : fdopendir(lfd);
+	if (!dir)
+		return -1;
+	struct dirent *e;
+	int rc = 0;
+	while ((e = readdir(dir))) {
+		uint32_t ip;
+		if (parse_ip(e->d_name, e->d_name + strlen(e->d_name), &ip))
+			continue; /* lock, last_reserved_ip.* */
+		if (lease_is_ours(d, ip) == 1 && unlinkat(d, e->d_name, 0) < 0 && errno != ENOENT)
+			rc = -1;
+	}
+	closedir(dir);
+	return rc;
+}
+
+/* --- the veth pair */
+
+/*
+ * One request: the host end (name, MAC, mtu, on the bridge, up) and its peer made
+ * straight in the container's namespace as eth0 (MAC, mtu). NLM_F_EXCL: an existing
+ * link of either name fails it, and nothing is made.
+ */
+static int veth_make(int fd, const char *host, const unsigned char hmac[6], const unsigned char cmac[6], int bridge, int netns)
+{
+	union {
+		struct nlmsghdr h;
+		char b[1024];
+	} q;
+	struct rtattr *li = NULL, *data = NULL, *peer = NULL;
+	memset(&q, 0, sizeof q);
+	q.h.nlmsg_len = NLMSG_LENGTH(sizeof(struct ifinfomsg));
+	q.h.nlmsg_type = RTM_NEWLINK;
+	q.h.nlmsg_flags = NLM_F_CREATE | NLM_F_EXCL;
+	struct ifinfomsg *ifi = NLMSG_DATA(&q.h);
+	ifi->ifi_family = AF_UNSPEC;
+	ifi->ifi_flags = IFF_UP;
+	ifi->ifi_change = IFF_UP;
+	struct ifinfomsg pi;
+	memset(&pi, 0, sizeof pi);
+	pi.ifi_family = AF_UNSPEC; /* not up yet: a veth cannot open before its peer is linked (ENOTCONN); the child sets it up */
+	uint32_t mtu = conf.mtu, master = (uint32_t)bridge;
+	int32_t ns = netns;
+	if (nl_attr(&q.h, sizeof q, IFLA_IFNAME, host, strlen(host) + 1, NULL) || nl_attr(&q.h, sizeof q, IFLA_ADDRESS, hmac, 6, NULL) ||
+	    nl_attr(&q.h, sizeof q, IFLA_MTU, &mtu, 4, NULL) || nl_attr(&q.h, sizeof q, IFLA_MASTER, &master, 4, NULL) ||
+	    nl_attr(&q.h, sizeof q, IFLA_LINKINFO, NULL, 0, &li) || nl_attr(&q.h, sizeof q, IFLA_INFO_KIND, "veth", 5, NULL) ||
+	    nl_attr(&q.h, sizeof q, IFLA_INFO_DATA, NULL, 0, &data) || nl_attr(&q.h, sizeof q, VETH_INFO_PEER, &pi, sizeof pi, &peer) ||
+	    nl_attr(&q.h, sizeof q, IFLA_IFNAME, "eth0", 5, NULL) || nl_attr(&q.h, sizeof q, IFLA_ADDRESS, cmac, 6, NULL) ||
+	    nl_attr(&q.h, sizeof q, IFLA_MTU, &mtu, 4, NULL) || nl_attr(&q.h, sizeof q, IFLA_NET_NS_FD, &ns, 4, NULL)) {
+		errno = EMSGSIZE;
+		return -1;
+	}
+	char *end = (char *)&q.h + q.h.nlmsg_len;
+	peer->rta_len = (unsigned short)(end - (char *)peer);
+	data->rta_len = (unsigned short)(end - (char *)data);
+	li->rta_len = (unsigned short)(end - (char *)li);
+	return nl_do(fd, &q.h);
+}
+
+/* As the bridge plugin, the add returns once the host end is operationally up (the port forwards): 0, or -1. */
+static int port_wait_up(int fd, const char *veth)
+{
+	static const int waits_ms[] = {0, 5, 10, 20, 50, 100, 200, 500, 1000};
+	char path[96];
+	snprintf(path, sizeof path, "/proc/sys/net/ipv6/conf/%s/accept_ra", veth);
+	write_knob(path, "0\n"); /* as the plugin: best effort */
+	for (size_t i = 0; i < sizeof waits_ms / sizeof waits_ms[0]; i++) {
+		struct timespec t = {0, (long)waits_ms[i] * 1000000L};
+		while (nanosleep(&t, &t) < 0 && errno == EINTR)
+			;
+		struct link_info li;
+		if (link_get(fd, veth, &li) != 0)
+			return -1;
+		if (li.operstate == 6) /* IF_OPER_UP of <linux/if.h>, which clashes with <net/if.h> */
+			return 0;
+	}
+	return -1;
+}
+
+/* The host's neighbour entry for ip on the bridge goes: it may still hold the MAC of the address's last container. */
+static void neigh_forget(int fd, int bridge, uint32_t ip)
+{
+	union {
+		struct nlmsghdr h;
+		char b[128];
+	} q;
+	memset(&q, 0, sizeof q);
+	q.h.nlmsg_len = NLMSG_LENGTH(sizeof(struct ndmsg));
+	q.h.nlmsg_type = RTM_DELNEIGH;
+	struct ndmsg *nd = NLMSG_DATA(&q.h);
+	nd->ndm_family = AF_INET;
+	nd->ndm_ifindex = bridge;
+	uint32_t be = htonl(ip);
+	if (nl_attr(&q.h, sizeof q, NDA_DST, &be, 4, NULL) == 0)
+		nl_do(fd, &q.h); /* ENOENT: there was none */
+}
+
+/* --- inside the container, from a child */
+
+struct route_want {
+	int index, found;
+	uint32_t gw;
+};
+
+static void on_default_route(const struct nlmsghdr *m, void *ctx)
+{
+	struct route_want *w = ctx;
+	if (m->nlmsg_type != RTM_NEWROUTE || m->nlmsg_len < NLMSG_LENGTH(sizeof(struct rtmsg)))
+		return;
+	const struct rtmsg *rt = NLMSG_DATA(m);
+	if (rt->rtm_family != AF_INET || rt->rtm_dst_len != 0)
+		return;
+	size_t len = m->nlmsg_len - NLMSG_LENGTH(sizeof *rt);
+	uint32_t gw = 0, table = rt->rtm_table;
+	int oif = 0;
+	for (const struct rtattr *a = RTM_RTA(rt); RTA_OK(a, len); a = RTA_NEXT(a, len)) {
+		if (a->rta_type == RTA_GATEWAY && RTA_PAYLOAD(a) == 4)
+			memcpy(&gw, RTA_DATA(a), 4);
+		if (a->rta_type == RTA_OIF && RTA_PAYLOAD(a) == 4)
+			memcpy(&oif, RTA_DATA(a), 4);
+		if (a->rta_type == RTA_TABLE && RTA_PAYLOAD(a) == 4)
+			memcpy(&table, RTA_DATA(a), 4);
+	}
+	if (table == RT_TABLE_MAIN && ntohl(gw) == w->gw && oif == w->index)
+		w->found = 1;
+}
+
+enum { IN_OK, IN_FAILED, IN_NO_ETH0, IN_MAC, IN_ADDRESS, IN_ROUTE };
+
+/*
+ * In the container's network namespace, from a child (the gate never enters it): set up
+ * eth0 with ip/prefix and the default route via gw (configure), or verify that eth0 has
+ * the MAC, that address and that route (verify). One of IN_*, or -1 when the child could not run.
+ */
+static int in_container(int netns, int verify, const char *mac, uint32_t ip, unsigned prefix, uint32_t gw)
+{
+	pid_t pid = fork();
+	if (pid < 0)
+		return -1;
+	if (pid == 0) {
+		int fd = setns(netns, CLONE_NEWNET) < 0 ? -1 : nl_socket();
+		struct link_info li;
+		if (fd < 0)
+			_exit(IN_FAILED);
+		int r = link_get(fd, "eth0", &li);
+		if (r)
+			_exit(r > 0 ? IN_NO_ETH0 : IN_FAILED);
+		union {
+			struct nlmsghdr h;
+			char b[256];
+		} q;
+		if (verify) {
+			char have[18];
+			fmt_mac(li.mac, have);
+			if (!li.has_mac || strcmp(have, mac))
+				_exit(IN_MAC);
+			struct addr_scan s;
+			memset(&s, 0, sizeof s);
+			s.index = li.index;
+			s.gw = ip;
+			s.prefix = prefix;
+			memset(&q, 0, sizeof q);
+			q.h.nlmsg_len = NLMSG_LENGTH(sizeof(struct ifaddrmsg));
+			q.h.nlmsg_type = RTM_GETADDR;
+			((struct ifaddrmsg *)NLMSG_DATA(&q.h))->ifa_family = AF_INET;
+			if (nl_dump(fd, &q.h, on_addr, &s) < 0)
+				_exit(IN_FAILED);
+			if (!s.has_gw)
+				_exit(IN_ADDRESS);
+		} else {
+			/*
+			 * As the bridge plugin: no IPv6 DAD (hairpin mode would echo its probes back),
+			 * and a gratuitous ARP when eth0 comes up, which it does after its address is
+			 * on (neighbours may remember the address's last container).
+			 */
+			write_knob("/proc/sys/net/ipv6/conf/eth0/accept_dad", "0\n");
+			write_knob("/proc/sys/net/ipv4/conf/eth0/arp_notify", "1\n");
+			if (addr_add(fd, li.index, ip, prefix) < 0)
+				_exit(IN_ADDRESS);
+			if (!(li.flags & IFF_UP) && link_up(fd, li.index) < 0)
+				_exit(IN_FAILED);
+		}
+		struct route_want w = {li.index, 0, gw};
+		memset(&q, 0, sizeof q);
+		q.h.nlmsg_len = NLMSG_LENGTH(sizeof(struct rtmsg));
+		struct rtmsg *rt = NLMSG_DATA(&q.h);
+		rt->rtm_family = AF_INET;
+		if (verify) {
+			q.h.nlmsg_type = RTM_GETROUTE;
+			if (nl_dump(fd, &q.h, on_default_route, &w) < 0)
+				_exit(IN_FAILED);
+			_exit(w.found ? IN_OK : IN_ROUTE);
+		}
+		q.h.nlmsg_type = RTM_NEWROUTE;
+		q.h.nlmsg_flags = NLM_F_CREATE | NLM_F_EXCL;
+		rt->rtm_table = RT_TABLE_MAIN;
+		rt->rtm_protocol = RTPROT_BOOT;
+		rt->rtm_scope = RT_SCOPE_UNIVERSE;
+		rt->rtm_type = RTN_UNICAST;
+		uint32_t be = htonl(gw), oif = (uint32_t)li.index;
+		if (nl_attr(&q.h, sizeof q, RTA_GATEWAY, &be, 4, NULL) || nl_attr(&q.h, sizeof q, RTA_OIF, &oif, 4, NULL) || nl_do(fd, &q.h) < 0)
+			_exit(IN_ROUTE);
+		_exit(IN_OK);
+	}
+	int st;
+	while (waitpid(pid, &st, 0) < 0)
+		if (errno != EINTR)
+			return -1;
+	return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static const char *in_container_error(int r)
+{
+	switch (r) {
+	case IN_NO_ETH0:
+		return "the container has no eth0";
+	case IN_MAC:
+		return "the container's eth0 does not have the MAC of the stored result";
+	case IN_ADDRESS:
+		return "the container's eth0 does not have its address";
+	case IN_ROUTE:
+		return "the container has no default route via the gateway on eth0";
+	default:
+		return "cannot work in the container's network namespace";
+	}
+}
+
+/*
+ * The result the bridge plugin printed (and the gate stores): the bridge, the host veth,
+ * eth0 (with the sandbox the plugin was given), the address with the gateway, the route.
+ */
+static void result_json(struct buf *b, const unsigned char brmac[6], const char *veth, const unsigned char hmac[6], const unsigned char cmac[6], uint32_t ip)
+{
+	char bm[18], hm[18], cm[18], a[16], gw[16];
+	fmt_mac(brmac, bm);
+	fmt_mac(hmac, hm);
+	fmt_mac(cmac, cm);
+	fmt_ip(ip, a);
+	fmt_ip(conf.gw, gw);
+	b_fmt(b,
+	      "{\n    \"cniVersion\": \"1.0.0\",\n    \"interfaces\": [\n"
+	      "        {\n            \"name\": \"%s\",\n            \"mac\": \"%s\"\n        },\n"
+	      "        {\n            \"name\": \"%s\",\n            \"mac\": \"%s\"\n        },\n"
+	      "        {\n            \"name\": \"eth0\",\n            \"mac\": \"%s\",\n            \"sandbox\": \"/proc/self/fd/%d\"\n        }\n"
+	      "    ],\n    \"ips\": [\n        {\n            \"interface\": 2,\n            \"address\": \"%s/%u\",\n            \"gateway\": \"%s\"\n        }\n"
+	      "    ],\n    \"routes\": [\n        {\n            \"dst\": \"0.0.0.0/0\"\n        }\n    ],\n    \"dns\": {}\n}",
+	      conf.bridge, bm, veth, hm, cm, CHILD_NETNS_FD, a, conf.prefix, gw);
+}
+
+
 static void cmd_add(int netns, uint32_t req_ip, uint32_t rs, uint32_t re, const struct poolreq *pr)
 {
 	int has = container_has_eth0(netns);
@@ -2121,6 +2639,7 @@ static void cmd_add(int netns, uint32_t req_ip, uint32_t rs, uint32_t re, const 
 	struct stat st;
 	if (fstatat(s.res, res_name, &st, AT_SYMLINK_NOFOLLOW) == 0 || errno != ENOENT)
 		refuse("container %s already has a network: del it first", cont_id);
+	int ipam = ipam_open(&s); /* before anything changes: it may refuse */
 	struct poolnet pn = {0, 0, 0};
 	if (!pr->set) {
 		/* a pool record without a result is what an add or del cut short left: it goes first */
@@ -2159,60 +2678,123 @@ static void cmd_add(int netns, uint32_t req_ip, uint32_t rs, uint32_t re, const 
 		req_ip = pr->ip;
 	}
 
-	/* the intent first: an add cut short (killed, frozen) is undone by del or refused by the next add */
+	/* the host veth's name, free now: a random one, as the bridge plugin's */
+	int fd = nl_socket();
+	if (fd < 0)
+		fail("rtnetlink: %s", strerror(errno));
+	char veth[IFNAMSIZ];
+	struct link_info li;
+	for (int tries = 0;; tries++) {
+		unsigned char rnd[4];
+		if (getrandom(rnd, sizeof rnd, 0) != (ssize_t)sizeof rnd)
+			fail("getrandom: %s", strerror(errno));
+		snprintf(veth, sizeof veth, "veth%02x%02x%02x%02x", rnd[0], rnd[1], rnd[2], rnd[3]);
+		int r = link_get(fd, veth, &li);
+		if (r == 1)
+			break;
+		if (r < 0 || tries > 8)
+			fail("cannot find a free name for the host veth: %s", r < 0 ? strerror(errno) : "all taken");
+	}
+
+	/*
+	 * The intent first, naming the namespace and the host veth to be: an add cut short
+	 * (killed, frozen) is undone by del or refused by the next add.
+	 */
 	char ident[64];
 	struct buf intent = {0};
 	netns_identity(netns, ident);
-	b_fmt(&intent, "{\"intent\":\"add\",\"netns\":\"%s\"}", ident);
+	b_fmt(&intent, "{\"intent\":\"add\",\"netns\":\"%s\",\"veth\":\"%s\"}", ident, veth);
 	if (write_state_file(s.res, res_name, intent.p, intent.n))
 		fail("cannot store " STATE_DIR "/%u/results/%s: %s", caller, res_name, strerror(errno));
 	b_free(&intent);
 
-	char args[64] = "", ipbuf[16], err[1400], rb[1400];
-	if (req_ip) {
-		fmt_ip(req_ip, ipbuf);
-		snprintf(args, sizeof args, "IgnoreUnknown=1;IP=%s", ipbuf);
-	}
-	struct buf c = {0};
-	conf_bridge(&c, &conf, rs, re, NULL);
-	struct run r;
-	run_plugin("bridge", "ADD", cid, netns, req_ip ? args : NULL, &c, &r);
-	b_free(&c);
-	const char *problem = NULL;
+	char err[1400], rb[1400];
+	const char *problem = err;
+	uint32_t ip = 0;
+	int leased = 0, made = 0;
+	struct link_info br;
+	unsigned char hmac[6], cmac[6];
+	struct buf res = {0};
 	struct addr a[MAX_IPS];
 	size_t na = 0;
-	if (!r.ok) {
-		char m[1200];
-		run_error(&r, m, sizeof m);
-		snprintf(err, sizeof err, "bridge ADD failed: %s", m);
-		problem = err;
-	} else if (result_addrs(&r.out, &conf, 1, a, &na)) {
-		problem = "bridge ADD returned a result without a usable address in the subnet";
-	} else if (req_ip && (na != 1 || a[0].ip != req_ip)) {
-		problem = "bridge ADD did not assign the requested address";
-	} else if (rs && (na != 1 || a[0].ip < rs || a[0].ip > re)) {
-		problem = "bridge ADD assigned an address outside the requested range";
-	} else if (write_state_file(s.res, res_name, r.out.p, r.out.n)) {
-		snprintf(err, sizeof err, "cannot store " STATE_DIR "/%u/results/%s: %s", caller, res_name, strerror(errno));
-		problem = err;
-	} else if (veth_guard(1, &r.out, a, na, err, sizeof err)) {
-		problem = err;
-	} else if (write_stdout(r.out.p, r.out.n)) {
-		problem = "cannot write the result to stdout";
+	random_mac(hmac);
+	random_mac(cmac);
+	if (lease_alloc(ipam, req_ip, rs, re, &ip, err, sizeof err) == 0) {
+		leased = 1;
+		if (bridge_ensure(fd, &br, err, sizeof err) == 0) {
+			if (veth_make(fd, veth, hmac, cmac, br.index, netns) < 0) {
+				snprintf(err, sizeof err, "cannot make the veth pair %s and the container's eth0: %s", veth, strerror(errno));
+			} else {
+				made = 1;
+				char path[96];
+				int r;
+				snprintf(path, sizeof path, "/sys/class/net/%s/brport/hairpin_mode", veth);
+				if (write_knob(path, "1\n") < 0) {
+					snprintf(err, sizeof err, "cannot set hairpin mode on %s: %s", veth, strerror(errno));
+				} else if (neigh_forget(fd, br.index, ip), (r = in_container(netns, 0, NULL, ip, conf.prefix, conf.gw)) != IN_OK) {
+					snprintf(err, sizeof err, "cannot set up the container's eth0: %s", in_container_error(r));
+				} else if (port_wait_up(fd, veth)) {
+					snprintf(err, sizeof err, "bridge port %s did not come up", veth);
+				} else {
+					result_json(&res, br.mac, veth, hmac, cmac, ip);
+					if (result_addrs(&res, &conf, 1, a, &na)) {
+						problem = "the result holds no usable address of the subnet";
+					} else if (write_state_file(s.res, res_name, res.p, res.n)) {
+						snprintf(err, sizeof err, "cannot store " STATE_DIR "/%u/results/%s: %s", caller, res_name, strerror(errno));
+					} else if (veth_guard(1, &res, a, na, err, sizeof err)) {
+						/* err says why */
+					} else if (write_stdout(res.p, res.n)) {
+						problem = "cannot write the result to stdout";
+					} else {
+						exit(0);
+					}
+				}
+			}
+		}
 	}
-	if (!problem)
-		exit(0);
 	/* roll back: no lease, veth or rule is left; the record goes only when that worked */
-	if (r.ok && na)
-		veth_guard(0, &r.out, a, na, rb, sizeof rb);
-	int bad = bridge_teardown(netns, r.ok ? &r.out : NULL, a, na, rb, sizeof rb);
-	run_free(&r);
+	if (na)
+		veth_guard(0, &res, a, na, rb, sizeof rb);
+	int bad = 0;
+	if (made && remove_host_veth(veth) < 0) {
+		snprintf(rb, sizeof rb, "cannot remove the host veth %s: %s", veth, strerror(errno));
+		bad = 1;
+	}
+	struct addr mine = {ip, conf.prefix};
+	if (!bad && leased && lease_release(ipam, &mine, 1) < 0) {
+		snprintf(rb, sizeof rb, "cannot release the lease: %s", strerror(errno));
+		bad = 1;
+	}
 	if (bad)
 		fail("%s; rollback also failed: %s", problem, rb);
 	remove_state_file(s.res, res_name);
 	if (pr->set && pool_release(&s, cont_id, &pn))
 		fail("%s; rollback could not remove bridge %s", problem, conf.bridge);
 	fail("%s (rolled back)", problem);
+}
+
+/*
+ * Everything of the container's network but its records: the stored host veth (its
+ * peer, the container's eth0, goes with it; never whatever the container now calls
+ * eth0), else eth0 in the namespace given; then its lease. 0 done, -1 (err).
+ */
+static int net_teardown(int netns, const struct buf *res, const struct addr *a, size_t na, int ipam, char *err, size_t errlen)
+{
+	char veth[IFNAMSIZ];
+	if (res && result_host_veth(res, veth) == 1) {
+		if (remove_host_veth(veth) < 0) {
+			snprintf(err, errlen, "cannot remove the host veth %s: %s", veth, strerror(errno));
+			return -1;
+		}
+	} else if (netns >= 0 && remove_container_eth0(netns) < 0) {
+		snprintf(err, errlen, "cannot remove eth0 from the container's network namespace");
+		return -1;
+	}
+	if (lease_release(ipam, a, na) < 0) {
+		snprintf(err, errlen, "cannot release the lease of container %s: %s", cont_id, strerror(errno));
+		return -1;
+	}
+	return 0;
 }
 
 /* ------------------------------------------------------------------ UDP mappings (issue #13) */
@@ -2804,6 +3386,189 @@ static size_t tcp_only(const struct mapping *m, size_t n, struct mapping *out)
  */
 #define NFT "/usr/sbin/nft"
 
+/*
+ * The same elements over nf_tables netlink, without exec'ing nft (issue #10: nft was two
+ * process starts per lifecycle): one batch, one transaction, each operation acknowledged.
+ * Keys as nft lays them out: ifname 16 bytes, each field of a concatenation padded to 4
+ * (ipv4_addr 4, ether_addr 6 + 2). -1 (errno) when it cannot (the table or a set missing:
+ * a gate newer than the last gdn setup), and the caller runs nft, which declares them.
+ */
+struct nb {
+	char b[8192];
+	size_t n;
+	int bad;
+};
+
+static size_t nb_put(struct nb *x, uint16_t type, const void *d, size_t len)
+{
+	size_t at = x->n, tot = NLA_HDR + len;
+	if (x->bad || at + al4(tot) > sizeof x->b) {
+		x->bad = 1;
+		return at;
+	}
+	struct nlattr *a = (struct nlattr *)(void *)(x->b + at);
+	a->nla_type = type;
+	a->nla_len = (uint16_t)tot;
+	if (len)
+		memcpy(x->b + at + NLA_HDR, d, len);
+	memset(x->b + at + tot, 0, al4(tot) - tot);
+	x->n += al4(tot);
+	return at;
+}
+
+/* closes the nested attribute started at at */
+static void nb_nest_end(struct nb *x, size_t at)
+{
+	if (!x->bad)
+		((struct nlattr *)(void *)(x->b + at))->nla_len = (uint16_t)(x->n - at);
+}
+
+static size_t nb_msg(struct nb *x, uint16_t type, uint16_t flags, uint8_t family, uint16_t res_id, uint32_t seq)
+{
+	size_t at = x->n, hl = NLMSG_LENGTH(sizeof(struct nfgenmsg));
+	if (x->bad || at + NLMSG_ALIGN(hl) > sizeof x->b) {
+		x->bad = 1;
+		return at;
+	}
+	memset(x->b + at, 0, NLMSG_ALIGN(hl));
+	struct nlmsghdr *h = (struct nlmsghdr *)(void *)(x->b + at);
+	h->nlmsg_type = type;
+	h->nlmsg_flags = flags;
+	h->nlmsg_seq = seq;
+	struct nfgenmsg *g = NLMSG_DATA(h);
+	g->nfgen_family = family;
+	g->version = NFNETLINK_V0;
+	g->res_id = htons(res_id);
+	x->n += NLMSG_ALIGN(hl);
+	return at;
+}
+
+static void nb_msg_end(struct nb *x, size_t at)
+{
+	if (!x->bad)
+		((struct nlmsghdr *)(void *)(x->b + at))->nlmsg_len = (uint32_t)(x->n - at);
+}
+
+struct nft_key {
+	unsigned char k[24];
+	size_t len;
+};
+
+static void nb_elems(struct nb *x, int del, const char *set, const struct nft_key *keys, size_t n, uint32_t seq)
+{
+	size_t m = nb_msg(x, (uint16_t)((NFNL_SUBSYS_NFTABLES << 8) | (del ? NFT_MSG_DELSETELEM : NFT_MSG_NEWSETELEM)),
+	                  (uint16_t)(NLM_F_REQUEST | NLM_F_ACK | (del ? 0 : NLM_F_CREATE)), NFPROTO_BRIDGE, 0, seq);
+	nb_put(x, NFTA_SET_ELEM_LIST_TABLE, "trellis", 8);
+	nb_put(x, NFTA_SET_ELEM_LIST_SET, set, strlen(set) + 1);
+	size_t l = nb_put(x, NFTA_SET_ELEM_LIST_ELEMENTS | NLA_F_NESTED, NULL, 0);
+	for (size_t i = 0; i < n; i++) {
+		size_t e = nb_put(x, NFTA_LIST_ELEM | NLA_F_NESTED, NULL, 0);
+		size_t k = nb_put(x, NFTA_SET_ELEM_KEY | NLA_F_NESTED, NULL, 0);
+		nb_put(x, NFTA_DATA_VALUE, keys[i].k, keys[i].len);
+		nb_nest_end(x, k);
+		nb_nest_end(x, e);
+	}
+	nb_nest_end(x, l);
+	nb_msg_end(x, m);
+}
+
+static int guard_netlink(int add, const char *veth, const struct addr *a, size_t na, const unsigned char *mac)
+{
+	struct nft_key own[MAX_IPS], name, om;
+	memset(&name, 0, sizeof name);
+	memcpy(name.k, veth, strlen(veth)); /* < IFNAMSIZ: the rest stays zero */
+	name.len = IFNAMSIZ;
+	for (size_t i = 0; i < na; i++) {
+		uint32_t be = htonl(a[i].ip);
+		own[i] = name;
+		memcpy(own[i].k + IFNAMSIZ, &be, 4);
+		own[i].len = IFNAMSIZ + 4;
+	}
+	om = name;
+	if (mac) {
+		memcpy(om.k + IFNAMSIZ, mac, 6);
+		om.len = IFNAMSIZ + 8;
+	}
+	static struct nb x;
+	memset(&x, 0, sizeof x);
+	static uint32_t seq = 1u << 24;
+	uint32_t first = seq + 1;
+	size_t b = nb_msg(&x, NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, AF_UNSPEC, NFNL_SUBSYS_NFTABLES, ++seq);
+	nb_msg_end(&x, b);
+	/* unlisting adds first, in the same transaction: deleting an absent element fails */
+	unsigned ops = 0;
+	for (int pass = 0; pass < (add ? 1 : 2); pass++) {
+		if (na) {
+			nb_elems(&x, pass, "own", own, na, ++seq);
+			ops++;
+		}
+		if (mac) {
+			nb_elems(&x, pass, "ownmac", &om, 1, ++seq);
+			ops++;
+		}
+		nb_elems(&x, pass, "veths", &name, 1, ++seq);
+		ops++;
+	}
+	size_t e = nb_msg(&x, NFNL_MSG_BATCH_END, NLM_F_REQUEST, AF_UNSPEC, NFNL_SUBSYS_NFTABLES, ++seq);
+	nb_msg_end(&x, e);
+	if (x.bad) {
+		errno = EMSGSIZE;
+		return -1;
+	}
+	int fd = nf_socket(NETLINK_NETFILTER);
+	if (fd < 0)
+		return -1;
+	struct sockaddr_nl sa;
+	memset(&sa, 0, sizeof sa);
+	sa.nl_family = AF_NETLINK;
+	if (sendto(fd, x.b, x.n, 0, (struct sockaddr *)&sa, sizeof sa) < 0) {
+		close(fd);
+		return -1;
+	}
+	/* one answer per operation (each asked for an ack); the first error fails it all */
+	unsigned got = 0;
+	int error = 0;
+	long deadline = now_s() + NETLINK_TIMEOUT_S;
+	while (got < ops) {
+		union {
+			struct nlmsghdr h;
+			char b[8192];
+		} r;
+		struct sockaddr_nl from;
+		socklen_t fl = sizeof from;
+		memset(&from, 0, sizeof from);
+		ssize_t k = recvfrom(fd, &r, sizeof r, 0, (struct sockaddr *)&from, &fl);
+		if (k < 0 && errno == EINTR)
+			continue;
+		if (k < 0 || now_s() > deadline) {
+			if (k >= 0)
+				errno = ETIMEDOUT;
+			close(fd);
+			return -1;
+		}
+		if (fl != sizeof from || from.nl_family != AF_NETLINK || from.nl_pid != 0)
+			continue; /* not the kernel */
+		size_t left = (size_t)k;
+		for (struct nlmsghdr *m = &r.h; NLMSG_OK(m, left); m = NLMSG_NEXT(m, left)) {
+			if (m->nlmsg_type != NLMSG_ERROR || m->nlmsg_seq < first || m->nlmsg_seq > seq)
+				continue;
+			struct nlmsgerr er;
+			if (m->nlmsg_len < NLMSG_LENGTH(sizeof er))
+				continue;
+			memcpy(&er, NLMSG_DATA(m), sizeof er);
+			if (er.error && !error)
+				error = -er.error;
+			got++;
+		}
+	}
+	close(fd);
+	if (error) {
+		errno = error;
+		return -1;
+	}
+	return 0;
+}
+
 /* Writes v to /proc/sys/net/<family>/conf/<veth>/<key> (a link the gate names: [A-Za-z0-9_.-]). */
 static int veth_sysctl(const char *family, const char *veth, const char *key, const char *v)
 {
@@ -2838,6 +3603,11 @@ static int veth_guard(int add, const struct buf *res, const struct addr *a, size
 		snprintf(err, errlen, "cannot set reverse-path filtering on %s: %s", veth, strerror(errno));
 		return -1;
 	}
+	unsigned char macb[6];
+	for (int i = 0; has_mac && i < 6; i++)
+		macb[i] = (unsigned char)(hexval(mac[3 * i]) << 4 | hexval(mac[3 * i + 1]));
+	if (guard_netlink(add, veth, a, na, has_mac ? macb : NULL) == 0)
+		return 0;
 	struct buf in = {0};
 	/* table and sets too (idempotent): a gate newer than the last gdn setup still works */
 	b_str(&in, "add table bridge trellis\nadd set bridge trellis veths { type ifname; }\n"
@@ -2876,6 +3646,7 @@ static void cmd_del(int netns)
 	struct state s;
 	if (state_open(0, &s) == 1)
 		exit(0); /* nothing was ever stored for this user */
+	int ipam = ipam_open(&s); /* before anything changes: it may refuse */
 	struct poolnet pn;
 	int pooled = pool_record(&s, cont_id, &pn) == 0;
 	if (pooled)
@@ -2893,12 +3664,18 @@ static void cmd_del(int netns)
 		na = 0;
 	}
 	char err[1400];
-	/* always: a ports call cut short may have mapped ports before it recorded them */
 	struct mapping m[MAX_PORTS];
 	size_t nm = 0;
 	if (have_ports && parse_ports_file(&ports, m, &nm))
 		nm = 0;
-	if (portmap_del_all(netns, m, nm, have_res && !intent ? &res : NULL, err, sizeof err))
+	/*
+	 * portmap only when there is a ports record (issue #10: portmap DEL runs ~16 iptables
+	 * and is most of a lifecycle's cost). Safe because cmd_ports keeps "portmap rules for
+	 * an id => its ports record exists" on every path: the record is written before any
+	 * portmap ADD, and removed only after a portmap DEL of the id that succeeded. A
+	 * record, even a corrupt one, still gets the DEL of the id's whole chain.
+	 */
+	if (have_ports && portmap_del_all(netns, m, nm, have_res && !intent ? &res : NULL, err, sizeof err))
 		fail("%s", err);
 	/* the user's UDP rules without this id's, then its record (a del cut short between them is redone) */
 	if (have_ports && udp_sync(&s, cont_id, err, sizeof err))
@@ -2909,25 +3686,27 @@ static void cmd_del(int netns)
 	ct_flush_udp(flush, udp_ports_of(m, nm, flush, 0), err, sizeof err); /* best effort, as portmap's own */
 	if (intent) {
 		/*
-		 * An add that never finished: bridge DEL in the namespace it was about, when the
-		 * pid given is still in it (that removes its eth0 and lease), else the lease only.
+		 * An add that never finished: the host veth it named, if it made it (eth0 goes with
+		 * it); eth0 in the namespace it was about when the pid given is still in it (an add
+		 * of an earlier gate named no veth); its lease, found by container id.
 		 */
-		struct buf want = {0};
+		struct buf want = {0}, v = {0};
 		char ident[64];
 		netns_identity(netns, ident);
 		int same = j_get_str(res.p, res.n, "netns", &want) && netns >= 0 && !strcmp(want.p ? want.p : "", ident);
 		b_free(&want);
-		struct buf c = {0};
-		conf_bridge(&c, &conf, 0, 0, NULL);
-		int rc = bridge_del(same ? netns : -1, &c, err, sizeof err);
-		b_free(&c);
-		if (rc)
-			fail("%s", err);
-	} else if (bridge_teardown(have_res ? netns : -1, have_res ? &res : NULL, a, na, err, sizeof err)) {
+		if (j_get_str(res.p, res.n, "veth", &v) && link_name_ok(v.p, v.n) && remove_host_veth(v.p) < 0)
+			fail("cannot remove the host veth %s: %s", v.p, strerror(errno));
+		b_free(&v);
+		if (same && remove_container_eth0(netns) < 0)
+			fail("cannot remove eth0 from the container's network namespace");
+		if (lease_release(ipam, NULL, 0) < 0)
+			fail("cannot release the lease of container %s: %s", cont_id, strerror(errno));
+	} else if (net_teardown(have_res ? netns : -1, have_res ? &res : NULL, a, na, ipam, err, sizeof err)) {
 		/*
-		 * Without a stored result this id never had a network (or it is gone): release what
-		 * DEL finds by container id, and never touch the namespace of the pid given, which
-		 * may be another container's.
+		 * Without a stored result this id never had a network (or it is gone): release the
+		 * lease that names it, and never touch the namespace of the pid given, which may
+		 * be another container's.
 		 */
 		fail("%s", err);
 	}
@@ -2952,11 +3731,27 @@ static void cmd_check(int netns)
 	size_t na;
 	if (result_addrs(&res, &conf, 1, a, &na))
 		refuse("the stored result of container %s does not fit the current network config", cont_id);
-	struct buf c = {0};
-	char err[1400];
-	conf_bridge(&c, &conf, 0, 0, &res);
-	if (plugin("bridge", "CHECK", netns, NULL, &c, err, sizeof err))
-		fail("%s", err);
+	char err[1400], veth[IFNAMSIZ], mac[18], ip[16];
+	/* what the bridge plugin's CHECK saw: the bridge, the host veth on it, the lease, eth0 as stored */
+	int fd = nl_socket();
+	struct link_info br, v;
+	if (fd < 0)
+		fail("rtnetlink: %s", strerror(errno));
+	if (link_get(fd, conf.bridge, &br) != 0 || !br.is_bridge)
+		fail("bridge %s is missing", conf.bridge);
+	if (result_host_veth(&res, veth) != 1 || result_sandbox_mac(&res, mac) != 1)
+		refuse("the stored result of container %s names no host veth or no MAC of eth0", cont_id);
+	if (link_get(fd, veth, &v) != 0 || !v.is_veth || (int)v.master != br.index)
+		fail("the host veth %s of container %s is missing or not on bridge %s", veth, cont_id, conf.bridge);
+	int ipam = ipam_open(&s);
+	for (size_t i = 0; i < na; i++)
+		if (lease_is_ours(ipam, a[i].ip) != 1) {
+			fmt_ip(a[i].ip, ip);
+			fail("the lease of %s is not container %s's", ip, cont_id);
+		}
+	int r = in_container(netns, 1, mac, a[0].ip, a[0].prefix, conf.gw);
+	if (r != IN_OK)
+		fail("%s", in_container_error(r));
 	/* an add cut short after storing its result left the veth unlisted: list it (idempotent) */
 	if (veth_guard(1, &res, a, na, err, sizeof err))
 		fail("%s", err);
@@ -3112,6 +3907,9 @@ static void cmd_ports(const char *id, int netns, const struct mapping *m, size_t
 	if (!old_valid)
 		on = 0;
 
+	/* no mappings asked and none recorded: no portmap or UDP rule of this id exists to remove */
+	if (nm == 0 && !have_old)
+		exit(0);
 	char err[1400], err2[1400];
 	struct buf file = {0};
 	for (size_t i = 0; i < nm; i++)
@@ -3119,8 +3917,12 @@ static void cmd_ports(const char *id, int netns, const struct mapping *m, size_t
 	/* the intent first: a call cut short leaves a record that del (and the next ports) undoes */
 	if (nm > 0 && write_state_file(s.ports, id, file.p, file.n))
 		fail("cannot store " STATE_DIR "/%u/ports/%s: %s", caller, id, strerror(errno));
-	/* always: whatever an earlier call cut short may have mapped goes too */
-	if (portmap_del_all(netns, om, on, &res, err, sizeof err))
+	/*
+	 * Whatever an earlier call (cut short or not) mapped goes too. Without an old record
+	 * there is nothing: a portmap ADD only ever runs with the record in place, and the
+	 * record goes only after a portmap DEL that succeeded (see cmd_del).
+	 */
+	if (have_old && portmap_del_all(netns, om, on, &res, err, sizeof err))
 		fail("%s", err);
 	/* UDP: the entries of every port this call maps or unmaps go (only those of local destinations) */
 	unsigned flush[2 * MAX_PORTS];
@@ -3153,8 +3955,9 @@ static void cmd_ports(const char *id, int netns, const struct mapping *m, size_t
 			ct_flush_udp(flush, nflush, err2, sizeof err2);
 			fail("%s (the previous mappings are restored)", err);
 		}
-		if (nt)
-			plugin("portmap", "DEL", netns, NULL, &c, err2, sizeof err2);
+		/* the record stays until portmap's rules are gone: del, or the next ports, finishes the job */
+		if (nt && plugin("portmap", "DEL", netns, NULL, &c, err2, sizeof err2))
+			fail("%s; rollback failed: %s", err, err2);
 	}
 	if (udp_sync(&s, id, err2, sizeof err2) == 0)
 		remove_state_file(s.ports, id);
