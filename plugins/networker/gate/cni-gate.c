@@ -1378,11 +1378,16 @@ static int nl_talk(int fd, struct nlmsghdr *h, uint16_t want, void *reply, size_
 		struct sockaddr_nl from;
 		socklen_t fl = sizeof from;
 		memset(&from, 0, sizeof from);
-		ssize_t got = recvfrom(fd, &r, sizeof r, 0, (struct sockaddr *)&from, &fl);
+		ssize_t got = recvfrom(fd, &r, sizeof r, MSG_TRUNC, (struct sockaddr *)&from, &fl);
 		if (got < 0 && errno == EINTR)
 			continue;
 		if (got < 0)
 			return -1; /* EAGAIN: the timeout */
+		if ((size_t)got > sizeof r) {
+			/* a reply cut short is never read as "no such link" */
+			errno = EMSGSIZE;
+			return -1;
+		}
 		if (now_s() > deadline) {
 			errno = ETIMEDOUT;
 			return -1;
@@ -1415,7 +1420,8 @@ static int nl_talk(int fd, struct nlmsghdr *h, uint16_t want, void *reply, size_
 					return -1;
 				}
 				if (reply && !got_reply) {
-					errno = ENODEV;
+					/* acked without the reply asked for: an error, never absence (ENODEV is the kernel's own) */
+					errno = EPROTO;
 					return -1;
 				}
 				return 0;
@@ -1776,6 +1782,8 @@ static void netns_identity(int netns, char out[64])
 }
 
 static int veth_guard(int add, const struct buf *res, const struct addr *a, size_t na, char *err, size_t errlen);
+static int veth_list_closed(const char *veth, char *err, size_t errlen);
+static void veth_unlist(const char *veth);
 
 
 /* ------------------------------------------------------------------ the address pool (issue #8) */
@@ -2289,21 +2297,46 @@ static int lease_take(int d, uint32_t ip)
 {
 	char name[16], text[128];
 	fmt_ip(ip, name);
-	int fd = openat(d, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
-	if (fd < 0)
-		return errno == EEXIST ? 1 : -1;
 	/* host-local's modes (the gate's umask is 077) */
 	int n = snprintf(text, sizeof text, "%s\r\neth0", cid);
-	ssize_t w = fchmod(fd, 0644) < 0 ? -1 : write(fd, text, (size_t)n);
-	if (close(fd) < 0 || w != n) {
-		unlinkat(d, name, 0);
-		return -1;
+	/*
+	 * The lease appears whole or not at all: written unnamed, then linked in (EEXIST: it is
+	 * someone's). A gate killed mid-way leaves no empty lease that no release would match.
+	 */
+	int fd = openat(d, ".", O_TMPFILE | O_WRONLY | O_CLOEXEC, 0644);
+	if (fd >= 0) {
+		ssize_t w = fchmod(fd, 0644) < 0 ? -1 : write(fd, text, (size_t)n);
+		if (w != n) {
+			close(fd);
+			return -1;
+		}
+		if (linkat(fd, "", d, name, AT_EMPTY_PATH) < 0) {
+			int e = errno;
+			close(fd);
+			errno = e;
+			return e == EEXIST ? 1 : -1;
+		}
+		close(fd);
+	} else {
+		/* no O_TMPFILE on this filesystem: host-local's own way */
+		fd = openat(d, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
+		if (fd < 0)
+			return errno == EEXIST ? 1 : -1;
+		ssize_t w = fchmod(fd, 0644) < 0 ? -1 : write(fd, text, (size_t)n);
+		if (close(fd) < 0 || w != n) {
+			unlinkat(d, name, 0);
+			return -1;
+		}
 	}
+	/* where the next search starts, nothing more: best effort, so a lease taken is never one failed */
 	fd = openat(d, LAST_RESERVED, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0644);
-	if (fd < 0)
-		return -1;
-	w = fchmod(fd, 0644) < 0 ? -1 : write(fd, name, strlen(name));
-	return close(fd) < 0 || w != (ssize_t)strlen(name) ? -1 : 0;
+	if (fd >= 0) {
+		if (fchmod(fd, 0644) == 0 && write(fd, name, strlen(name)) < 0) {
+			/* ignored */
+		}
+		close(fd);
+	}
+	return 0;
 }
 
 /*
@@ -2719,7 +2752,13 @@ static void cmd_add(int netns, uint32_t req_ip, uint32_t rs, uint32_t re, const 
 	size_t na = 0;
 	random_mac(hmac);
 	random_mac(cmac);
-	if (lease_alloc(ipam, req_ip, rs, re, &ip, err, sizeof err) == 0) {
+	/*
+	 * The veth's name goes into @veths before the veth exists, with no address or MAC of
+	 * its own: every frame from it is dropped until its entries come. An add cut short
+	 * (frozen, killed through its cgroup) leaves a veth that can send nothing.
+	 */
+	int listed = veth_list_closed(veth, err, sizeof err) == 0;
+	if (listed && lease_alloc(ipam, req_ip, rs, re, &ip, err, sizeof err) == 0) {
 		leased = 1;
 		if (bridge_ensure(fd, &br, err, sizeof err) == 0) {
 			if (veth_make(fd, veth, hmac, cmac, br.index, netns) < 0) {
@@ -2760,6 +2799,8 @@ static void cmd_add(int netns, uint32_t req_ip, uint32_t rs, uint32_t re, const 
 		snprintf(rb, sizeof rb, "cannot remove the host veth %s: %s", veth, strerror(errno));
 		bad = 1;
 	}
+	if (listed && !bad)
+		veth_unlist(veth);
 	struct addr mine = {ip, conf.prefix};
 	if (!bad && leased && lease_release(ipam, &mine, 1) < 0) {
 		snprintf(rb, sizeof rb, "cannot release the lease: %s", strerror(errno));
@@ -3630,6 +3671,33 @@ static int veth_guard(int add, const struct buf *res, const struct addr *a, size
 	return rc;
 }
 
+/* Lists the name alone in @veths (nothing of its own allowed): 0, or -1 with err. */
+static int veth_list_closed(const char *veth, char *err, size_t errlen)
+{
+	if (guard_netlink(1, veth, NULL, 0, NULL) == 0)
+		return 0;
+	struct buf in = {0};
+	b_str(&in, "add table bridge trellis\nadd set bridge trellis veths { type ifname; }\n");
+	b_fmt(&in, "add element bridge trellis veths { \"%s\" }\n", veth);
+	char *argv[] = {"nft", "-f", "-", NULL};
+	int rc = run_exec(NFT, argv, &in, err, errlen);
+	b_free(&in);
+	return rc;
+}
+
+/* Unlists the name from @veths once its veth is gone (best effort: a stale name only names a veth that is gone). */
+static void veth_unlist(const char *veth)
+{
+	if (guard_netlink(0, veth, NULL, 0, NULL) == 0)
+		return;
+	struct buf in = {0};
+	char err[256];
+	b_fmt(&in, "add element bridge trellis veths { \"%s\" }\ndelete element bridge trellis veths { \"%s\" }\n", veth, veth);
+	char *argv[] = {"nft", "-f", "-", NULL};
+	run_exec(NFT, argv, &in, err, sizeof err);
+	b_free(&in);
+}
+
 /* portmap DEL of everything of this container id (any non-empty list of mappings does). */
 static int portmap_del_all(int netns, const struct mapping *m, size_t nm, const struct buf *res, char *err, size_t errlen)
 {
@@ -3695,8 +3763,11 @@ static void cmd_del(int netns)
 		netns_identity(netns, ident);
 		int same = j_get_str(res.p, res.n, "netns", &want) && netns >= 0 && !strcmp(want.p ? want.p : "", ident);
 		b_free(&want);
-		if (j_get_str(res.p, res.n, "veth", &v) && link_name_ok(v.p, v.n) && remove_host_veth(v.p) < 0)
-			fail("cannot remove the host veth %s: %s", v.p, strerror(errno));
+		if (j_get_str(res.p, res.n, "veth", &v) && link_name_ok(v.p, v.n)) {
+			if (remove_host_veth(v.p) < 0)
+				fail("cannot remove the host veth %s: %s", v.p, strerror(errno));
+			veth_unlist(v.p); /* listed closed before it was made */
+		}
 		b_free(&v);
 		if (same && remove_container_eth0(netns) < 0)
 			fail("cannot remove eth0 from the container's network namespace");
