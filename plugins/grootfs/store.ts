@@ -465,14 +465,17 @@ export class ImageStore {
         ...(diskLimitInodes > 0 ? { diskLimitInodes } : {}),
         excludeImageFromQuota: exclude,
       };
+      let limitTried = false;
       try {
         if (onXfs && (diskLimitBytes > 0 || diskLimitInodes > 0)) {
+          limitTried = true;
           // XFS counts the container's writes only: a total limit leaves them what the image does not take (at least a byte).
           const bytes = diskLimitBytes === 0 ? 0 : exclude ? diskLimitBytes : Math.max(1, diskLimitBytes - baseBytes);
           record.quota = await this.gate.limit(this.storePath, opts.id, 'exclusive', bytes, diskLimitInodes);
           log.info({ diskLimitBytes, diskLimitInodes, writeBytes: bytes, scope: exclude ? 'exclusive' : 'total', project: record.quota.project }, 'create.disk-limit-set');
         }
         if (driver === 'btrfs' && diskLimitBytes > 0) {
+          limitTried = true;
           // Garden's scopes: exclusive counts the container's writes, total its image too (the snapshot's referenced bytes).
           record.quota = await this.gate.limit(this.storePath, opts.id, exclude ? 'exclusive' : 'total', diskLimitBytes);
           this.subvolumes.set(opts.id, record.quota.subvolume);
@@ -481,7 +484,8 @@ export class ImageStore {
         await writeFile(join(imageDir, 'image.json'), JSON.stringify(record), { mode: 0o600 });
       } catch (err) {
         await this.removeImageDir(imageDir, driver, log).catch(() => undefined);
-        if (record.quota) await this.gate.release(this.storePath, opts.id).catch(() => undefined);
+        // A limit that failed half-way may have left the gate's record: release drops it (a no-op when there is none).
+        if (limitTried) await this.gate.release(this.storePath, opts.id).catch(() => undefined);
         this.subvolumes.delete(opts.id);
         throw err;
       }

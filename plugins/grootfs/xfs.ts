@@ -3,7 +3,7 @@
 // filesystem on a loopback file when the store is not already on XFS; the gate then puts
 // each limited container's dirs in a project of its own (plugins/networker/gate/quota.c).
 import { execa } from 'execa';
-import { closeSync, existsSync, lstatSync, openSync, readSync } from 'node:fs';
+import { closeSync, existsSync, lstatSync, openSync, readFileSync, readSync } from 'node:fs';
 import { spawnSync } from 'node:child_process';
 import { mkdir, open, readdir, statfs } from 'node:fs/promises';
 import { dirname } from 'node:path';
@@ -36,18 +36,23 @@ export function kernelHasXfsQuota(): boolean {
   return existsSync('/proc/fs/xfs/xqmstat');
 }
 
-/** The mount options of the filesystem mounted exactly at `path` (undefined when none is). */
+/**
+ * The type and options (mount and superblock) of the filesystem `path` is on: the mount
+ * at it, or the deepest one above it (undefined when none matches, as for `/nowhere` with no `/`).
+ */
 export function mountOptionsAt(path: string, mountinfo: string): { fstype: string; options: string[] } | undefined {
-  let found: { fstype: string; options: string[] } | undefined;
+  let found: { fstype: string; options: string[]; point: string } | undefined;
   for (const line of mountinfo.split('\n')) {
     const [pre, post] = line.split(' - ');
     if (!pre || !post) continue;
     const f = pre.split(' ');
-    if ((f[4] ?? '').replace(/\\040/g, ' ') !== path) continue;
+    const point = (f[4] ?? '').replace(/\\040/g, ' ');
+    if (!(point === '/' || path === point || path.startsWith(`${point}/`))) continue;
+    if (found && point.length < found.point.length) continue;
     const [fstype, , superOpts] = post.split(' ');
-    found = { fstype: fstype ?? '', options: [...(f[5] ?? '').split(','), ...(superOpts ?? '').split(',')] };
+    found = { point, fstype: fstype ?? '', options: [...(f[5] ?? '').split(','), ...(superOpts ?? '').split(',')] };
   }
-  return found;
+  return found && { fstype: found.fstype, options: found.options };
 }
 
 function hasXfsSignature(file: string): boolean {
@@ -74,7 +79,14 @@ export async function prepareXfsStore(store: string, storeSizeBytes: number, bac
     if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
   }
   if (!lstatSync(store).isDirectory()) throw new FailedPrecondition('ERR_TRELLIS_STORE_PATH', `store ${store} is not a directory`);
-  if (await isXfs(store)) return;
+  if (await isXfs(store)) {
+    // An XFS already there (ours from before, or the host's): only with project quotas enforced.
+    const m = mountOptionsAt(store, readFileSync('/proc/self/mountinfo', 'utf8'));
+    if (m?.fstype !== 'xfs' || !m.options.includes('prjquota')) {
+      throw new FailedPrecondition('ERR_TRELLIS_NO_XFS_QUOTA', `store ${store} is on an XFS mounted without prjquota: project quotas cannot limit its containers`);
+    }
+    return;
+  }
   if ((await readdir(store)).length > 0) {
     throw new FailedPrecondition('ERR_TRELLIS_STORE_NOT_EMPTY', `store ${store} is not empty and not on XFS: mounting a filesystem there would hide it`);
   }

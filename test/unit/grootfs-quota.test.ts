@@ -42,5 +42,7 @@ describe('grootfs quota (issue 11)', function () {
     expect(m?.fstype).to.equal('xfs');
     expect(m?.options).to.include.members(['nosuid', 'nodev', 'prjquota']);
     expect(mountOptionsAt('/nowhere', mi)).to.equal(undefined);
+    // a dir below the mount point is on it
+    expect(mountOptionsAt('/var/lib/trellis/1001/store/images', mi)?.options).to.include('prjquota');
   });
 });
