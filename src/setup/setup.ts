@@ -226,6 +226,7 @@ function ensureQuotaConf(uid: number, storePath: string, xfsStore: boolean): 'cr
   const stores = parseQuotaConf(before);
   let projects = parseProjectRange(before);
   if (stores.includes(storePath) && (projects !== undefined || !xfsStore)) return 'already present';
+  ensureRootDir(QUOTA_CONF_DIR, ROOT, 0o755);
   if (projects === undefined && xfsStore) {
     const taken: ProjectRange[] = [];
     for (const f of readdirSync(QUOTA_CONF_DIR, { withFileTypes: true }).filter((e) => e.isFile() && e.name.endsWith('.conf'))) {
@@ -234,7 +235,6 @@ function ensureQuotaConf(uid: number, storePath: string, xfsStore: boolean): 'cr
     }
     projects = nextProjectRange(taken);
   }
-  ensureRootDir(QUOTA_CONF_DIR, ROOT, 0o755);
   writeFileAtomic(path, quotaConf(stores.includes(storePath) ? stores : [...stores, storePath], projects), { mode: 0o644, uid: 0, gid: 0 });
   return before === '' ? 'created' : 'updated';
 }
