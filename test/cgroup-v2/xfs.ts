@@ -58,11 +58,12 @@ async function startGdn(): Promise<void> {
     { encoding: 'utf8' },
   );
   eq(r.status, 0, `systemd-run gdn (${r.stderr})`);
-  client = new GardenClient(sock);
-  assert(await eventually(async () => { await client.ping(); return true; }, 120_000, 500), 'the XFS gdn answers');
+  // The client takes a path for a unix socket only once it exists: a new one each try.
+  assert(await eventually(async () => { client = new GardenClient(sock); await client.ping(); return true; }, 120_000, 500), 'the XFS gdn answers');
 }
 function stopGdn(): void {
   spawnSync('systemctl', ['--user', 'stop', `trellis-xfs-${unitN}`], { stdio: 'ignore' });
+  spawnSync('rm', ['-f', sock]);
 }
 function gdnLog(): string {
   return spawnSync('journalctl', ['--user', '-u', `trellis-xfs-${unitN}`, '--no-pager', '-n', '30'], { encoding: 'utf8' }).stdout;

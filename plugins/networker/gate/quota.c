@@ -509,6 +509,9 @@ static uint32_t xfs_allocate(const struct subvol *s)
 		refuse("no project id range is configured for uid %u (projects= in %s/%u.conf): run 'gdn setup' as root", caller, QUOTA_CONF_DIR, caller);
 	static uint8_t used[QUOTA_MAX_PROJECTS / 8];
 	xfs_used_ids(used);
+	/* XFS frees unlinked inodes in the background; statfs (as getquota) waits for that first, so a released project's files count as gone */
+	struct statfs sf;
+	(void)fstatfs(s->fd, &sf);
 	for (uint64_t p = proj_first; p <= proj_last; p++) {
 		if (used[(p - proj_first) / 8] & (1u << ((p - proj_first) % 8)))
 			continue;
