@@ -218,9 +218,10 @@ async function server(args: ServerArgs): Promise<void> {
     });
     // Issue #11: say at start whether disk limits will hold.
     if ((await store.driver()) === 'btrfs') log.info({ store: storePath, driver: 'btrfs' }, 'disk-limits.enforced');
+    else if (await store.quotaXfs()) log.info({ store: storePath, driver: 'overlay', quota: 'xfs' }, 'disk-limits.enforced');
     else {
       log.warn(
-        { store: storePath, driver: 'overlay', hint: 'gdn setup --store <new path> makes a btrfs store that enforces them' },
+        { store: storePath, driver: 'overlay', hint: 'gdn setup --store <new path> makes a btrfs (or, with --store-driver xfs, an XFS) store that enforces them' },
         'disk-limits.not-enforced: the overlay store records and reports disk limits but does not enforce them',
       );
     }

@@ -13,15 +13,29 @@ const ENV = { PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bi
 
 export type Scope = 'exclusive' | 'total';
 
-/** What the gate recorded for a limited image: the filesystem and the subvolume its qgroup is on. */
+/**
+ * What the gate recorded for a limited image: btrfs, the filesystem and the subvolume its
+ * qgroup is on; XFS, the project id the gate gave the image's dirs (fsid 'xfs', subvolume 0).
+ */
 export interface QuotaRecord {
   fsid: string;
   subvolume: number;
+  project?: number;
 }
 
-/** The `quota` lines of the conf file for a set of stores, for `gdn setup`. */
-export function quotaConf(stores: string[]): string {
-  return `# written by gdn setup: the stores whose containers cni-gate may limit (issue #11)\n${[...new Set(stores)].map((s) => `store=${s}\n`).join('')}`;
+/** A user's XFS project ids, FIRST-LAST: root gives each user its own block (the gate allocates only from it). */
+export interface ProjectRange {
+  first: number;
+  last: number;
+}
+export const PROJECT_BLOCK = 65536;
+/** Far above the ids an administrator hands out by hand in /etc/projid. */
+export const PROJECT_BASE = 1 << 20;
+
+/** The conf file for a set of stores (and the user's project range, when it has an XFS store), for `gdn setup`. */
+export function quotaConf(stores: string[], projects?: ProjectRange): string {
+  const range = projects === undefined ? '' : `projects=${projects.first}-${projects.last}\n`;
+  return `# written by gdn setup: the stores whose containers cni-gate may limit (issue #11)\n${range}${[...new Set(stores)].map((s) => `store=${s}\n`).join('')}`;
 }
 
 /** The store paths of a conf file's text (lines that are not store= are left out). */
@@ -30,6 +44,21 @@ export function parseQuotaConf(text: string): string[] {
     .split('\n')
     .filter((l) => l.startsWith('store='))
     .map((l) => l.slice('store='.length));
+}
+
+/** The projects= range of a conf file's text, if any. */
+export function parseProjectRange(text: string): ProjectRange | undefined {
+  const m = /^projects=(\d+)-(\d+)$/m.exec(text);
+  return m ? { first: Number(m[1]), last: Number(m[2]) } : undefined;
+}
+
+/** The first block of PROJECT_BLOCK ids no other user's conf holds. */
+export function nextProjectRange(taken: ProjectRange[]): ProjectRange {
+  for (let first = PROJECT_BASE; first + PROJECT_BLOCK - 1 < 0xffffffff; first += PROJECT_BLOCK) {
+    const last = first + PROJECT_BLOCK - 1;
+    if (!taken.some((t) => t.first <= last && first <= t.last)) return { first, last };
+  }
+  throw new Error('no free block of XFS project ids is left');
 }
 
 export class QuotaGate {
@@ -44,12 +73,28 @@ export class QuotaGate {
     return r.stdout;
   }
 
-  /** Limits <store>/images/<id>/rootfs: exclusive bytes, or referenced (image + writes) bytes. */
-  async limit(store: string, id: string, scope: Scope, bytes: number): Promise<QuotaRecord> {
-    const out = await this.call(['limit', store, id, scope, String(Math.floor(bytes))]);
+  /**
+   * btrfs: limits <store>/images/<id>/rootfs, exclusive bytes or referenced (image + writes)
+   * bytes. XFS: limits the project of <store>/images/<id> (exclusive only; bytes 0 is no byte
+   * limit) and, when given, its inodes.
+   */
+  async limit(store: string, id: string, scope: Scope, bytes: number, inodes?: number): Promise<QuotaRecord> {
+    const args = ['limit', store, id, scope, String(Math.floor(bytes))];
+    if (inodes !== undefined && inodes > 0) args.push(String(Math.floor(inodes)));
+    const out = await this.call(args);
+    const x = /^xfs (\d+)\n?$/.exec(out);
+    if (x) return { fsid: 'xfs', subvolume: 0, project: Number(x[1]) };
     const m = /^([0-9a-f]{32}) (\d+)\n?$/.exec(out);
     if (!m) throw new ExternalFailure('cni-gate', `unexpected output from cni-gate quota limit: ${out.slice(0, 80)}`);
     return { fsid: m[1] as string, subvolume: Number(m[2]) };
+  }
+
+  /** XFS: what the image's project owns (Q_XGETQUOTA, root's to read). */
+  async usage(store: string, id: string): Promise<{ bytes: number; inodes: number }> {
+    const out = await this.call(['usage', store, id]);
+    const m = /^(\d+) (\d+)\n?$/.exec(out);
+    if (!m) throw new ExternalFailure('cni-gate', `unexpected output from cni-gate quota usage: ${out.slice(0, 80)}`);
+    return { bytes: Number(m[1]), inodes: Number(m[2]) };
   }
 
   async release(store: string, id: string): Promise<void> {

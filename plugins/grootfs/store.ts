@@ -13,6 +13,7 @@ import { ensureDir } from '../../src/mkdirp.js';
 import { asUser } from '../../src/setup/host-files.js';
 import { closeSync, existsSync, constants as fsc, fchmodSync, fchownSync, fstatSync, lstatSync, mkdirSync, openSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import * as btrfs from './btrfs.js';
+import * as xfs from './xfs.js';
 import type { Platform, ResolvedImage } from './image.js';
 import { withLock } from './locks.js';
 import { chainIDs } from './oci.js';
@@ -63,6 +64,8 @@ export interface CreateOptions {
   image: string;
   id: string;
   diskLimitBytes?: number;
+  /** Garden's inode_hard: enforced on an XFS store; btrfs qgroups count bytes only (logged, not enforced). */
+  diskLimitInodes?: number;
   excludeImageFromQuota?: boolean;
   username?: string;
   password?: string;
@@ -72,6 +75,13 @@ export interface CreateOptions {
 
 export interface DiskStats {
   disk_usage: { total_bytes_used: number; exclusive_bytes_used: number };
+}
+
+/** What the daemon's metrics take: bytes, and the inodes the container made where the store counts them (XFS). */
+export interface DiskUsage {
+  total: number;
+  exclusive: number;
+  exclusiveInodes?: number;
 }
 
 /** What `<image>/image.json` records. */
@@ -86,8 +96,9 @@ export interface ImageRecord {
   baseBytes?: number;
   created: string;
   diskLimitBytes: number;
+  diskLimitInodes?: number;
   excludeImageFromQuota: boolean;
-  /** btrfs: the qgroup the gate limited (issue #11); absent when no limit was set. */
+  /** btrfs: the qgroup the gate limited; XFS: the project (issue #11); absent when no limit was set. */
   quota?: QuotaRecord;
 }
 
@@ -99,6 +110,8 @@ export const DEFAULT_ENV: string[] = [];
 export const STORE_DIRS = ['images', 'volumes', 'meta', 'locks', 'tmp', 'meta/dependencies', 'l'];
 
 const DRIVER_FILE = 'meta/driver';
+/** `xfs`: an overlay store on XFS with project quotas, whose limits the gate sets (issue #11). */
+const QUOTA_FILE = 'meta/quota';
 const GLOBAL_LOCK = 'global-groot-lock';
 const INCOMPLETE = '-incomplete-';
 
@@ -222,6 +235,7 @@ export class ImageStore {
   /** btrfs: the store filesystem's uuid in /sys/fs/btrfs, and each image's subvolume id (for usage). */
   private fsUuid?: Promise<string | undefined>;
   private readonly subvolumes = new Map<string, number>();
+  private xfsQuota?: Promise<boolean>;
 
   constructor(opts: StoreOptions) {
     if (opts.driver !== undefined && opts.driver !== 'overlay' && opts.driver !== 'btrfs') {
@@ -278,6 +292,12 @@ export class ImageStore {
     return recorded;
   }
 
+  /** An overlay store made on XFS with project quotas (init-store's `xfs`): limits go through the gate. */
+  async quotaXfs(): Promise<boolean> {
+    this.xfsQuota ??= readFile(join(this.storePath, QUOTA_FILE), 'utf8').then((t) => t.trim() === 'xfs', () => false);
+    return this.xfsQuota;
+  }
+
   /**
    * As root: prepares the store for its owner (the host id of the `0:<host>:1`
    * mapping). Root only makes the store directory itself (its parents must be
@@ -287,7 +307,7 @@ export class ImageStore {
    * store recorded with mappings that `opts`' extend (mappingsExtend) is re-recorded
    * with the larger ones instead of refused.
    */
-  async initStore(opts: { uidMappings: IdMapping[]; gidMappings: IdMapping[]; storeSizeBytes?: number; backingFile?: string; growMappings?: boolean }): Promise<void> {
+  async initStore(opts: { uidMappings: IdMapping[]; gidMappings: IdMapping[]; storeSizeBytes?: number; backingFile?: string; growMappings?: boolean; xfs?: boolean }): Promise<void> {
     const log = this.log.child({ session: 'init-store', store: this.storePath });
     if (process.getuid?.() !== 0) {
       throw new FailedPrecondition('ERR_TRELLIS_NOT_ROOT', `store ${this.storePath} can only be initialized by Root user`);
@@ -319,6 +339,12 @@ export class ImageStore {
     if (recorded !== undefined && recorded !== driver) throw mismatch(recorded);
     if (driver === 'btrfs') {
       await btrfs.prepareBtrfsStore(this.storePath, opts.storeSizeBytes ?? 0, opts.backingFile ?? `${this.storePath}.backing-store`, log);
+      recorded = recordedNow();
+      if (recorded !== undefined && recorded !== driver) throw mismatch(recorded);
+    }
+    if (opts.xfs === true) {
+      if (driver !== 'overlay') throw new InvalidArgument('an XFS store is an overlay store');
+      await xfs.prepareXfsStore(this.storePath, opts.storeSizeBytes ?? 0, opts.backingFile ?? `${this.storePath}.backing-store`, log);
       recorded = recordedNow();
       if (recorded !== undefined && recorded !== driver) throw mismatch(recorded);
     }
@@ -376,6 +402,9 @@ export class ImageStore {
       if (readNoFollow(join(this.storePath, DRIVER_FILE)) === undefined) {
         writeFileSync(join(this.storePath, DRIVER_FILE), `${driver}\n`, { mode: 0o644, flag: 'wx' });
       }
+      if (opts.xfs === true && readNoFollow(join(this.storePath, QUOTA_FILE)) === undefined) {
+        writeFileSync(join(this.storePath, QUOTA_FILE), 'xfs\n', { mode: 0o644, flag: 'wx' });
+      }
     };
     if (owner.uid === 0) inside();
     else asUser(owner, inside);
@@ -390,8 +419,13 @@ export class ImageStore {
     if (!Number.isFinite(diskLimitBytes) || diskLimitBytes < 0) {
       throw new InvalidArgument('invalid argument: disk limit cannot be negative');
     }
+    const diskLimitInodes = opts.diskLimitInodes ?? 0;
+    if (!Number.isSafeInteger(diskLimitInodes) || diskLimitInodes < 0) {
+      throw new InvalidArgument('invalid argument: inode limit cannot be negative');
+    }
     await this.ensureInitialised();
     const driver = await this.driver();
+    const onXfs = driver === 'overlay' && (await this.quotaXfs());
     log.info({ image: redactUrl(opts.image), driver, diskLimitBytes, hasCredentials: Boolean(opts.username) }, 'create.start');
     const imageDir = join(this.imagesDir, opts.id);
     if (OVERLAY_UNSAFE.test(imageDir)) {
@@ -428,10 +462,20 @@ export class ImageStore {
         baseBytes,
         created: new Date().toISOString(),
         diskLimitBytes,
+        ...(diskLimitInodes > 0 ? { diskLimitInodes } : {}),
         excludeImageFromQuota: exclude,
       };
+      let limitTried = false;
       try {
+        if (onXfs && (diskLimitBytes > 0 || diskLimitInodes > 0)) {
+          limitTried = true;
+          // XFS counts the container's writes only: a total limit leaves them what the image does not take (at least a byte).
+          const bytes = diskLimitBytes === 0 ? 0 : exclude ? diskLimitBytes : Math.max(1, diskLimitBytes - baseBytes);
+          record.quota = await this.gate.limit(this.storePath, opts.id, 'exclusive', bytes, diskLimitInodes);
+          log.info({ diskLimitBytes, diskLimitInodes, writeBytes: bytes, scope: exclude ? 'exclusive' : 'total', project: record.quota.project }, 'create.disk-limit-set');
+        }
         if (driver === 'btrfs' && diskLimitBytes > 0) {
+          limitTried = true;
           // Garden's scopes: exclusive counts the container's writes, total its image too (the snapshot's referenced bytes).
           record.quota = await this.gate.limit(this.storePath, opts.id, exclude ? 'exclusive' : 'total', diskLimitBytes);
           this.subvolumes.set(opts.id, record.quota.subvolume);
@@ -440,11 +484,16 @@ export class ImageStore {
         await writeFile(join(imageDir, 'image.json'), JSON.stringify(record), { mode: 0o600 });
       } catch (err) {
         await this.removeImageDir(imageDir, driver, log).catch(() => undefined);
-        if (record.quota) await this.gate.release(this.storePath, opts.id).catch(() => undefined);
+        // A limit that failed half-way may have left the gate's record: release drops it (a no-op when there is none).
+        if (limitTried) await this.gate.release(this.storePath, opts.id).catch(() => undefined);
         this.subvolumes.delete(opts.id);
         throw err;
       }
-      if (diskLimitBytes > 0 && driver !== 'btrfs') {
+      if (diskLimitInodes > 0 && driver === 'btrfs') {
+        // Garden's grootfs btrfs driver ignored inode limits too: the create succeeds, the bytes stay limited.
+        log.warn({ diskLimitInodes, reason: 'btrfs qgroups count bytes only: the inode limit is recorded, not enforced' }, 'create.inode-limit-not-enforced');
+      }
+      if ((diskLimitBytes > 0 || diskLimitInodes > 0) && driver !== 'btrfs' && !onXfs) {
         log.warn(
           { diskLimitBytes, reason: `the ${driver} driver cannot enforce disk limits without root; the limit is recorded and reported only` },
           'create.disk-limit-not-enforced',
@@ -713,6 +762,12 @@ export class ImageStore {
   }
 
   async stats(idOrPath: string): Promise<DiskStats> {
+    const u = await this.usage(idOrPath);
+    return { disk_usage: { total_bytes_used: u.total, exclusive_bytes_used: u.exclusive } };
+  }
+
+  /** An image's disk usage: from the quota where there is one (no tree walk), else from the tree. */
+  async usage(idOrPath: string): Promise<DiskUsage> {
     const id = this.idFrom(idOrPath);
     validateImageId(id);
     const imageDir = join(this.imagesDir, id);
@@ -727,17 +782,21 @@ export class ImageStore {
     }
     if ((record.driver ?? 'overlay') === 'btrfs') {
       const q = await this.qgroupStats(id, record);
-      if (q) return { disk_usage: { total_bytes_used: q.total, exclusive_bytes_used: q.exclusive } };
-      const u = await btrfs.usage(join(imageDir, 'rootfs'), await this.mappings());
-      return { disk_usage: { total_bytes_used: u.total, exclusive_bytes_used: u.exclusive } };
+      if (q) return q;
+      return btrfs.usage(join(imageDir, 'rootfs'), await this.mappings());
     }
     let lower = record.baseBytes;
     if (lower === undefined) {
       lower = 0;
       for (const dir of record.lowerDirs ?? [record.source]) lower += await this.lowerDirBytes(dir);
     }
+    if (record.quota?.project !== undefined) {
+      // XFS: the project's counters (what the container wrote, in blocks, and its inodes).
+      const q = await this.gate.usage(this.storePath, id);
+      return { total: lower + q.bytes, exclusive: q.bytes, exclusiveInodes: q.inodes };
+    }
     const upper = await treeBytes(join(imageDir, 'diff'));
-    return { disk_usage: { total_bytes_used: lower + upper, exclusive_bytes_used: upper } };
+    return { total: lower + upper, exclusive: upper };
   }
 
   /** btrfs with quotas on: the image's qgroup counters (no tree walk); undefined when quotas are off. */
@@ -879,11 +938,17 @@ export class ImageStore {
     }
     log.info('delete-store.start');
     const maps = await this.mappings();
+    const release = (img: string): Promise<void> =>
+      this.gate.release(this.storePath, img).catch((err: unknown) => log.warn({ image: img, error: errorMessage(err) }, 'delete-store.quota-release-failed'));
+    const limited: string[] = [];
+    for (const img of await readdir(this.imagesDir).catch(() => [] as string[])) {
+      const has = await readFile(join(this.imagesDir, img, 'image.json'), 'utf8').then((t) => (JSON.parse(t) as Partial<ImageRecord>).quota !== undefined, () => false);
+      if (has) limited.push(img);
+    }
     if ((await this.driver().catch(() => 'overlay')) === 'btrfs') {
       for (const img of await readdir(this.imagesDir).catch(() => [] as string[])) {
-        const limited = await readFile(join(this.imagesDir, img, 'image.json'), 'utf8').then((t) => (JSON.parse(t) as Partial<ImageRecord>).quota !== undefined, () => false);
         await btrfs.deleteSubvolume(join(this.imagesDir, img, 'rootfs'), maps, log).catch(() => undefined);
-        if (limited) await this.gate.release(this.storePath, img).catch((err: unknown) => log.warn({ image: img, error: errorMessage(err) }, 'delete-store.quota-release-failed'));
+        if (limited.includes(img)) await release(img);
       }
       for (const v of await readdir(this.volumesDir).catch(() => [] as string[])) {
         await btrfs.deleteSubvolume(this.volumePath(v), maps, log).catch(() => undefined);
@@ -892,6 +957,8 @@ export class ImageStore {
     // meta (holding the mappings) goes last, so a failed run can be retried.
     const order = names.filter((n) => n !== 'meta').concat(names.includes('meta') ? ['meta'] : []);
     await removeTrees(order.map((n) => join(this.storePath, n)), maps, { run: this.run, log });
+    // XFS: each project is released once its files are gone, so its id is free and owns nothing.
+    if ((await this.driver().catch(() => 'overlay')) !== 'btrfs') for (const img of limited) await release(img);
     try {
       await rmdir(this.storePath);
     } catch (err) {

@@ -344,6 +344,8 @@ async function metricsOf(gardener: Gardener, handle: string): Promise<string> {
     const s = await gardener.stats(handle);
     m.disk.TotalBytesUsed = BigInt(s.totalBytesUsed);
     m.disk.ExclusiveBytesUsed = BigInt(s.exclusiveBytesUsed);
+    // XFS stores count the container's inodes (issue #11); the image's are not counted, so the total stays Garden's 0.
+    if (s.exclusiveInodesUsed !== undefined) m.disk.ExclusiveInodesUsed = BigInt(s.exclusiveInodesUsed);
   } catch {
     // disk figures unavailable
   }

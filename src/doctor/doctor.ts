@@ -179,7 +179,16 @@ export function runChecks(e: DoctorEnv): Finding[] {
     } catch {
       // stores made before the driver was recorded are overlay stores
     }
-    if (driver !== 'btrfs') {
+    let xfsQuota = false;
+    try {
+      xfsQuota = driver === 'overlay' && readFileSync(join(e.store, 'meta', 'quota'), 'utf8').trim() === 'xfs';
+    } catch {
+      // an overlay store without project quotas
+    }
+    if (xfsQuota) {
+      if (!quotaListed(e.quotaConfDir, e.store, e.uid)) add('disk-limits', 'fail', `${e.store} is an XFS store the gate may not limit (not in ${e.quotaConfDir}/${e.uid}.conf)`, setupFix(e));
+      else add('disk-limits', 'ok', `${e.store}: XFS project quotas, limits (bytes and inodes) set through the gate`);
+    } else if (driver !== 'btrfs') {
       add('disk-limits', 'warn', `${e.store} is an ${driver} store: disk limits are recorded and reported, not enforced`, `${setupFix(e)} --store <a new path> (a btrfs store with quotas), then gdn server --store <that path>`);
     } else if (!quotaListed(e.quotaConfDir, e.store, e.uid)) {
       add('disk-limits', 'fail', `${e.store} is a btrfs store the gate may not limit (not in ${e.quotaConfDir}/${e.uid}.conf)`, setupFix(e));

@@ -281,6 +281,7 @@ export class Gardener {
           key,
           image: imageUri,
           diskLimitBytes: spec.limits.disk_limits.byte_hard,
+          diskLimitInodes: spec.limits.disk_limits.inode_hard,
           excludeImageFromQuota: spec.limits.disk_limits.scope === 1n,
           username: spec.username || undefined,
           password: spec.password || undefined,

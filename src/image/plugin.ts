@@ -14,6 +14,8 @@ export interface ImageRequest {
   key: string;
   image: string;
   diskLimitBytes?: bigint;
+  /** Garden's inode_hard (issue #11): the in-process store enforces it on XFS; an exec plugin is not told. */
+  diskLimitInodes?: bigint;
   excludeImageFromQuota?: boolean;
   username?: string;
   password?: string;
@@ -32,7 +34,7 @@ export interface ImagePlugin {
   readonly name: string;
   create(req: ImageRequest): Promise<ImageResult>;
   destroy(handle: string, key: string): Promise<void>;
-  stats(handle: string, key: string): Promise<{ totalBytesUsed: number; exclusiveBytesUsed: number }>;
+  stats(handle: string, key: string): Promise<{ totalBytesUsed: number; exclusiveBytesUsed: number; exclusiveInodesUsed?: number }>;
 }
 
 export class InProcessImagePlugin implements ImagePlugin {
@@ -44,6 +46,7 @@ export class InProcessImagePlugin implements ImagePlugin {
       image: req.image,
       id: req.key,
       diskLimitBytes: req.diskLimitBytes === undefined ? undefined : Number(req.diskLimitBytes),
+      diskLimitInodes: req.diskLimitInodes === undefined ? undefined : Number(req.diskLimitInodes),
       excludeImageFromQuota: req.excludeImageFromQuota,
       username: req.username,
       password: req.password,
@@ -56,8 +59,8 @@ export class InProcessImagePlugin implements ImagePlugin {
   }
 
   async stats(_handle: string, key: string) {
-    const s = await this.store.stats(key);
-    return { totalBytesUsed: s.disk_usage.total_bytes_used, exclusiveBytesUsed: s.disk_usage.exclusive_bytes_used };
+    const u = await this.store.usage(key);
+    return { totalBytesUsed: u.total, exclusiveBytesUsed: u.exclusive, ...(u.exclusiveInodes === undefined ? {} : { exclusiveInodesUsed: u.exclusiveInodes }) };
   }
 }
 

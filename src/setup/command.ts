@@ -6,7 +6,7 @@ import { notRootError, replaySetup, runSetup, type LogLevel } from './setup.js';
 export interface SetupArgs {
   'rootless-uid'?: number;
   'rootless-gid'?: number;
-  'store-driver'?: 'overlay' | 'btrfs';
+  'store-driver'?: 'overlay' | 'btrfs' | 'xfs';
   store?: string;
   'store-size-bytes'?: number;
   'network-subnet'?: string;
@@ -54,9 +54,9 @@ export const setupCommand: CommandModule<object, SetupArgs> = {
     yargs
       .option('rootless-uid', { type: 'number', describe: 'uid of the user who will run gdn server (default: $SUDO_UID)' })
       .option('rootless-gid', { type: 'number', describe: 'gid of that user (default: $SUDO_GID)' })
-      .option('store-driver', { choices: ['overlay', 'btrfs'] as const, describe: "image store driver: btrfs (default for a new store; enforces disk limits) or overlay (limits recorded, not enforced); an existing store keeps its own" })
+      .option('store-driver', { choices: ['overlay', 'btrfs', 'xfs'] as const, describe: "image store driver: btrfs (default for a new store where the kernel has btrfs; enforces disk limits), xfs (overlay on an XFS loopback filesystem with project quotas: enforces byte and inode limits; the default without btrfs where the kernel has XFS quota) or overlay (limits recorded, not enforced); an existing store keeps its own" })
       .option('store', { type: 'string', describe: 'image store to initialise (default /var/lib/trellis/UID/store)' })
-      .option('store-size-bytes', { type: 'number', describe: 'btrfs: size of the loopback filesystem (sparse; default 10 GiB)' })
+      .option('store-size-bytes', { type: 'number', describe: 'btrfs, xfs: size of the loopback filesystem (sparse; default 10 GiB; XFS at least 300 MiB)' })
       .option('network-subnet', { type: 'string', describe: "the user's container subnet (default: the next free /24 of 10.88.0.0/16)" })
       .option('network-pool', { type: 'string', describe: "an address pool (CIDR, /12 to /30) whose subnets the user's creates may ask for, each its own bridge (default: none; kept once granted)" })
       .option('subid-count', { type: 'number', describe: "subordinate uids and gids to grant the user (default 65536, the least; a larger range lets containers use ids up to that count, e.g. 1000000001 for uid 1000000000); a smaller range the user has grows in place when the ids after it are free, else setup refuses" })

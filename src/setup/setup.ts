@@ -8,7 +8,9 @@ import { buildMappings, formatMapping, nextFreeStart, parseSubIds, primaryRange,
 import { ROOTFS_SOURCE, userPathsForSetup } from '../paths.js';
 import { ImageStore } from '../../plugins/grootfs/store.js';
 import { enableQuota, kernelHasBtrfs } from '../../plugins/grootfs/btrfs.js';
-import { parseQuotaConf, QUOTA_CONF_DIR, quotaConf } from '../../plugins/grootfs/quota.js';
+import { nextProjectRange, parseProjectRange, parseQuotaConf, QUOTA_CONF_DIR, quotaConf, type ProjectRange } from '../../plugins/grootfs/quota.js';
+import { kernelHasXfsQuota } from '../../plugins/grootfs/xfs.js';
+import { readdirSync } from 'node:fs';
 import { delegateCgroups, hierarchyLabel, parseMountinfo, planCgroups } from './cgroups.js';
 import { ensureRootDir, ensureUserDir, lstatOrUndefined, readTextOrEmpty, writeFileAtomic, type Owner } from './host-files.js';
 import { importRootfs } from './rootfs.js';
@@ -21,10 +23,11 @@ export type LogLevel = 'debug' | 'info' | 'error' | 'fatal';
 export interface SetupOptions {
   uid: number;
   gid: number;
-  storeDriver?: 'overlay' | 'btrfs';
+  /** xfs: an overlay store on an XFS loopback filesystem with project quotas (issue #11). */
+  storeDriver?: 'overlay' | 'btrfs' | 'xfs';
   /** The image store to initialise (default: the user's, /var/lib/trellis/UID/store). */
   store?: string;
-  /** btrfs: size of the loopback filesystem made when the store is not on btrfs already. */
+  /** btrfs, xfs: size of the loopback filesystem made when the store is not on one already. */
   storeSizeBytes?: number;
   /** The user's container subnet and net-in host ports (default: the next free ones). */
   networkSubnet?: string;
@@ -66,8 +69,8 @@ export async function runSetup(opts: SetupOptions, print: (line: string) => void
   if (opts.uid === 0) {
     throw new InvalidArgument('gdn setup prepares an ordinary user, not root: pass --rootless-uid <uid> of the user who will run gdn server');
   }
-  if (opts.storeDriver !== undefined && opts.storeDriver !== 'overlay' && opts.storeDriver !== 'btrfs') {
-    throw new InvalidArgument(`unsupported store driver '${String(opts.storeDriver)}': want overlay or btrfs`);
+  if (opts.storeDriver !== undefined && opts.storeDriver !== 'overlay' && opts.storeDriver !== 'btrfs' && opts.storeDriver !== 'xfs') {
+    throw new InvalidArgument(`unsupported store driver '${String(opts.storeDriver)}': want overlay, btrfs or xfs`);
   }
   if (opts.store !== undefined && (!opts.store.startsWith('/') || opts.store.split('/').includes('..'))) {
     throw new InvalidArgument(`--store must be an absolute path without '..', got '${opts.store}'`);
@@ -117,22 +120,26 @@ export async function runSetup(opts: SetupOptions, print: (line: string) => void
   // d. image store
   const storePath = opts.store ?? paths.store;
   const storeExisted = lstatOrUndefined(join(storePath, 'meta', 'namespace.json')) !== undefined;
-  const driver = opts.storeDriver ?? defaultStoreDriver(storePath);
-  // A btrfs backing file lives in a root-owned dir: root mounts it, so the user must not be able to swap it.
-  const backingFile = join(stateParent, `${opts.uid}-${storePath.split('/').filter(Boolean).join('_')}.btrfs`);
-  await new ImageStore({ storePath, driver }).initStore({
+  // A backing file lives in a root-owned dir: root mounts it, so the user must not be able to swap it.
+  const backingBase = join(stateParent, `${opts.uid}-${storePath.split('/').filter(Boolean).join('_')}`);
+  const driver = opts.storeDriver ?? defaultStoreDriver(storePath, kernelHasBtrfs, kernelHasXfsQuota, `${backingBase}.xfs`);
+  const backingFile = `${backingBase}.${driver === 'xfs' ? 'xfs' : 'btrfs'}`;
+  await new ImageStore({ storePath, driver: driver === 'xfs' ? 'overlay' : driver }).initStore({
     uidMappings,
     gidMappings,
     storeSizeBytes: opts.storeSizeBytes,
     backingFile,
     // Issue #8: a range that grew in place maps every old id the same way: the store is re-recorded, not refused.
     growMappings: true,
+    xfs: driver === 'xfs',
   });
   info(
-    `image store ${storePath} (${driver}${driver === 'btrfs' ? ` on ${backingFile}` : ''}, owner ${opts.uid}, mappings ${uidMappings.map(formatMapping).join(' ')}) (${storeExisted ? 'already present' : 'created'})`,
+    `image store ${storePath} (${driver === 'xfs' ? 'overlay on XFS' : driver}${driver !== 'overlay' ? ` on ${backingFile}` : ''}, owner ${opts.uid}, mappings ${uidMappings.map(formatMapping).join(' ')}) (${storeExisted ? 'already present' : 'created'})`,
   );
   if (driver === 'btrfs') {
-    info(`disk limits on ${storePath}: btrfs qgroups (${await enableQuota(storePath)}), ${QUOTA_CONF_DIR}/${opts.uid}.conf (${ensureQuotaConf(opts.uid, storePath)})`);
+    info(`disk limits on ${storePath}: btrfs qgroups (${await enableQuota(storePath)}), ${QUOTA_CONF_DIR}/${opts.uid}.conf (${ensureQuotaConf(opts.uid, storePath, false)})`);
+  } else if (driver === 'xfs') {
+    info(`disk limits on ${storePath}: XFS project quotas (mounted prjquota), ${QUOTA_CONF_DIR}/${opts.uid}.conf (${ensureQuotaConf(opts.uid, storePath, true)})`);
   } else {
     info(`disk limits on ${storePath}: NOT enforced (overlay store: limits are recorded and reported only; the default btrfs store enforces them)`);
   }
@@ -187,28 +194,48 @@ type DirKind = 'root' | 'user';
  * overlay store is never converted under its containers); a new one is btrfs, the
  * store that enforces disk limits (issue #11), where this kernel has btrfs.
  */
-export function defaultStoreDriver(storePath: string, hasBtrfs = kernelHasBtrfs): 'overlay' | 'btrfs' {
+export function defaultStoreDriver(
+  storePath: string,
+  hasBtrfs = kernelHasBtrfs,
+  hasXfsQuota = kernelHasXfsQuota,
+  xfsBacking?: string,
+): 'overlay' | 'btrfs' | 'xfs' {
   const recorded = readTextOrEmpty(join(storePath, 'meta', 'driver')).trim();
+  if (recorded === 'overlay' && readTextOrEmpty(join(storePath, 'meta', 'quota')).trim() === 'xfs') return 'xfs';
   if (recorded === 'btrfs' || recorded === 'overlay') return recorded;
   if (lstatOrUndefined(join(storePath, 'meta', 'namespace.json')) !== undefined) return 'overlay';
-  if (!hasBtrfs()) {
-    throw new FailedPrecondition(
-      'ERR_TRELLIS_NO_QUOTA_STORE',
-      'this kernel has no btrfs, so gdn setup cannot make a store that enforces disk limits (XFS project quotas are not supported yet)',
-      'modprobe btrfs and run setup again, or pass --store-driver overlay for a store whose disk limits are recorded but not enforced',
-    );
-  }
-  return 'btrfs';
+  // An XFS store not mounted (after a reboot): its backing file says what it is.
+  if (xfsBacking !== undefined && lstatOrUndefined(xfsBacking) !== undefined) return 'xfs';
+  if (hasBtrfs()) return 'btrfs';
+  if (hasXfsQuota()) return 'xfs';
+  throw new FailedPrecondition(
+    'ERR_TRELLIS_NO_QUOTA_STORE',
+    'this kernel has neither btrfs nor XFS quota support, so gdn setup cannot make a store that enforces disk limits',
+    'modprobe btrfs (or xfs, on a kernel built with XFS quota) and run setup again, or pass --store-driver overlay for a store whose disk limits are recorded but not enforced',
+  );
 }
 
-/** /etc/trellis/quota/<uid>.conf lists every btrfs store of the user: the gate limits containers of those only. */
-function ensureQuotaConf(uid: number, storePath: string): 'created' | 'updated' | 'already present' {
+/**
+ * /etc/trellis/quota/<uid>.conf lists every quota store of the user (btrfs or XFS): the
+ * gate limits containers of those only. A user with an XFS store also gets a block of
+ * project ids no other user's conf holds (projects=FIRST-LAST), from which the gate allocates.
+ */
+function ensureQuotaConf(uid: number, storePath: string, xfsStore: boolean): 'created' | 'updated' | 'already present' {
   const path = join(QUOTA_CONF_DIR, `${uid}.conf`);
   const before = readTextOrEmpty(path);
   const stores = parseQuotaConf(before);
-  if (stores.includes(storePath)) return 'already present';
+  let projects = parseProjectRange(before);
+  if (stores.includes(storePath) && (projects !== undefined || !xfsStore)) return 'already present';
   ensureRootDir(QUOTA_CONF_DIR, ROOT, 0o755);
-  writeFileAtomic(path, quotaConf([...stores, storePath]), { mode: 0o644, uid: 0, gid: 0 });
+  if (projects === undefined && xfsStore) {
+    const taken: ProjectRange[] = [];
+    for (const f of readdirSync(QUOTA_CONF_DIR, { withFileTypes: true }).filter((e) => e.isFile() && e.name.endsWith('.conf'))) {
+      const r = parseProjectRange(readTextOrEmpty(join(QUOTA_CONF_DIR, f.name)));
+      if (r !== undefined) taken.push(r);
+    }
+    projects = nextProjectRange(taken);
+  }
+  writeFileAtomic(path, quotaConf(stores.includes(storePath) ? stores : [...stores, storePath], projects), { mode: 0o644, uid: 0, gid: 0 });
   return before === '' ? 'created' : 'updated';
 }
 

@@ -153,7 +153,8 @@ describe('cni-gate quota attacks (issue #11): another user cannot limit, or rele
     }
     // any other name is a name: only an image of my own store can be found under it
     for (const id of ['-x', 'x'.repeat(255), '5', 'qvictim']) refused(['limit', store, id, 'exclusive', '1048576'], /no image/);
-    refused(['limit', store, 'x', 'exclusive', '1048576', '0/5'], /wrong number of arguments/);
+    refused(['limit', store, 'x', 'exclusive', '1048576', '0/5'], /bad inode limit/);
+    refused(['limit', store, 'x', 'exclusive', '1048576', '100', '0/5'], /wrong number of arguments/);
     refused(['release', store, 'x', '256'], /wrong number of arguments/);
   });
 
@@ -161,6 +162,10 @@ describe('cni-gate quota attacks (issue #11): another user cannot limit, or rele
     for (const bytes of ['-1', '0', '-0', '007', '1e9', '0x100000', ' 1048576', '1048576 ', '18446744073709551615', '18446744073709551616', String(2 ** 50 + 1), '99999999999999999999999', '']) {
       refused(['limit', store, 'x', 'exclusive', bytes], /bad limit/);
     }
+    for (const inodes of ['0', '-1', '007', '4294967297', '1e3', ' 5', '']) refused(['limit', store, 'x', 'exclusive', '1048576', inodes], /bad inode limit/);
+    // an inode limit on btrfs (qgroups count bytes) is refused by the gate, whatever the image
+    refused(['limit', store, 'x', 'exclusive', '1048576', '100'], /inode limits need an XFS store|no image/);
+    refused(['usage', store, 'x'], /quota usage is for XFS stores/);
     refused(['limit', store, 'x', 'referenced', '1048576'], /bad scope/);
     refused(['limit', store, 'x', '', '1048576'], /bad scope/);
     refused(['set', store, 'x'], /unknown quota command/);

@@ -211,6 +211,21 @@ describe('disk limits on the btrfs quota store (integration, issue #11)', functi
     expect(await eventually(() => !existsSync(qgroup), 60_000, 500), `${qgroup} removed`).to.equal(true);
   });
 
+  it('issue 11: inode_hard on btrfs is accepted and not enforced (qgroups count bytes; Garden\'s btrfs driver ignored it), the byte limit still holds', async function () {
+    const h = await server.client.create(
+      spec({ limits: { disk_limits: { byte_hard: 16 * MiB, inode_hard: 20, scope: DiskLimitScope.Exclusive } } }),
+    );
+    // 60 files where 20 inodes were asked for: all made
+    const files = await runAndWait(server.client, h, sh('mkdir /many && i=0; while [ $i -lt 60 ]; do touch /many/f$i || exit 1; i=$((i+1)); done; ls /many | wc -l'));
+    expect(files.code, files.stderr).to.equal(0);
+    expect(files.stdout.trim()).to.equal('60');
+    const over = await write(server, h, '/big', 32);
+    expect(over.code, over.stdout).to.not.equal(0);
+    expect(over.stdout).to.match(QUOTA_ERROR);
+    expect(server.logs()).to.include('create.inode-limit-not-enforced');
+    await server.client.destroy(h);
+  });
+
   it('a restarted server keeps enforcing the limits of the containers it adopts', async function () {
     const h = await server.client.create(limited(20 * MiB, DiskLimitScope.Exclusive));
     await server.stop();
