@@ -12,7 +12,7 @@ import { userInfo } from 'node:os';
 import { dirname, join } from 'node:path';
 import { execa } from 'execa';
 import {
-  cleanupServer, dumpLogsIfFailed, entries, leftovers, REPO, runAndWait, runtimeDir, type Server, sh, spec, startServer, STORE,
+  cleanupServer, dumpLogsIfFailed, entries, leftovers, REPO, runAndWait, runtimeDir, type Server, sh, spec, startServer, STORE, teardownFinished,
 } from './harness.js';
 import { busyboxLayerEntries, type Entry, gzip, layerTar, writeOciLayout, type WrittenLayout, subuidStart, chainIds } from './images.js';
 import { type Registry, startRegistry, stopAllRegistries } from './registry.js';
@@ -241,6 +241,8 @@ describe('images: the seed walkthrough grootfs steps (integration, issue #3)', f
     } finally {
       await server.client.destroy(handle).catch(() => undefined);
     }
+    // destroy replies once the teardown is journaled (issue #10): the image goes with its end
+    expect(await teardownFinished(handle, server.depot), 'the teardown finished').to.equal(true);
     expect(existsSync(join('/var/lib/grootfs/btrfs/images', handle)), 'destroy removed the image').to.equal(false);
     expect(await leftovers(handle, { depot: server.depot, store: '/var/lib/grootfs/btrfs' })).to.deep.equal([]);
     const cleaned = await execa(process.execPath, [GROOTFS, '--config', seedConf, 'clean'], { reject: false });
