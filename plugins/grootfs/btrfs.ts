@@ -130,19 +130,43 @@ export async function prepareBtrfsStore(store: string, storeSizeBytes: number, b
   if ((await readdir(store)).length > 0) {
     throw new FailedPrecondition('ERR_TRELLIS_STORE_NOT_EMPTY', `store ${store} is not empty and not on btrfs: mounting a filesystem there would hide it`);
   }
+  // nodev: the filesystem is the user's to fill; setuid files stay, as images need them.
+  await mountLoopbackStore({
+    store,
+    backing,
+    fsType: 'btrfs',
+    mountOptions: 'loop,nodev,user_subvol_rm_allowed,noatime',
+    hasSignature: hasBtrfsSignature,
+    size: () => {
+      if (storeSizeBytes <= 0) {
+        // The seed walkthrough's init-store gives no size (its quick-setup made the filesystem): make a sparse one.
+        log.info({ backing, storeSizeBytes: DEFAULT_STORE_BYTES }, 'init-store.default-size');
+        return DEFAULT_STORE_BYTES;
+      }
+      if (storeSizeBytes < MIN_STORE_BYTES) throw new InvalidArgument('store size must be at least 200Mb');
+      return storeSizeBytes;
+    },
+  }, log);
+}
+
+/**
+ * As root: the backing file, made when absent (sparse, root's, 0600, in a directory chain
+ * only root can write) and formatted, or checked to hold this filesystem; then mounted on
+ * the store. The btrfs and XFS stores share it.
+ */
+export async function mountLoopbackStore(
+  o: { store: string; backing: string; fsType: 'btrfs' | 'xfs'; mountOptions: string; hasSignature: (file: string) => boolean; size: () => number },
+  log: Logger,
+): Promise<void> {
+  const { store, backing, fsType } = o;
   // Root formats and mounts this file: it must be one root made, where only root can write.
   requireRootOwnedChain(dirname(backing));
   let made = false;
   if (!existsSync(backing)) {
-    if (storeSizeBytes <= 0) {
-      // The seed walkthrough's init-store gives no size (its quick-setup made the filesystem): make a sparse one.
-      storeSizeBytes = DEFAULT_STORE_BYTES;
-      log.info({ backing, storeSizeBytes }, 'init-store.default-size');
-    }
-    if (storeSizeBytes < MIN_STORE_BYTES) throw new InvalidArgument('store size must be at least 200Mb');
+    const size = o.size();
     const fh = await open(backing, 'wx', 0o600);
     try {
-      await fh.truncate(storeSizeBytes);
+      await fh.truncate(size);
     } finally {
       await fh.close();
     }
@@ -153,15 +177,14 @@ export async function prepareBtrfsStore(store: string, storeSizeBytes: number, b
     throw new FailedPrecondition('ERR_TRELLIS_BACKING_FILE', `${backing} must be a regular file owned by root, mode 0600`);
   }
   if (made) {
-    log.info({ backing }, 'init-store.mkfs-btrfs');
-    const r = await execa('mkfs.btrfs', ['-q', backing], { reject: false, stdin: 'ignore', env: ENV, extendEnv: false });
-    if (r.exitCode !== 0) throw new ExternalFailure('mkfs.btrfs', `mkfs.btrfs ${backing}: ${r.stderr.trim().split('\n').pop() ?? ''}`);
-  } else if (!hasBtrfsSignature(backing)) {
-    throw new FailedPrecondition('ERR_TRELLIS_BACKING_FILE', `${backing} exists and holds no btrfs filesystem: remove it to have a new one made`);
+    log.info({ backing }, `init-store.mkfs-${fsType}`);
+    const r = await execa(`mkfs.${fsType}`, ['-q', backing], { reject: false, stdin: 'ignore', env: ENV, extendEnv: false });
+    if (r.exitCode !== 0) throw new ExternalFailure(`mkfs.${fsType}`, `mkfs.${fsType} ${backing}: ${r.stderr.trim().split('\n').pop() ?? ''}`);
+  } else if (!o.hasSignature(backing)) {
+    throw new FailedPrecondition('ERR_TRELLIS_BACKING_FILE', `${backing} exists and holds no ${fsType} filesystem: remove it to have a new one made`);
   }
   log.info({ backing, store }, 'init-store.mount');
-  // nodev: the filesystem is the user's to fill; setuid files stay, as images need them.
-  const r = await execa('mount', ['--no-canonicalize', '-o', 'loop,nodev,user_subvol_rm_allowed,noatime', '-t', 'btrfs', backing, store], {
+  const r = await execa('mount', ['--no-canonicalize', '-o', o.mountOptions, '-t', fsType, backing, store], {
     reject: false,
     stdin: 'ignore',
     env: ENV,

@@ -2,15 +2,13 @@
 // quotas, for kernels with XFS quota (CONFIG_XFS_QUOTA). init-store (as root) makes the
 // filesystem on a loopback file when the store is not already on XFS; the gate then puts
 // each limited container's dirs in a project of its own (plugins/networker/gate/quota.c).
-import { execa } from 'execa';
 import { closeSync, existsSync, lstatSync, openSync, readFileSync, readSync } from 'node:fs';
 import { spawnSync } from 'node:child_process';
-import { mkdir, open, readdir, statfs } from 'node:fs/promises';
+import { mkdir, readdir, statfs } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import type { Logger } from 'pino';
-import { ExternalFailure, FailedPrecondition, InvalidArgument } from '../../src/errors.js';
-import { requireRootOwnedChain } from './store.js';
-import { DEFAULT_STORE_BYTES } from './btrfs.js';
+import { FailedPrecondition, InvalidArgument } from '../../src/errors.js';
+import { DEFAULT_STORE_BYTES, mountLoopbackStore } from './btrfs.js';
 
 export const XFS_MAGIC = 0x58465342;
 /** mkfs.xfs refuses filesystems under 300 MiB. */
@@ -93,36 +91,16 @@ export async function prepareXfsStore(store: string, storeSizeBytes: number, bac
   if (!kernelHasXfsQuota()) {
     throw new FailedPrecondition('ERR_TRELLIS_NO_XFS_QUOTA', 'this kernel has no XFS quota support (CONFIG_XFS_QUOTA): an XFS store could not enforce disk limits');
   }
-  requireRootOwnedChain(dirname(backing));
-  let made = false;
-  if (!existsSync(backing)) {
-    const size = storeSizeBytes > 0 ? storeSizeBytes : DEFAULT_STORE_BYTES;
-    if (size < MIN_XFS_STORE_BYTES) throw new InvalidArgument('an XFS store must be at least 300Mb');
-    const fh = await open(backing, 'wx', 0o600);
-    try {
-      await fh.truncate(size);
-    } finally {
-      await fh.close();
-    }
-    made = true;
-  }
-  const bst = lstatSync(backing);
-  if (!bst.isFile() || bst.uid !== 0 || (bst.mode & 0o077) !== 0) {
-    throw new FailedPrecondition('ERR_TRELLIS_BACKING_FILE', `${backing} must be a regular file owned by root, mode 0600`);
-  }
-  if (made) {
-    log.info({ backing }, 'init-store.mkfs-xfs');
-    const r = await execa('mkfs.xfs', ['-q', backing], { reject: false, stdin: 'ignore', env: ENV, extendEnv: false });
-    if (r.exitCode !== 0) throw new ExternalFailure('mkfs.xfs', `mkfs.xfs ${backing}: ${r.stderr.trim().split('\n').pop() ?? ''}`);
-  } else if (!hasXfsSignature(backing)) {
-    throw new FailedPrecondition('ERR_TRELLIS_BACKING_FILE', `${backing} exists and holds no XFS filesystem: remove it to have a new one made`);
-  }
-  log.info({ backing, store }, 'init-store.mount');
-  const r = await execa('mount', ['--no-canonicalize', '-o', XFS_MOUNT_OPTIONS, '-t', 'xfs', backing, store], {
-    reject: false,
-    stdin: 'ignore',
-    env: ENV,
-    extendEnv: false,
-  });
-  if (r.exitCode !== 0) throw new ExternalFailure('mount', `mounting ${backing} on ${store}: ${r.stderr.trim().split('\n').pop() ?? ''}`);
+  await mountLoopbackStore({
+    store,
+    backing,
+    fsType: 'xfs',
+    mountOptions: XFS_MOUNT_OPTIONS,
+    hasSignature: hasXfsSignature,
+    size: () => {
+      const size = storeSizeBytes > 0 ? storeSizeBytes : DEFAULT_STORE_BYTES;
+      if (size < MIN_XFS_STORE_BYTES) throw new InvalidArgument('an XFS store must be at least 300Mb');
+      return size;
+    },
+  }, log);
 }

@@ -1654,6 +1654,15 @@ static int result_sandbox_mac(const struct buf *res, char mac[18])
 	}
 }
 
+/* A link as RTM_GETLINK describes it (link_get). */
+struct link_info {
+	int index, is_veth, is_bridge, has_mac, operstate;
+	unsigned master, flags;
+	unsigned char mac[6];
+};
+
+static int link_get(int fd, const char *name, struct link_info *li);
+
 /*
  * Deletes the host link name when it is a veth whose master is the user's bridge (that
  * removes both ends, whatever the container renamed its end to): 0 done or no such
@@ -1665,50 +1674,27 @@ static int remove_host_veth(const char *name)
 	int fd = nl_socket();
 	if (fd < 0)
 		return -1;
-	union {
-		struct nlmsghdr h;
-		char b[256];
-	} q;
-	union {
-		struct nlmsghdr h;
-		char b[8192];
-	} r;
-	memset(&q, 0, sizeof q);
-	q.h.nlmsg_len = NLMSG_LENGTH(sizeof(struct ifinfomsg));
-	q.h.nlmsg_type = RTM_GETLINK;
-	((struct ifinfomsg *)NLMSG_DATA(&q.h))->ifi_family = AF_UNSPEC;
-	if (nl_attr(&q.h, sizeof q, IFLA_IFNAME, name, strlen(name) + 1, NULL)) {
-		close(fd);
-		return -1;
-	}
-	if (nl_talk(fd, &q.h, RTM_NEWLINK, &r, sizeof r) < 0) {
+	struct link_info li;
+	int r = link_get(fd, name, &li);
+	if (r != 0) {
 		int e = errno;
 		close(fd);
-		return e == ENODEV ? 0 : -1;
+		errno = e;
+		return r == 1 ? 0 : -1;
 	}
-	struct ifinfomsg *ifi = NLMSG_DATA(&r.h);
-	int index = ifi->ifi_index, is_veth = 0;
-	unsigned master = 0;
-	size_t len = r.h.nlmsg_len >= NLMSG_LENGTH(sizeof *ifi) ? r.h.nlmsg_len - NLMSG_LENGTH(sizeof *ifi) : 0;
-	for (struct rtattr *a = IFLA_RTA(ifi); RTA_OK(a, len); a = RTA_NEXT(a, len)) {
-		if (a->rta_type == IFLA_MASTER && RTA_PAYLOAD(a) == 4)
-			memcpy(&master, RTA_DATA(a), 4);
-		if (a->rta_type == IFLA_LINKINFO) {
-			size_t il = RTA_PAYLOAD(a);
-			for (struct rtattr *i = RTA_DATA(a); RTA_OK(i, il); i = RTA_NEXT(i, il))
-				if (i->rta_type == IFLA_INFO_KIND && RTA_PAYLOAD(i) >= 5 && !memcmp(RTA_DATA(i), "veth", 5))
-					is_veth = 1;
-		}
-	}
-	if (!is_veth || !bridge || master != bridge) {
+	if (!li.is_veth || !bridge || li.master != bridge) {
 		close(fd);
 		return 1;
 	}
+	union {
+		struct nlmsghdr h;
+		char b[128];
+	} q;
 	memset(&q, 0, sizeof q);
 	q.h.nlmsg_len = NLMSG_LENGTH(sizeof(struct ifinfomsg));
 	q.h.nlmsg_type = RTM_DELLINK;
 	((struct ifinfomsg *)NLMSG_DATA(&q.h))->ifi_family = AF_UNSPEC;
-	((struct ifinfomsg *)NLMSG_DATA(&q.h))->ifi_index = index;
+	((struct ifinfomsg *)NLMSG_DATA(&q.h))->ifi_index = li.index;
 	int rc = nl_do(fd, &q.h) == 0 || errno == ENODEV ? 0 : -1;
 	close(fd);
 	return rc;
@@ -2005,12 +1991,6 @@ static int pool_routes_free(const struct poolnet *p, char *why, size_t whylen);
  * child (as eth0_request does).
  */
 static int nl_dump(int fd, struct nlmsghdr *h, void (*fn)(const struct nlmsghdr *, void *), void *ctx);
-
-struct link_info {
-	int index, is_veth, is_bridge, has_mac, operstate;
-	unsigned master, flags;
-	unsigned char mac[6];
-};
 
 /* RTM_GETLINK by name in the socket's namespace: 0 found (li), 1 no such link, -1 failed (errno). */
 static int link_get(int fd, const char *name, struct link_info *li)
