@@ -155,7 +155,8 @@ test('destroy releases: the project id is reusable, nothing of the image is left
   eq(projid(join(STORE, 'images', a, 'diff')), pa, 'the diff dir carries the project');
   eq((await write(a, '/x', 8)).code, 0, 'a write');
   await client.destroy(a);
-  assert(!existsSync(join(STORE, 'images', a)), 'the image dir is gone');
+  // destroy replies at the journal (issue #10): the image and its project go with the teardown
+  assert(await eventually(() => !existsSync(join(STORE, 'images', a)), 30_000), 'the image dir is gone');
   refused(['usage', STORE, a], /has no XFS quota/);
   const b = await client.create(limited({ bytes: 16 * MiB, scope: DiskLimitScope.Exclusive }));
   eq(projectOf(b), pa, 'the next limited container gets the freed id');
