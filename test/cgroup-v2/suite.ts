@@ -77,6 +77,12 @@ function connectRead(host: string, port: number): Promise<string> {
 const tests: Array<[string, () => Promise<void>]> = [];
 const test = (name: string, f: () => Promise<void>) => tests.push([name, f]);
 
+/** Destroy, then its end: the reply comes at the journal (issue #10), the cgroup goes with the teardown. */
+async function destroyed(h: string): Promise<void> {
+  await client.destroy(h);
+  assert(await eventually(() => !existsSync(`${PARENT}/${h}`), 30_000), `${PARENT}/${h} outlived its teardown`);
+}
+
 test('hello rootless: the quickstart container prints Hello Rootless, as the unit runs gdn', async () => {
   eq(systemctl('is-active', 'gdn'), 'active', 'gdn.service');
   const own = read(`/proc/${mainPid()}/cgroup`);
@@ -85,7 +91,7 @@ test('hello rootless: the quickstart container prints Hello Rootless, as the uni
   const r = await runAndWait(client, h, { path: 'echo', args: ['Hello Rootless'] });
   eq(r.stdout, 'Hello Rootless\n', 'stdout');
   eq(r.code, 0, 'exit');
-  await client.destroy(h);
+  await destroyed(h);
 });
 
 test('memory limit: memory.max in the container cgroup, an OOM exits 137, metrics report the limit', async () => {
@@ -99,7 +105,7 @@ test('memory limit: memory.max in the container cgroup, an OOM exits 137, metric
   const m = await client.metrics(h);
   eq(Number(m.MemoryStat.hierarchical_memory_limit), 32 * MiB, 'metrics hierarchical_memory_limit');
   assert(Number(m.MemoryStat.TotalUsageTowardLimit) > 0, 'metrics memory usage > 0');
-  await client.destroy(h);
+  await destroyed(h);
 });
 
 test('pid limit: a fork bomb is held at pids.max, metrics report it, the host is unharmed', async () => {
@@ -114,7 +120,7 @@ test('pid limit: a fork bomb is held at pids.max, metrics report it, the host is
   // The host still forks: a process of ours outside the container.
   eq(spawnSync('true').status, 0, 'a fork on the host');
   await client.stop(h, true);
-  await client.destroy(h);
+  await destroyed(h);
   // destroy replies at the journal (issue #10): the cgroup goes with the teardown
   assert(await eventually(() => !existsSync(`${PARENT}/v2-pids`), 30_000), 'the fork bomb cgroup is gone');
 });
@@ -127,7 +133,7 @@ test('cpu limit: shares become cpu.weight, and metrics report the cpu used', asy
   const m = await client.metrics(h);
   assert(Number(m.CPUStat.Usage) > 0 && Number(m.CPUStat.User) + Number(m.CPUStat.System) > 0, `metrics CPUStat ${JSON.stringify(m.CPUStat)}`);
   eq(Number((await client.currentCPULimits(h)).limit_in_shares), 512, 'limit_in_shares reported');
-  await client.destroy(h);
+  await destroyed(h);
 });
 
 test('destroy leaves no cgroup: the container cgroup goes, the parent keeps only what it had', async () => {
@@ -136,7 +142,7 @@ test('destroy leaves no cgroup: the container cgroup goes, the parent keeps only
   const p = await client.run(h, sh('sleep 300 & sleep 300'), {});
   p.detach();
   assert(await eventually(() => read(`${PARENT}/v2-destroy/cgroup.procs`).split('\n').length >= 3, 10_000), 'processes in the container cgroup');
-  await client.destroy(h);
+  await destroyed(h);
   // destroy replies at the journal (issue #10): the cgroup goes with the teardown
   assert(await eventually(() => !existsSync(`${PARENT}/v2-destroy`), 30_000), `${PARENT}/v2-destroy still exists`);
   const after = readdirSync(PARENT).filter((n) => !n.startsWith('cgroup.') && existsSync(join(PARENT, n, 'cgroup.procs'))).sort();
@@ -162,7 +168,7 @@ test('restart survival: kill -9 of gdn.service, systemd restarts it, the process
   const again = await client.attach(h, id, { stdout: new (await import('node:stream')).Writable({ write(c, _e, cb) { out += c.toString(); cb(); } }) });
   eq(await again.wait(), 7, 'the exit status of the process started before the kill');
   eq(out, 'before\nafter\n', 'its output, before and after the kill');
-  await client.destroy(h);
+  await destroyed(h);
 });
 
 test('net-in and net-out in the guest: a mapped port reaches the container; a rule opens the way out', async () => {
@@ -183,7 +189,7 @@ test('net-in and net-out in the guest: a mapped port reaches the container; a ru
     const { host_port: hostPort } = await client.netIn(h, 0, 8080);
     const info = await client.info(h);
     eq((await connectRead(info.ExternalIP, hostPort)).trim(), 'hello-from-the-container', `net-in ${info.ExternalIP}:${hostPort}`);
-    await client.destroy(h);
+    await destroyed(h);
   } finally {
     srv.close();
   }

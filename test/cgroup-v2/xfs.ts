@@ -9,7 +9,7 @@
 // Environment: XFS_STORE (the store), XFS_FOREIGN_PROJECT (a project id root limited, not
 // the user's), XFS_ROOT_DIR (an image dir root made in the store, root-owned).
 import { execFileSync, spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, symlinkSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, symlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import { GardenClient } from '../../src/client/client.js';
 import { DiskLimitScope, type ContainerSpec } from '../../src/client/types.js';
@@ -78,6 +78,14 @@ const write = (handle: string, path: string, mib: number, user = 'root') =>
 const projectOf = (handle: string): number | undefined =>
   (JSON.parse(readFileSync(join(STORE, 'images', handle, 'image.json'), 'utf8')) as { quota?: { project?: number } }).quota?.project;
 
+/** Destroy, then its end: the reply comes at the journal (issue #10); the depot entry goes last. */
+async function destroy(h: string): Promise<void> {
+  await client.destroy(h);
+  const depot = join(dir, 'depot');
+  const over = () => !existsSync(join(depot, h)) && !readdirSync(depot).some((e) => e.startsWith(`.gone-${h}-`));
+  assert(await eventually(over, 30_000), `the teardown of ${h} ended`);
+}
+
 function gate(args: string[]): { code: number | null; stdout: string; stderr: string } {
   const r = spawnSync(GATE, ['quota', ...args], { env: {}, encoding: 'utf8', timeout: 60_000 });
   return { code: r.status, stdout: r.stdout, stderr: r.stderr };
@@ -116,7 +124,7 @@ test('exclusive 24 MiB, a non-root writer: just under fits, just over fails (EDQ
   assert(Number(m.ExclusiveInodesUsed) >= 2 && Number(m.ExclusiveInodesUsed) < 50, `ExclusiveInodesUsed ${m.ExclusiveInodesUsed}`);
   const over = await write(h, '/w/b', 8, 'alice');
   assert(over.code !== 0 && QUOTA_ERROR.test(over.stdout), `8 more MiB: exit ${over.code}, ${over.stdout}`);
-  await client.destroy(h);
+  await destroy(h);
 });
 
 test('total: the image counts; image + 12 MiB takes 8 MiB and not 16 more; a total below the image is refused at create', async () => {
@@ -125,7 +133,7 @@ test('total: the image counts; image + 12 MiB takes 8 MiB and not 16 more; a tot
   eq((await write(h, '/a', 8)).code, 0, '8 MiB above the image');
   const over = await write(h, '/b', 16);
   assert(over.code !== 0 && QUOTA_ERROR.test(over.stdout), `16 more: exit ${over.code}, ${over.stdout}`);
-  await client.destroy(h);
+  await destroy(h);
   let err: Error | undefined;
   try {
     await client.create(limited({ bytes: 64 * 1024, scope: DiskLimitScope.Total }));
@@ -145,7 +153,7 @@ test('inode_hard 100: the 100-odd-th file fails (EDQUOT), metrics count the inod
   const m = (await client.metrics(h)).DiskStat;
   assert(Number(m.ExclusiveInodesUsed) >= made && Number(m.ExclusiveInodesUsed) <= 100, `ExclusiveInodesUsed ${m.ExclusiveInodesUsed}`);
   eq((await write(h, '/many/f0', 64)).code, 0, 'bytes are not limited');
-  await client.destroy(h);
+  await destroy(h);
 });
 
 test('destroy releases: the project id is reusable, nothing of the image is left, the gate knows it no more', async () => {
@@ -154,7 +162,7 @@ test('destroy releases: the project id is reusable, nothing of the image is left
   assert(pa !== undefined && pa > 0, `project of ${a}: ${pa}`);
   eq(projid(join(STORE, 'images', a, 'diff')), pa, 'the diff dir carries the project');
   eq((await write(a, '/x', 8)).code, 0, 'a write');
-  await client.destroy(a);
+  await destroy(a);
   // destroy replies at the journal (issue #10): the image and its project go with the teardown
   assert(await eventually(() => !existsSync(join(STORE, 'images', a)), 30_000), 'the image dir is gone');
   refused(['usage', STORE, a], /has no XFS quota/);
@@ -164,7 +172,7 @@ test('destroy releases: the project id is reusable, nothing of the image is left
   assert(Number(m.ExclusiveBytesUsed) < MiB, `it starts empty: ${m.ExclusiveBytesUsed}`);
   const over = await write(b, '/x', 24);
   assert(over.code !== 0 && QUOTA_ERROR.test(over.stdout), `its own limit holds: ${over.stdout}`);
-  await client.destroy(b);
+  await destroy(b);
 });
 
 test('a restarted gdn keeps enforcing: a limited container made before the restart is held after it', async () => {
@@ -176,7 +184,7 @@ test('a restarted gdn keeps enforcing: a limited container made before the resta
   assert(r.code !== 0 && QUOTA_ERROR.test(r.stdout), `40 MiB in 20: exit ${r.code}, ${r.stdout}`);
   const m = (await client.metrics(h)).DiskStat;
   assert(Number(m.ExclusiveBytesUsed) > 16 * MiB && Number(m.ExclusiveBytesUsed) <= 21 * MiB, `ExclusiveBytesUsed ${m.ExclusiveBytesUsed}`);
-  await client.destroy(h);
+  await destroy(h);
 });
 
 test('gate attacks on XFS: root\'s dir in my store, links, paths, the store root, foreign projects, huge limits', async () => {
