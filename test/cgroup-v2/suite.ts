@@ -12,6 +12,7 @@ import net from 'node:net';
 import { join } from 'node:path';
 import { GardenClient } from '../../src/client/client.js';
 import { runAndWait, sh, spec } from '../integration/harness.js';
+import { assert, eq, eventually, sleep } from './checks.js';
 
 const uid = process.getuid!();
 const gid = process.getgid!();
@@ -21,29 +22,10 @@ const GDN = process.env.GDN_BIN ?? '/usr/local/bin/gdn';
 const MANAGER = `/sys/fs/cgroup/user.slice/user-${uid}.slice/user@${uid}.service`;
 const PARENT = `${MANAGER}/garden`;
 const MiB = 1024 * 1024;
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 let client = new GardenClient(TARGET);
 
-function assert(cond: unknown, what: string): asserts cond {
-  if (!cond) throw new Error(what);
-}
-function eq<T>(got: T, want: T, what: string): void {
-  if (got !== want) throw new Error(`${what}: got ${JSON.stringify(got)}, want ${JSON.stringify(want)}`);
-}
 const read = (p: string) => readFileSync(p, 'utf8').trim();
 
-async function eventually(f: () => Promise<boolean> | boolean, ms: number, step = 250): Promise<boolean> {
-  const end = Date.now() + ms;
-  for (;;) {
-    try {
-      if (await f()) return true;
-    } catch {
-      // not yet
-    }
-    if (Date.now() > end) return false;
-    await sleep(step);
-  }
-}
 
 const systemctl = (...args: string[]) => execFileSync('systemctl', ['--user', ...args], { encoding: 'utf8' }).trim();
 const mainPid = () => Number(systemctl('show', '-p', 'MainPID', '--value', 'gdn'));

@@ -14,6 +14,7 @@ import { join } from 'node:path';
 import { GardenClient } from '../../src/client/client.js';
 import { DiskLimitScope, type ContainerSpec } from '../../src/client/types.js';
 import { runAndWait, sh, spec } from '../integration/harness.js';
+import { assert, eq, eventually } from './checks.js';
 
 const STORE = process.env.XFS_STORE ?? '';
 const FOREIGN = process.env.XFS_FOREIGN_PROJECT ?? '';
@@ -23,28 +24,9 @@ const GATE = '/usr/local/libexec/trellis/cni-gate';
 const uid = process.getuid!();
 const MiB = 1024 * 1024;
 const QUOTA_ERROR = /Disk quota exceeded|No space left on device/;
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 /** The image's bytes (metrics' total less exclusive), from the first limited container. */
 let imageBytes = 0;
 
-function assert(cond: unknown, what: string): asserts cond {
-  if (!cond) throw new Error(what);
-}
-function eq<T>(got: T, want: T, what: string): void {
-  if (got !== want) throw new Error(`${what}: got ${JSON.stringify(got)}, want ${JSON.stringify(want)}`);
-}
-async function eventually(f: () => Promise<boolean> | boolean, ms: number, step = 250): Promise<boolean> {
-  const end = Date.now() + ms;
-  for (;;) {
-    try {
-      if (await f()) return true;
-    } catch {
-      // not yet
-    }
-    if (Date.now() > end) return false;
-    await sleep(step);
-  }
-}
 
 const dir = mkdtempSync('/tmp/gdn-xfs-');
 const sock = join(dir, 'sock');
