@@ -36,6 +36,7 @@ import { SPAWNER_BINARY, sharedSpawner } from '../src/runtime/spawner/spawner.js
 import { setupCommand } from '../src/setup/command.js';
 import { defaultEnv, formatFindings, runChecks } from '../src/doctor/doctor.js';
 import { ImageStore } from '../plugins/grootfs/store.js';
+import { TOOL_ENV } from '../plugins/grootfs/remove.js';
 
 interface ServerArgs {
   'bind-ip'?: string;
@@ -213,6 +214,11 @@ async function server(args: ServerArgs): Promise<void> {
       storePath,
       gate: args['network-gate'],
       logger: log.child({ component: 'grootfs' }),
+      // Its tools (btrfs, unshare, the gate's quota calls) start without forking gdn (issue 10).
+      run: async (file, argv, o) => {
+        const r = await sharedSpawner().run(file, argv, { env: TOOL_ENV, timeoutMs: o?.timeoutMs });
+        return { exitCode: r.exitCode ?? -1, stdout: r.stdout, stderr: r.failure ? `${file}: ${r.failure.message}` : r.stderr };
+      },
       defaultRegistry: args['docker-registry'],
       insecureRegistries: args['insecure-docker-registry'],
     });

@@ -6,11 +6,11 @@
 import { execa } from 'execa';
 import { closeSync, existsSync, lstatSync, openSync, readFileSync, readSync } from 'node:fs';
 import { spawnSync } from 'node:child_process';
-import { mkdir, open, readdir, statfs } from 'node:fs/promises';
+import { lstat, mkdir, open, readdir, statfs } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import type { Logger } from 'pino';
 import { ExternalFailure, FailedPrecondition, InvalidArgument } from '../../src/errors.js';
-import { removeTrees, type StoreMappings } from './remove.js';
+import { removeTrees, runCommand, type CommandRunner, type StoreMappings } from './remove.js';
 import { runAsNamespaceRoot } from './unpacker.js';
 import { requireRootOwnedChain } from './store.js';
 
@@ -20,11 +20,11 @@ export const MIN_STORE_BYTES = 200 * 1024 * 1024;
 export const DEFAULT_STORE_BYTES = 10 * 1024 ** 3;
 const ENV = { PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', LANG: 'C' };
 
-async function btrfs(args: string[]): Promise<string> {
-  const r = await execa('btrfs', args, { reject: false, stdin: 'ignore', extendEnv: false, env: ENV });
+async function btrfs(args: string[], run: CommandRunner = runCommand): Promise<string> {
+  const r = await run('btrfs', args);
   if (r.exitCode !== 0) {
     const last = r.stderr.trim().split('\n').pop() ?? '';
-    throw new ExternalFailure('btrfs', `btrfs ${args.join(' ')}: ${last || `exit status ${r.exitCode ?? r.signal ?? '?'}`}`);
+    throw new ExternalFailure('btrfs', `btrfs ${args.join(' ')}: ${last || `exit status ${r.exitCode}`}`);
   }
   return r.stdout;
 }
@@ -37,21 +37,28 @@ export async function isBtrfs(path: string): Promise<boolean> {
   }
 }
 
-async function btrfsAsNamespaceRoot(maps: StoreMappings | undefined, args: string[]): Promise<void> {
-  const r = await runAsNamespaceRoot(maps, 'btrfs', args);
+async function btrfsAsNamespaceRoot(maps: StoreMappings | undefined, args: string[], run: CommandRunner): Promise<void> {
+  const r = await runAsNamespaceRoot(maps, 'btrfs', args, run);
   if (r.exitCode !== 0) {
     const last = r.stderr.trim().split('\n').pop() ?? '';
     throw new ExternalFailure('btrfs', `btrfs ${args.join(' ')}: ${last || `exit status ${r.exitCode}`}`);
   }
 }
 
-export async function createSubvolume(path: string): Promise<void> {
-  await btrfs(['subvolume', 'create', path]);
+export async function createSubvolume(path: string, run: CommandRunner = runCommand): Promise<void> {
+  await btrfs(['subvolume', 'create', path], run);
 }
 
-/** As the store's namespace root: a layer's root may belong to any of its mapped ids. */
-export async function snapshot(source: string, dest: string, maps: StoreMappings | undefined): Promise<void> {
-  await btrfsAsNamespaceRoot(maps, ['subvolume', 'snapshot', source, dest]);
+/**
+ * A writable snapshot. The kernel lets the owner of a subvolume's root snapshot it, so
+ * when that is the user (a container root's files are the user's) the user does it with
+ * one process; a layer whose root belongs to another of the store's mapped ids is
+ * snapshotted as the store's namespace root (issue 10: a create on the btrfs store).
+ */
+export async function snapshot(source: string, dest: string, maps: StoreMappings | undefined, run: CommandRunner = runCommand): Promise<void> {
+  const owner = (await lstat(source)).uid;
+  if (owner === process.getuid?.()) await btrfs(['subvolume', 'snapshot', source, dest], run);
+  else await btrfsAsNamespaceRoot(maps, ['subvolume', 'snapshot', source, dest], run);
 }
 
 /**
@@ -59,21 +66,27 @@ export async function snapshot(source: string, dest: string, maps: StoreMappings
  * others (a container may create them) cannot go that way: it is emptied as the
  * namespace root instead, the nested ones included (rmdir removes an empty one).
  */
-export async function deleteSubvolume(path: string, maps: StoreMappings | undefined, log: Logger): Promise<void> {
+export async function deleteSubvolume(path: string, maps: StoreMappings | undefined, log: Logger, run: CommandRunner = runCommand): Promise<void> {
   if (!existsSync(path)) return;
-  // A container may have made its rootfs read-only (`btrfs property set`): undo that first.
-  await btrfsAsNamespaceRoot(maps, ['property', 'set', '-ts', path, 'ro', 'false']).catch(() => undefined);
   try {
-    await btrfs(['subvolume', 'delete', path]);
+    await btrfs(['subvolume', 'delete', path], run);
+    return;
+  } catch (err) {
+    log.debug({ path, error: (err as Error).message }, 'btrfs.delete-retry-writable');
+  }
+  // A container may have made its rootfs read-only (`btrfs property set`): undo that, then again.
+  await btrfsAsNamespaceRoot(maps, ['property', 'set', '-ts', path, 'ro', 'false'], run).catch(() => undefined);
+  try {
+    await btrfs(['subvolume', 'delete', path], run);
   } catch (err) {
     log.debug({ path, error: (err as Error).message }, 'btrfs.delete-by-removal');
-    await removeTrees([path], maps, { log });
+    await removeTrees([path], maps, { log, run });
   }
 }
 
 /** Disk usage as `btrfs filesystem du` sees it: total, and what no other subvolume shares. */
-export async function usage(path: string, maps: StoreMappings | undefined): Promise<{ total: number; exclusive: number }> {
-  const r = await runAsNamespaceRoot(maps, 'btrfs', ['filesystem', 'du', '-s', '--raw', path]);
+export async function usage(path: string, maps: StoreMappings | undefined, run: CommandRunner = runCommand): Promise<{ total: number; exclusive: number }> {
+  const r = await runAsNamespaceRoot(maps, 'btrfs', ['filesystem', 'du', '-s', '--raw', path], run);
   const m = /^\s*(\d+)\s+(\d+)\s+(\d+)\s/m.exec(r.stdout.split('\n').slice(1).join('\n'));
   if (r.exitCode !== 0 || !m) {
     throw new ExternalFailure('btrfs', `btrfs filesystem du ${path}: ${r.stderr.trim().split('\n').pop() || 'no usage reported'}`);

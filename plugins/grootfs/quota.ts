@@ -3,13 +3,12 @@
 // which resolves the container's subvolume itself from the root-listed store. Reading
 // usage needs nothing: the kernel publishes every qgroup's counters, world-readable,
 // in /sys/fs/btrfs/<fsid>/qgroups/0_<subvolume id>/.
-import { execa } from 'execa';
 import { readdir, readFile } from 'node:fs/promises';
 import { ExternalFailure } from '../../src/errors.js';
+import { runCommand, type CommandRunner } from './remove.js';
 
 /** Where root lists each user's quota stores (one `store=/path` a line); the gate trusts only this. */
 export const QUOTA_CONF_DIR = '/etc/trellis/quota';
-const ENV = { PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', LANG: 'C' };
 
 export type Scope = 'exclusive' | 'total';
 
@@ -62,12 +61,15 @@ export function nextProjectRange(taken: ProjectRange[]): ProjectRange {
 }
 
 export class QuotaGate {
-  constructor(private readonly gate: string) {}
+  constructor(
+    private readonly gate: string,
+    private readonly run: CommandRunner = runCommand,
+  ) {}
 
   private async call(args: string[]): Promise<string> {
-    const r = await execa(this.gate, ['quota', ...args], { reject: false, stdin: 'ignore', extendEnv: false, env: ENV, timeout: 60_000 });
+    const r = await this.run(this.gate, ['quota', ...args], { timeoutMs: 60_000 });
     if (r.exitCode !== 0) {
-      const last = r.stderr.trim().split('\n').pop() || `exit status ${r.exitCode ?? r.signal ?? '?'}`;
+      const last = r.stderr.trim().split('\n').pop() || `exit status ${r.exitCode}`;
       throw new ExternalFailure('cni-gate', last);
     }
     return r.stdout;
@@ -103,8 +105,8 @@ export class QuotaGate {
 }
 
 /** `btrfs inspect-internal rootid`: the subvolume id of a path (no privilege needed). */
-export async function subvolumeId(path: string): Promise<number> {
-  const r = await execa('btrfs', ['inspect-internal', 'rootid', path], { reject: false, stdin: 'ignore', extendEnv: false, env: ENV });
+export async function subvolumeId(path: string, run: CommandRunner = runCommand): Promise<number> {
+  const r = await run('btrfs', ['inspect-internal', 'rootid', path]);
   const id = Number(r.stdout.trim());
   if (r.exitCode !== 0 || !Number.isSafeInteger(id) || id < 256) {
     throw new ExternalFailure('btrfs', `btrfs inspect-internal rootid ${path}: ${r.stderr.trim().split('\n').pop() || 'no id'}`);

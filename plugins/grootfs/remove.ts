@@ -13,16 +13,18 @@ export interface StoreMappings {
   gidMappings: IdMapping[];
 }
 
-export type CommandRunner = (file: string, args: string[]) => Promise<{ exitCode: number; stderr: string }>;
+/**
+ * How the store starts its tools (btrfs, unshare, cp, the gate). The grootfs program forks
+ * them itself; gdn, which holds the store in-process, passes its spawner so that no tool
+ * start forks the large daemon (issue 10). Tools get PATH and LANG=C only.
+ */
+export type CommandRunner = (file: string, args: string[], opts?: { timeoutMs?: number }) => Promise<{ exitCode: number; stdout: string; stderr: string }>;
 
-export const runCommand: CommandRunner = async (file, args) => {
-  const r = await execa(file, args, {
-    reject: false,
-    stdin: 'ignore',
-    extendEnv: false,
-    env: { PATH: process.env.PATH ?? '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', LANG: 'C' },
-  });
-  return { exitCode: r.exitCode ?? -1, stderr: r.stderr };
+export const TOOL_ENV = { PATH: process.env.PATH ?? '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', LANG: 'C' };
+
+export const runCommand: CommandRunner = async (file, args, opts = {}) => {
+  const r = await execa(file, args, { reject: false, stdin: 'ignore', extendEnv: false, env: TOOL_ENV, timeout: opts.timeoutMs });
+  return { exitCode: r.exitCode ?? -1, stdout: r.stdout, stderr: r.stderr };
 };
 
 const PERMISSION = new Set(['EACCES', 'EPERM', 'ENOTEMPTY']);

@@ -20,7 +20,7 @@ import { chainIDs } from './oci.js';
 import { resolveOciLayout } from './oci.js';
 import { makeOverlayDirs, openWorkDir, overlayDirs, overlayMount } from './overlay.js';
 import { redactUrl, resolveRegistryImage } from './registry.js';
-import { removeTrees, type CommandRunner, type StoreMappings } from './remove.js';
+import { removeTrees, runCommand, type CommandRunner, type StoreMappings } from './remove.js';
 import { OVERLAY_UNSAFE, parseImageUrl, resolvePath, type ResolvedSource } from './sources.js';
 import { runAsNamespaceRoot, runUnpack } from './unpacker.js';
 import { treeBytes } from './usage.js';
@@ -222,7 +222,7 @@ export class ImageStore {
   private readonly volumesDir: string;
   private readonly locksDir: string;
   private readonly log: Logger;
-  private readonly run?: CommandRunner;
+  private readonly run: CommandRunner;
   private readonly wantedDriver?: DriverName;
   private driverName?: DriverName;
   private readonly defaultRegistry: string;
@@ -246,12 +246,12 @@ export class ImageStore {
     this.volumesDir = join(opts.storePath, 'volumes');
     this.locksDir = join(opts.storePath, 'locks');
     this.log = opts.logger ?? pino({ level: 'silent' });
-    this.run = opts.run;
+    this.run = opts.run ?? runCommand;
     this.wantedDriver = opts.driver;
     this.defaultRegistry = opts.defaultRegistry ?? 'registry-1.docker.io';
     this.insecureRegistries = opts.insecureRegistries ?? [];
     this.platform = opts.platform;
-    this.gate = new QuotaGate(opts.gate ?? DEFAULT_GATE);
+    this.gate = new QuotaGate(opts.gate ?? DEFAULT_GATE, this.run);
   }
 
   /** Verified manifests and configs by digest (`meta/content/<hex>`): they never change. */
@@ -580,8 +580,8 @@ export class ImageStore {
     try {
       for (const w of work) {
         if (driver === 'btrfs') {
-          if (w.i === 0) await btrfs.createSubvolume(w.incomplete);
-          else await btrfs.snapshot(this.volumePath(chains[w.i - 1] as string), w.incomplete, maps);
+          if (w.i === 0) await btrfs.createSubvolume(w.incomplete, this.run);
+          else await btrfs.snapshot(this.volumePath(chains[w.i - 1] as string), w.incomplete, maps, this.run);
         } else {
           await mkdirMode(w.incomplete, 0o755);
         }
@@ -633,8 +633,8 @@ export class ImageStore {
       if (await this.exists(this.volumePath(chain))) return;
       const incomplete = join(this.volumesDir, `${chain}${INCOMPLETE}${Date.now()}-${randomBytes(4).toString('hex')}`);
       try {
-        await btrfs.createSubvolume(incomplete);
-        const r = await runAsNamespaceRoot(await this.mappings(), 'cp', ['-a', '--reflink=auto', `${path}/.`, `${incomplete}/`]);
+        await btrfs.createSubvolume(incomplete, this.run);
+        const r = await runAsNamespaceRoot(await this.mappings(), 'cp', ['-a', '--reflink=auto', `${path}/.`, `${incomplete}/`], this.run);
         if (r.exitCode !== 0) throw new TrellisError('ERR_TRELLIS_IMAGE_COPY', `copying ${path}: ${r.stderr.trim().split('\n').pop() ?? ''}`);
         const bytes = await this.lowerDirBytes(path);
         await writeFile(join(this.storePath, 'meta', `volume-${chain}`), JSON.stringify({ Size: bytes }), { mode: 0o644 });
@@ -686,7 +686,7 @@ export class ImageStore {
     }
     const rootfs = join(imageDir, 'rootfs');
     try {
-      await btrfs.snapshot(this.volumePath(chains[chains.length - 1] as string), rootfs, await this.mappings());
+      await btrfs.snapshot(this.volumePath(chains[chains.length - 1] as string), rootfs, await this.mappings(), this.run);
     } catch (err) {
       await rm(imageDir, { recursive: true, force: true }).catch(() => undefined);
       throw err;
@@ -695,12 +695,12 @@ export class ImageStore {
   }
 
   private async removeVolumePath(path: string, driver: DriverName, log: Logger): Promise<void> {
-    if (driver === 'btrfs') await btrfs.deleteSubvolume(path, await this.mappings(), log);
+    if (driver === 'btrfs') await btrfs.deleteSubvolume(path, await this.mappings(), log, this.run);
     else await removeTrees([path], await this.mappings(), { run: this.run, log });
   }
 
   private async removeImageDir(imageDir: string, driver: DriverName, log: Logger): Promise<void> {
-    if (driver === 'btrfs') await btrfs.deleteSubvolume(join(imageDir, 'rootfs'), await this.mappings(), log);
+    if (driver === 'btrfs') await btrfs.deleteSubvolume(join(imageDir, 'rootfs'), await this.mappings(), log, this.run);
     else await openWorkDir(overlayDirs(imageDir));
     await removeTrees([imageDir], await this.mappings(), { run: this.run, log });
   }
@@ -783,7 +783,7 @@ export class ImageStore {
     if ((record.driver ?? 'overlay') === 'btrfs') {
       const q = await this.qgroupStats(id, record);
       if (q) return q;
-      return btrfs.usage(join(imageDir, 'rootfs'), await this.mappings());
+      return btrfs.usage(join(imageDir, 'rootfs'), await this.mappings(), this.run);
     }
     let lower = record.baseBytes;
     if (lower === undefined) {
@@ -806,7 +806,7 @@ export class ImageStore {
     if (uuid === undefined) return undefined;
     let subvolume = record.quota?.subvolume ?? this.subvolumes.get(id);
     if (subvolume === undefined) {
-      subvolume = await subvolumeId(join(this.imagesDir, id, 'rootfs')).catch(() => undefined);
+      subvolume = await subvolumeId(join(this.imagesDir, id, 'rootfs'), this.run).catch(() => undefined);
       if (subvolume === undefined) return undefined;
       this.subvolumes.set(id, subvolume);
     }
@@ -912,7 +912,7 @@ export class ImageStore {
     const tmp = join(this.storePath, 'tmp');
     for (const n of await readdir(tmp).catch(() => [] as string[])) {
       const st = await lstat(join(tmp, n)).catch(() => undefined);
-      if (st && st.mtimeMs < cutoff) await removeTrees([join(tmp, n)], await this.mappings(), { log }).catch(() => undefined);
+      if (st && st.mtimeMs < cutoff) await removeTrees([join(tmp, n)], await this.mappings(), { run: this.run, log }).catch(() => undefined);
     }
   }
 
@@ -947,11 +947,11 @@ export class ImageStore {
     }
     if ((await this.driver().catch(() => 'overlay')) === 'btrfs') {
       for (const img of await readdir(this.imagesDir).catch(() => [] as string[])) {
-        await btrfs.deleteSubvolume(join(this.imagesDir, img, 'rootfs'), maps, log).catch(() => undefined);
+        await btrfs.deleteSubvolume(join(this.imagesDir, img, 'rootfs'), maps, log, this.run).catch(() => undefined);
         if (limited.includes(img)) await release(img);
       }
       for (const v of await readdir(this.volumesDir).catch(() => [] as string[])) {
-        await btrfs.deleteSubvolume(this.volumePath(v), maps, log).catch(() => undefined);
+        await btrfs.deleteSubvolume(this.volumePath(v), maps, log, this.run).catch(() => undefined);
       }
     }
     // meta (holding the mappings) goes last, so a failed run can be retried.

@@ -5,7 +5,7 @@ import { execa } from 'execa';
 import { fileURLToPath } from 'node:url';
 import { ExternalFailure } from '../../src/errors.js';
 import type { IdMapping } from '../../src/idmap/subid.js';
-import type { StoreMappings } from './remove.js';
+import { runCommand, type CommandRunner, type StoreMappings } from './remove.js';
 import { unpackLayer, type IdTranslation, type UnpackJob, type UnpackResult } from './unpack.js';
 
 const MAIN = fileURLToPath(new URL('./unpack-main.js', import.meta.url));
@@ -60,14 +60,9 @@ export async function runAsNamespaceRoot(
   maps: StoreMappings | undefined,
   file: string,
   args: string[],
+  run: CommandRunner = runCommand,
 ): Promise<{ exitCode: number; stdout: string; stderr: string }> {
   const uid = process.getuid?.() ?? 0;
   const inNs = uid !== 0 && maps !== undefined && maps.uidMappings.length > 0;
-  const r = await execa(inNs ? 'unshare' : file, inNs ? [...unshareMapFlags(maps), '--', file, ...args] : args, {
-    reject: false,
-    stdin: 'ignore',
-    extendEnv: false,
-    env: { PATH: process.env.PATH ?? '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', LANG: 'C' },
-  });
-  return { exitCode: r.exitCode ?? -1, stdout: r.stdout, stderr: r.stderr };
+  return inNs ? run('unshare', [...unshareMapFlags(maps), '--', file, ...args]) : run(file, args);
 }

@@ -144,6 +144,29 @@ describe('images: grootfs store, btrfs driver (integration, issue #3)', function
     }
   });
 
+  it('issue #10: an image whose root belongs to another container user is snapshotted as the store\'s namespace root; one whose root is the user\'s, as the user', async function () {
+    // The user can snapshot only a subvolume whose root it owns; container root's files are the
+    // user's, so that is the usual case and takes one process. A layer can give / to alice.
+    const layout = await push('btrfs/alice-root:v1', [BASE, layer([{ name: './', type: 'dir', uid: 1000, gid: 1000 }])]);
+    const chains = chainIds(layout.images[0]!.diffIds);
+    const handle = `btrfs-alice-root-${RUN}`;
+    const rootfs = join(BTRFS_STORE, 'images', handle, 'rootfs');
+    try {
+      await server.client.create(spec({ handle, image: { uri: `docker://${registry.host}/btrfs/alice-root:v1` } }));
+      expect((await lstat(join(BTRFS_STORE, 'volumes', chains[0]!))).uid, 'the base layer\'s root is the user\'s').to.equal(process.getuid!());
+      expect((await lstat(join(BTRFS_STORE, 'volumes', chains[1]!))).uid, 'the top layer gives / to alice').to.equal(SUBUID + 999);
+      expect((await lstat(rootfs)).uid).to.equal(SUBUID + 999);
+      expect((await lstat(rootfs)).ino, `${rootfs} is a subvolume`).to.equal(SUBVOLUME_ROOT_INO);
+      const r = await run(handle, 'stat -c %u:%g /; echo x > /root/x && cat /root/x');
+      expect(r).to.include({ code: 0, stdout: '1000:1000\nx\n', stderr: '' });
+      await server.client.destroy(handle);
+      expect(await leftovers(handle, { depot: server.depot, store: BTRFS_STORE })).to.deep.equal([]);
+      expect(await entries(join(BTRFS_STORE, 'images'))).to.not.include(handle);
+    } finally {
+      await server.client.destroy(handle).catch(() => undefined);
+    }
+  });
+
   it('applies whiteouts and opaque dirs to the snapshot itself (no overlay forms on disk)', async function () {
     const layout = await push('btrfs/layers:v1', [
       BASE,
