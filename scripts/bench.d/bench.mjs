@@ -429,13 +429,14 @@ async function launchServer(name, extraFlags = []) {
   mkdirSync(dir, { recursive: true });
   const socket = join(dir, 'gdn.sock');
   const log = join(dir, 'gdn.log');
-  const args = [gdn, 'server', '--bind-socket', socket, '--depot', join(dir, 'depot'), '--log-level', 'error', ...extraFlags, ...opt['gdn-flag']];
+  const args = ['server', '--bind-socket', socket, '--depot', join(dir, 'depot'), '--log-level', 'error', ...extraFlags, ...opt['gdn-flag']];
   const fd = openSync(log, 'a');
-  const child = spawn(process.execPath, args, { env: ENV, stdio: ['ignore', fd, fd] });
+  // As a program, as users run it: its #! line carries gdn's memory settings.
+  const child = spawn(gdn, args, { env: ENV, stdio: ['ignore', fd, fd] });
   closeSync(fd);
   let exited;
   child.once('exit', (code, sig) => (exited = `exited ${code ?? sig}`));
-  const s = { child, pid: child.pid, dir, log, socket, cmd: `node ${args.map((a) => a.replace(REPO + '/', '')).join(' ')}` };
+  const s = { child, pid: child.pid, dir, log, socket, cmd: [gdn, ...args].map((a) => a.replace(REPO + '/', '')).join(' ') };
   servers.add(s);
   const deadline = Date.now() + 60_000;
   for (;;) {

@@ -89,7 +89,8 @@ function hostVeths() {
 
 // ---- the server
 const fd = openSync(LOG, 'a');
-const child = spawn(process.execPath, [gdn, 'server', '--bind-socket', SOCK, '--depot', DEPOT, '--log-level', 'error', ...opt['gdn-flag']], {
+// As a program, as users run it: its #! line carries gdn's memory settings.
+const child = spawn(gdn, ['server', '--bind-socket', SOCK, '--depot', DEPOT, '--log-level', 'error', ...opt['gdn-flag']], {
   stdio: ['ignore', fd, fd],
 });
 closeSync(fd);

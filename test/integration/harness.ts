@@ -105,7 +105,8 @@ export async function startServer(opts: ServerOptions = {}): Promise<Server> {
   const args = serverArgs({ socketPath, depot, propertiesPath }, opts);
 
   let output = '';
-  const proc = spawn(process.execPath, [GDN, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: process.env });
+  // As a program, as users run it: its #! line carries gdn's memory settings (issue 10).
+  const proc = spawn(GDN, args, { stdio: ['ignore', 'pipe', 'pipe'], env: process.env });
   proc.stdout!.setEncoding('utf8').on('data', (s: string) => (output += s));
   proc.stderr!.setEncoding('utf8').on('data', (s: string) => (output += s));
 
@@ -152,7 +153,7 @@ export async function startServer(opts: ServerOptions = {}): Promise<Server> {
       if (opts.dir === undefined) await rm(dir, { recursive: true, force: true });
       throw new Error(
         `gdn server exited (code ${proc.exitCode}, signal ${proc.signalCode}) before answering ping.\n` +
-          `argv: node ${GDN} ${args.join(' ')}\n--- server output ---\n${output}`,
+          `argv: ${GDN} ${args.join(' ')}\n--- server output ---\n${output}`,
       );
     }
     // The client decides unix-vs-tcp by whether the path exists, so build it only once the socket does.
@@ -173,7 +174,7 @@ export async function startServer(opts: ServerOptions = {}): Promise<Server> {
       if (opts.dir === undefined) await rm(dir, { recursive: true, force: true });
       throw new Error(
         `gdn server did not answer ping within ${opts.readyTimeoutMs ?? 20_000} ms (last: ${lastError}).\n` +
-          `argv: node ${GDN} ${args.join(' ')}\n--- server output ---\n${output}`,
+          `argv: ${GDN} ${args.join(' ')}\n--- server output ---\n${output}`,
       );
     }
     await sleep(100);

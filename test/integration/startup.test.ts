@@ -77,3 +77,21 @@ describe('gdn server start-up refusals (integration)', function () {
     }
   });
 });
+
+describe('gdn server as a program (integration, issue 10: flat memory)', function () {
+  it('runs with a small young generation and two malloc arenas, from its own #! line', async function () {
+    const { readFile } = await import('node:fs/promises');
+    const { startServer, cleanupServer } = await import('./harness.js');
+    const server = await startServer();
+    try {
+      const pid = server.proc.pid!;
+      const argv = (await readFile(`/proc/${pid}/cmdline`, 'utf8')).split('\0');
+      const env = (await readFile(`/proc/${pid}/environ`, 'utf8')).split('\0');
+      expect(argv, argv.join(' ')).to.include('--max-semi-space-size=2');
+      expect(argv.some((a) => a.endsWith('/gdn.js')), argv.join(' ')).to.equal(true);
+      expect(env).to.include('MALLOC_ARENA_MAX=2');
+    } finally {
+      await cleanupServer(server);
+    }
+  });
+});
