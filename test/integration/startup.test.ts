@@ -79,7 +79,7 @@ describe('gdn server start-up refusals (integration)', function () {
 });
 
 describe('gdn server as a program (integration, issue 10: flat memory)', function () {
-  it('runs with a small young generation and two malloc arenas, from its own #! line', async function () {
+  it('runs with a small young generation, two malloc arenas and a fixed mmap threshold, from its own #! line', async function () {
     const { readFile } = await import('node:fs/promises');
     const { startServer, cleanupServer } = await import('./harness.js');
     const server = await startServer();
@@ -90,6 +90,7 @@ describe('gdn server as a program (integration, issue 10: flat memory)', functio
       expect(argv, argv.join(' ')).to.include('--max-semi-space-size=2');
       expect(argv.some((a) => a.endsWith('/gdn.js')), argv.join(' ')).to.equal(true);
       expect(env).to.include('MALLOC_ARENA_MAX=2');
+      expect(env).to.include('MALLOC_MMAP_THRESHOLD_=131072');
     } finally {
       await cleanupServer(server);
     }
