@@ -255,8 +255,9 @@ async function server(args: ServerArgs): Promise<void> {
   if (!existsSync(SPAWNER_BINARY) || spawner.pid() === undefined) {
     throw new TrellisError('ERR_TRELLIS_SPAWNER_NOT_BUILT', `cannot start trellis-spawner (${SPAWNER_BINARY})`, { hint: "run 'npm run build' (it compiles src/runtime/spawner with gcc)" });
   }
-  const runc = new Runc(runcBin, args['runtime-plugin-extra-arg'], spawner);
-  const conmon = new Conmon(conmonBin, runcBin, {}, Number(parseGoDuration(args['process-start-timeout']) / 1_000_000n), args['process-log-max-bytes'], spawner);
+  const startTimeoutMs = Number(parseGoDuration(args['process-start-timeout']) / 1_000_000n);
+  const runc = new Runc(runcBin, args['runtime-plugin-extra-arg'], spawner, startTimeoutMs);
+  const conmon = new Conmon(conmonBin, runcBin, {}, startTimeoutMs, args['process-log-max-bytes'], spawner);
   const gardener = new Gardener({
     depot,
     containerizer: new Containerizer(depot, runc, conmon),

@@ -323,7 +323,7 @@ export class Gardener {
       // The namespaces exist once the container is created: its init starts while the
       // network is set up in them (nothing of the client's runs before create returns).
       const [started, upped] = await Promise.allSettled([
-        this.step('runtime', () => this.cfg.containerizer.start(key)),
+        this.step('runtime', () => this.cfg.containerizer.start(key), 'runtime.start'),
         this.step('network', () =>
           this.cfg.network.up(handle, initPid, props, { netoutRules: spec.netoutRules, netin: spec.netin, network: spec.network }),
         ),
@@ -361,11 +361,12 @@ export class Gardener {
     }
   }
 
-  private async step<T>(name: string, fn: () => Promise<T>): Promise<T> {
+  /** `label`: the step's name in the debug log, where one step has parts. */
+  private async step<T>(name: string, fn: () => Promise<T>, label = name): Promise<T> {
     const t0 = performance.now();
     try {
       const out = await fn();
-      this.log.debug({ step: name, ms: Math.round((performance.now() - t0) * 10) / 10 }, 'create.step');
+      this.log.debug({ step: label, ms: Math.round((performance.now() - t0) * 10) / 10 }, 'create.step');
       return out;
     } catch (err) {
       if (err instanceof TrellisError && !(err instanceof ExternalFailure)) throw err;

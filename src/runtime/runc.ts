@@ -3,6 +3,7 @@
 import { readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ExternalFailure } from '../errors.js';
+import { ExecFifoAbsent, ExecFifoFailure, runcInitPid, startThroughFifo } from './execfifo.js';
 import { sharedSpawner, type Spawner } from './spawner/spawner.js';
 
 export interface RuncState {
@@ -19,6 +20,8 @@ export class Runc {
     private readonly extraGlobalArgs: string[] = [],
     /** Starts runc without forking the large gdn process (issue 10). */
     private readonly spawner: Spawner = sharedSpawner(),
+    /** How long a start may wait for the container's init to take its start signal. */
+    private readonly startTimeoutMs = 30_000,
   ) {}
 
   /** Global flags for a container whose runc state lives at `root`. */
@@ -32,7 +35,23 @@ export class Runc {
     return JSON.parse(res.stdout) as RuncState;
   }
 
+  /**
+   * What `runc start` does, without a runc process (issue 10): the exec fifo is read here.
+   * Where there is none to read (another runtime's layout, or no longer created), `runc start`
+   * itself runs and says why.
+   */
   async start(root: string, id: string): Promise<void> {
+    const stateDir = join(root, id);
+    const pid = await runcInitPid(stateDir);
+    if (pid !== undefined) {
+      try {
+        await startThroughFifo(stateDir, pid, this.startTimeoutMs);
+        return;
+      } catch (err) {
+        if (err instanceof ExecFifoFailure) throw new ExternalFailure('runc', `runc start: ${err.message}`);
+        if (!(err instanceof ExecFifoAbsent)) throw err;
+      }
+    }
     await this.run(root, ['start', id]);
   }
 

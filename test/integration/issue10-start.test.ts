@@ -1,0 +1,135 @@
+// Issue #10: create's second half reads runc's exec fifo in gdn instead of running
+// `runc start` (src/runtime/execfifo.ts). The container must end as runc would leave it,
+// and an init that dies first, or a gdn killed between the halves, must leave nothing.
+// A wrapper around runc (--runtime-plugin) does what a test asks right after `runc create`.
+import { expect } from 'chai';
+import { execFileSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { chmod, readFile, rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import {
+  cleanupServer, dumpLogsIfFailed, eventually, leftovers, restartServer, runAndWait, runtimeDir, type Server, sh, spec, startServer,
+} from './harness.js';
+
+const RUNC = '/usr/sbin/runc';
+
+/** runc, and after a successful `create`: per `<dir>/mode`, kill the new init, or hold (gdn is killed meanwhile). */
+async function runcWrapper(dir: string): Promise<string> {
+  const path = join(dir, 'runc-wrapper');
+  await writeFile(path, `#!/bin/sh
+${RUNC} "$@" || exit $?
+pidfile=; prev=; create=
+for a do
+  [ "$prev" = --pid-file ] && pidfile=$a
+  [ "$a" = create ] && create=1
+  prev=$a
+done
+[ -n "$create" ] && [ -n "$pidfile" ] || exit 0
+pid=$(cat "$pidfile")
+case $(cat ${dir}/mode 2>/dev/null) in
+  kill) cat /proc/$pid/cgroup > ${dir}/cgroup; kill -9 "$pid" ;;
+  hold) echo "$pid" > ${dir}/held; sleep 2 ;;
+esac
+exit 0
+`);
+  await chmod(path, 0o755);
+  return path;
+}
+
+/** The cgroup directories a /proc/<pid>/cgroup text names (v1 controllers and v2). */
+function cgroupDirs(text: string): string[] {
+  const out: string[] = [];
+  for (const line of text.trim().split('\n')) {
+    const [, controllers, path] = line.split(':');
+    if (path === undefined || path === '/') continue;
+    if (controllers === '') out.push(join('/sys/fs/cgroup/unified', path), join('/sys/fs/cgroup', path));
+    else for (const c of controllers!.split(',')) out.push(join('/sys/fs/cgroup', c.replace(/^name=/, ''), path));
+  }
+  return out.filter((d) => !d.endsWith('/sys/fs/cgroup/') && d.includes('/sys/fs/cgroup/'));
+}
+
+function runcState(server: Server, handle: string): { status: string; pid: number } {
+  const root = join(server.depot, handle, 'runc');
+  return JSON.parse(execFileSync(RUNC, ['--root', root, 'state', handle], { encoding: 'utf8' })) as { status: string; pid: number };
+}
+
+describe('issue 10: create starts the init without a runc start process (integration)', function () {
+  let server: Server;
+  let dir: string;
+
+  before(async function () {
+    dir = runtimeDir();
+    dir = join(dir, `issue10-start-${process.pid}`);
+    await rm(dir, { recursive: true, force: true });
+    execFileSync('mkdir', ['-p', dir]);
+    server = await startServer({ extraArgs: ['--runtime-plugin', await runcWrapper(dir)] });
+  });
+
+  after(async function () {
+    await writeFile(join(dir, 'mode'), '');
+    await cleanupServer(server);
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  beforeEach(async function () {
+    await writeFile(join(dir, 'mode'), '');
+  });
+
+  afterEach(function () {
+    dumpLogsIfFailed(this, server);
+  });
+
+  it('after create runc reports the container running, its exec fifo gone, and processes run', async function () {
+    const handle = 'fifo-started';
+    await server.client.create(spec({ handle }));
+    const st = runcState(server, handle);
+    expect(st.status).to.equal('running');
+    expect(existsSync(join(server.depot, handle, 'runc', handle, 'exec.fifo'))).to.equal(false);
+    expect(await runAndWait(server.client, handle, sh('echo up'))).to.include({ code: 0, stdout: 'up\n' });
+    // the init is garden-init, past its exec: no runc init left waiting
+    expect((await readFile(`/proc/${st.pid}/cmdline`, 'utf8')).split('\0')[0]).to.not.match(/runc/);
+    await server.client.destroy(handle);
+    expect(await leftovers(handle, { depot: server.depot })).to.deep.equal([]);
+  });
+
+  it('an init that dies before it is started fails the create at once with runc\'s error, and leaves nothing (no cgroup either)', async function () {
+    const handle = 'fifo-dead-init';
+    await writeFile(join(dir, 'mode'), 'kill');
+    const t0 = Date.now();
+    const err = await server.client.create(spec({ handle })).then(() => undefined, (e: unknown) => e as Error);
+    expect(err, 'the create failed').to.be.instanceOf(Error);
+    expect(err!.message).to.match(/runc start: container process is already dead/);
+    expect(Date.now() - t0, 'no wait for a timeout').to.be.below(10_000);
+    expect(await server.client.list()).to.not.include(handle);
+    expect(await leftovers(handle, { depot: server.depot })).to.deep.equal([]);
+    const cgroups = cgroupDirs(await readFile(join(dir, 'cgroup'), 'utf8')).filter((d) => d.includes(handle));
+    expect(cgroups, 'the init had a cgroup of its own').to.not.deep.equal([]);
+    expect(await eventually(() => cgroups.every((d) => !existsSync(d)), 5000), `cgroups left: ${cgroups.filter((d) => existsSync(d)).join(' ')}`).to.equal(true);
+    // the server goes on creating containers
+    await writeFile(join(dir, 'mode'), '');
+    await server.client.create(spec({ handle }));
+    await server.client.destroy(handle);
+    expect(await leftovers(handle, { depot: server.depot })).to.deep.equal([]);
+  });
+
+  it('a gdn killed -9 between create\'s halves (init created, not started): the next start takes it all down', async function () {
+    const handle = 'fifo-killed-between';
+    await writeFile(join(dir, 'mode'), 'hold');
+    await rm(join(dir, 'held'), { force: true });
+    const creating = server.client.create(spec({ handle })).then(() => undefined, (e: unknown) => e);
+    expect(await eventually(() => existsSync(join(dir, 'held')), 30_000, 20), 'runc create ran').to.equal(true);
+    const pid = Number((await readFile(join(dir, 'held'), 'utf8')).trim());
+    expect(runcState(server, handle).status).to.equal('created');
+    await server.kill9();
+    await creating;
+    await writeFile(join(dir, 'mode'), '');
+    server = await restartServer(server);
+    expect(await server.client.list()).to.not.include(handle);
+    expect(await leftovers(handle, { depot: server.depot })).to.deep.equal([]);
+    expect(await eventually(() => !existsSync(`/proc/${pid}`) || /\) Z /.test(execFileSync('cat', [`/proc/${pid}/stat`], { encoding: 'utf8' })), 5000), 'the init is gone').to.equal(true);
+    await server.client.create(spec({ handle }));
+    expect(runcState(server, handle).status).to.equal('running');
+    await server.client.destroy(handle);
+    expect(await leftovers(handle, { depot: server.depot })).to.deep.equal([]);
+  });
+});
