@@ -8,6 +8,7 @@ import type { OciConfig, OciProcess } from './bundle.js';
 import type { Depot } from './depot.js';
 import { processFiles } from './process.js';
 import type { Runc } from './runc.js';
+import { cgroupDirs, killCgroups } from './runcdelete.js';
 
 /** Waits until `pid` has exited (gone, or a zombie its monitor has yet to reap). */
 async function waitGone(pid: number, timeoutMs: number): Promise<void> {
@@ -167,7 +168,7 @@ export class Containerizer {
         if (await this.isOurInit(key, initPid)) process.kill(initPid, 'SIGKILL');
         else await this.runc.kill(root, key, 'KILL');
         await waitGone(initPid, 5000);
-        await this.runc.delete(root, key, false);
+        await this.runc.deleteStopped(root, key);
         await this.waitMonitorsGone(key);
         return;
       } catch {
@@ -183,12 +184,46 @@ export class Containerizer {
         await waitGone(st.pid, 5000);
       }
       try {
-        await this.runc.delete(root, key, false);
+        await this.runc.deleteStopped(root, key);
       } catch {
         await this.runc.delete(root, key, true);
       }
+    } else {
+      // No runc state (its directory vanished, or runc cannot read it): the init and its
+      // monitor would run on. The init conmon started is killed (its pid namespace goes with it).
+      const pid = await this.pidFromFile(join(this.depot.dir(key), 'pidfile'));
+      if (pid !== undefined && (await this.isOurInit(key, pid))) {
+        try {
+          process.kill(pid, 'SIGKILL');
+        } catch {
+          // gone
+        }
+        await waitGone(pid, 5000);
+      }
     }
+    // Whatever runc did or could not do: nothing may be left in, or of, the container's cgroups.
+    await killCgroups(await this.cgroupDirs(key));
     await this.waitMonitorsGone(key);
+  }
+
+  /** The container's cgroup directories in every hierarchy, from its bundle (none without a cgroups path). */
+  private async cgroupDirs(key: string): Promise<string[]> {
+    try {
+      const config = JSON.parse(await readFile(join(this.depot.dir(key), 'config.json'), 'utf8')) as { linux?: { cgroupsPath?: unknown } };
+      const path = config.linux?.cgroupsPath;
+      return typeof path === 'string' ? cgroupDirs(path, await readFile('/proc/self/mountinfo', 'utf8')) : [];
+    } catch {
+      return [];
+    }
+  }
+
+  private async pidFromFile(path: string): Promise<number | undefined> {
+    try {
+      const pid = Number((await readFile(path, 'utf8')).trim());
+      return Number.isInteger(pid) && pid > 1 ? pid : undefined;
+    } catch {
+      return undefined;
+    }
   }
 
   /** Whether `pid` is this container's init: its parent is the container's own monitor (a recycled pid's is not). */

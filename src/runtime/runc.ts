@@ -4,6 +4,7 @@ import { readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ExternalFailure } from '../errors.js';
 import { ExecFifoAbsent, ExecFifoFailure, runcInitPid, startThroughFifo } from './execfifo.js';
+import { deletableState, deleteStopped, initStopped } from './runcdelete.js';
 import { sharedSpawner, type Spawner } from './spawner/spawner.js';
 
 export interface RuncState {
@@ -61,6 +62,22 @@ export class Runc {
 
   async delete(root: string, id: string, force: boolean): Promise<void> {
     await this.run(root, ['delete', ...(force ? ['--force'] : []), id]);
+  }
+
+  /**
+   * `runc delete` of a container whose init has ended, done here where runc's state shows
+   * it safe (issue 10: no Go process on the teardown); else `runc delete` itself. A cgroup
+   * that cannot be removed is an error (runc would only log it).
+   */
+  async deleteStopped(root: string, id: string): Promise<void> {
+    const stateDir = join(root, id);
+    const text = await readFile(join(stateDir, 'state.json'), 'utf8').catch(() => undefined);
+    const st = text === undefined ? undefined : deletableState(text);
+    if (st !== undefined && (await initStopped(st.pid, st.startTime))) {
+      await deleteStopped(stateDir, st);
+      return;
+    }
+    await this.delete(root, id, false);
   }
 
   private async run(root: string, args: string[], opts: { reject?: boolean } = {}) {

@@ -1,6 +1,8 @@
 // Issue #10: create's second half reads runc's exec fifo in gdn instead of running
-// `runc start` (src/runtime/execfifo.ts). The container must end as runc would leave it,
-// and an init that dies first, or a gdn killed between the halves, must leave nothing.
+// `runc start` (src/runtime/execfifo.ts), and destroy does runc's delete of the stopped
+// container itself (src/runtime/runcdelete.ts). The container must end as runc would leave
+// it; an init that dies first, a gdn killed between the halves, or a runc state that
+// vanished must leave nothing: processes, monitors, cgroups, depot.
 // A wrapper around runc (--runtime-plugin) does what a test asks right after `runc create`.
 import { expect } from 'chai';
 import { execFileSync } from 'node:child_process';
@@ -53,7 +55,7 @@ function runcState(server: Server, handle: string): { status: string; pid: numbe
   return JSON.parse(execFileSync(RUNC, ['--root', root, 'state', handle], { encoding: 'utf8' })) as { status: string; pid: number };
 }
 
-describe('issue 10: create starts the init without a runc start process (integration)', function () {
+describe('issue 10: create and destroy without runc start and runc delete processes (integration)', function () {
   let server: Server;
   let dir: string;
 
@@ -131,5 +133,39 @@ describe('issue 10: create starts the init without a runc start process (integra
     expect(runcState(server, handle).status).to.equal('running');
     await server.client.destroy(handle);
     expect(await leftovers(handle, { depot: server.depot })).to.deep.equal([]);
+  });
+
+  it('destroy removes the container\'s cgroups in every hierarchy and its runc state', async function () {
+    const handle = 'own-delete';
+    await server.client.create(spec({ handle }));
+    const { pid } = runcState(server, handle);
+    const cgroups = cgroupDirs(await readFile(`/proc/${pid}/cgroup`, 'utf8')).filter((d) => d.includes(handle) && existsSync(d));
+    expect(cgroups, 'the container has cgroups of its own').to.not.deep.equal([]);
+    await server.client.destroy(handle);
+    expect(await leftovers(handle, { depot: server.depot })).to.deep.equal([]);
+    expect(cgroups.filter((d) => existsSync(d)), 'cgroups left').to.deep.equal([]);
+    expect(existsSync(`/proc/${pid}`) && !/\) Z /.test(await readFile(`/proc/${pid}/stat`, 'utf8').catch(() => ') Z ')), 'the init is gone').to.equal(false);
+  });
+
+  it('destroy of a container whose runc state vanished kills its init, its processes and its monitor, and removes its cgroups', async function () {
+    const handle = 'state-vanished';
+    await server.client.create(spec({ handle }));
+    const { pid } = runcState(server, handle);
+    const cgroups = cgroupDirs(await readFile(`/proc/${pid}/cgroup`, 'utf8')).filter((d) => d.includes(handle) && existsSync(d));
+    expect(cgroups).to.not.deep.equal([]);
+    const sleeper = await server.client.run(handle, sh('exec sleep 1000'), {});
+    expect(sleeper).to.not.equal(undefined);
+    await rm(join(server.depot, handle, 'runc', handle), { recursive: true, force: true });
+    await server.client.destroy(handle);
+    expect(await leftovers(handle, { depot: server.depot })).to.deep.equal([]);
+    expect(cgroups.filter((d) => existsSync(d)), 'cgroups left').to.deep.equal([]);
+    const alive = async (p: number) => {
+      try {
+        return !/\) [ZX] /.test(await readFile(`/proc/${p}/stat`, 'utf8'));
+      } catch {
+        return false;
+      }
+    };
+    expect(await alive(pid), 'the init is gone').to.equal(false);
   });
 });
