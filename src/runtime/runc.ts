@@ -17,13 +17,18 @@ export interface RuncState {
 
 export class Runc {
   constructor(
-    readonly binary: string,
+    /** The runtime's path, or how to find it at each call (a sealed copy's path may change: issue 10). */
+    private readonly runtime: string | (() => string),
     private readonly extraGlobalArgs: string[] = [],
     /** Starts runc without forking the large gdn process (issue 10). */
     private readonly spawner: Spawner = sharedSpawner(),
     /** How long a start may wait for the container's init to take its start signal. */
     private readonly startTimeoutMs = 30_000,
   ) {}
+
+  get binary(): string {
+    return typeof this.runtime === 'string' ? this.runtime : this.runtime();
+  }
 
   /** Global flags for a container whose runc state lives at `root`. */
   globalArgs(root: string, logFile: string): string[] {

@@ -7,10 +7,10 @@
 import { expect } from 'chai';
 import { execFileSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { chmod, readFile, rm, writeFile } from 'node:fs/promises';
+import { chmod, open, readFile, readlink, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import {
-  cleanupServer, dumpLogsIfFailed, eventually, leftovers, restartServer, runAndWait, runtimeDir, type Server, sh, spec, startServer,
+  cleanupServer, dumpLogsIfFailed, eventually, leftovers, monitorsMentioning, restartServer, runAndWait, runtimeDir, type Server, sh, spec, startServer,
 } from './harness.js';
 
 const RUNC = '/usr/sbin/runc';
@@ -167,5 +167,48 @@ describe('issue 10: create and destroy without runc start and runc delete proces
       }
     };
     expect(await alive(pid), 'the init is gone').to.equal(false);
+  });
+});
+
+describe('issue 10: runc runs from one sealed copy, not a copy of itself per container init (integration)', function () {
+  let server: Server;
+
+  before(async function () {
+    server = await startServer();
+  });
+
+  after(async function () {
+    await cleanupServer(server);
+  });
+
+  afterEach(function () {
+    dumpLogsIfFailed(this, server);
+  });
+
+  it('the container\'s monitor runs runc as the spawner\'s sealed memfd, which no one can write', async function () {
+    const handle = 'sealed-runc';
+    await server.client.create(spec({ handle }));
+    const monitors = (await monitorsMentioning(handle)).filter((p) => p.comm === 'conmon');
+    expect(monitors, 'the init\'s monitor').to.have.length.greaterThan(0);
+    const argv = monitors[0]!.cmdline;
+    const runtime = argv[argv.indexOf('-r') + 1]!;
+    expect(runtime).to.match(/^\/proc\/\d+\/fd\/1000$/);
+    expect(await readlink(runtime)).to.match(/^\/memfd:trellis-runtime/);
+    // a sealed copy: runc 1.1 runs from it without copying itself (F_SEAL_WRITE and the rest)
+    const write = await open(runtime, 'r+').then(async (f) => {
+      try {
+        await f.write('x', 0);
+        return 'written';
+      } catch (err) {
+        return (err as NodeJS.ErrnoException).code;
+      } finally {
+        await f.close();
+      }
+    }, (err: NodeJS.ErrnoException) => err.code);
+    expect(write).to.equal('EPERM');
+    expect(execFileSync(runtime, ['--version'], { encoding: 'utf8' })).to.match(/^runc version/);
+    expect(await runAndWait(server.client, handle, sh('echo ran'))).to.include({ code: 0, stdout: 'ran\n' });
+    await server.client.destroy(handle);
+    expect(await leftovers(handle, { depot: server.depot })).to.deep.equal([]);
   });
 });
