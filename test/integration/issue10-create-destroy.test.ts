@@ -9,6 +9,8 @@ import { execFileSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { chmod, open, readFile, readlink, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { loadUserNetwork } from '../../plugins/networker/config.js';
+import { Protocol } from '../../src/client/types.js';
 import {
   cleanupServer, dumpLogsIfFailed, eventually, leftovers, monitorsMentioning, restartServer, runAndWait, runtimeDir, type Server, sh, spec, startServer,
 } from './harness.js';
@@ -208,6 +210,64 @@ describe('issue 10: runc runs from one sealed copy, not a copy of itself per con
     expect(write).to.equal('EPERM');
     expect(execFileSync(runtime, ['--version'], { encoding: 'utf8' })).to.match(/^runc version/);
     expect(await runAndWait(server.client, handle, sh('echo ran'))).to.include({ code: 0, stdout: 'ran\n' });
+    await server.client.destroy(handle);
+    expect(await leftovers(handle, { depot: server.depot })).to.deep.equal([]);
+  });
+});
+
+describe('issue 10: the egress tables in the container\'s network namespace, exactly (integration)', function () {
+  let server: Server;
+  const NET = loadUserNetwork(process.getuid!());
+
+  before(async function () {
+    server = await startServer();
+  });
+
+  after(async function () {
+    await cleanupServer(server);
+  });
+
+  afterEach(function () {
+    dumpLogsIfFailed(this, server);
+  });
+
+  /** iptables-save (or ip6tables-save) inside the container's netns, without comments and packet counters. */
+  const saved = (pid: number, bin: string): string[] =>
+    execFileSync('nsenter', ['--preserve-credentials', '--target', String(pid), '--user', '--net', bin], { encoding: 'utf8' })
+      .split('\n')
+      .filter((l) => l !== '' && !l.startsWith('#'))
+      .map((l) => l.replace(/ \[\d+:\d+\]$/, ' [0:0]'));
+
+  it('IPv4: deny by default, DNS, the subnet open, the host only through net-out rules; IPv6: nothing but loopback', async function () {
+    const handle = 'egress-tables';
+    await server.client.create(spec({ handle }));
+    const { pid } = runcState(server, handle);
+    const resolv = await readFile(join(server.depot, handle, 'resolv.conf'), 'utf8');
+    const dns = [...resolv.matchAll(/^nameserver (\S+)$/gm)].map((m) => m[1]!);
+    const gw = NET.gateway;
+    const v4 = (netout: string[]) => [
+      '*filter',
+      ':INPUT ACCEPT [0:0]',
+      ':FORWARD DROP [0:0]',
+      ':OUTPUT ACCEPT [0:0]',
+      ':trellis-netout - [0:0]',
+      '-A OUTPUT -o lo -j ACCEPT',
+      '-A OUTPUT -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT',
+      ...dns.flatMap((d) => [`-A OUTPUT -d ${d}/32 -p udp -m udp --dport 53 -j ACCEPT`, `-A OUTPUT -d ${d}/32 -p tcp -m tcp --dport 53 -j ACCEPT`]),
+      `-A OUTPUT -d ${gw}/32 -j trellis-netout`,
+      `-A OUTPUT -d ${gw}/32 -p tcp -j REJECT --reject-with tcp-reset`,
+      `-A OUTPUT -d ${gw}/32 -j REJECT --reject-with icmp-port-unreachable`,
+      `-A OUTPUT -d ${NET.subnet} -j ACCEPT`,
+      '-A OUTPUT -j trellis-netout',
+      '-A OUTPUT -p tcp -j REJECT --reject-with tcp-reset',
+      '-A OUTPUT -j REJECT --reject-with icmp-port-unreachable',
+      ...netout,
+      'COMMIT',
+    ];
+    expect(saved(pid, 'iptables-save')).to.deep.equal(v4([]));
+    expect(saved(pid, 'ip6tables-save')).to.deep.equal(['*filter', ':INPUT ACCEPT [0:0]', ':FORWARD DROP [0:0]', ':OUTPUT DROP [0:0]', '-A OUTPUT -o lo -j ACCEPT', 'COMMIT']);
+    await server.client.netOut(handle, { protocol: Protocol.TCP, networks: [{ start: gw, end: gw }], ports: [{ start: 8080, end: 8080 }] });
+    expect(saved(pid, 'iptables-save')).to.deep.equal(v4([`-A trellis-netout -d ${gw}/32 -p tcp -m tcp --dport 8080 -j ACCEPT`]));
     await server.client.destroy(handle);
     expect(await leftovers(handle, { depot: server.depot })).to.deep.equal([]);
   });
