@@ -7,9 +7,9 @@
 // root: flags in, plain constructors wired together, nothing else.
 import { createServer as createHttpServer, type Server as HttpServer } from 'node:http';
 import { isIP } from 'node:net';
-import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, unlinkSync } from 'node:fs';
+import { chmodSync, closeSync, existsSync, mkdtempSync, openSync, readFileSync, readSync, rmSync, unlinkSync } from 'node:fs';
 import { userInfo, tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import pino, { type Logger } from 'pino';
 import yargs, { type Argv } from 'yargs';
 import { hideBin } from 'yargs/helpers';
@@ -36,7 +36,7 @@ import { Conmon } from '../src/runtime/conmon.js';
 import { Containerizer } from '../src/runtime/containerizer.js';
 import { Depot } from '../src/runtime/depot.js';
 import { Runc } from '../src/runtime/runc.js';
-import { SPAWNER_BINARY, sharedSpawner } from '../src/runtime/spawner/spawner.js';
+import { SPAWNER_BINARY, sealRuntimeInSharedSpawner, sharedSpawner } from '../src/runtime/spawner/spawner.js';
 import { setupCommand } from '../src/setup/command.js';
 import { defaultEnv, formatFindings, runChecks } from '../src/doctor/doctor.js';
 import { ImageStore } from '../plugins/grootfs/store.js';
@@ -161,6 +161,8 @@ async function server(args: ServerArgs): Promise<void> {
   requireSetuid('newuidmap');
   requireSetuid('newgidmap');
   const runcBin = requireBinary(args['runtime-plugin'], 'runc');
+  // runc itself only: another runtime (a wrapper script, say) may look for files beside its own path.
+  if (isRuncBinary(runcBin)) sealRuntimeInSharedSpawner(runcBin);
   const conmonBin = requireBinary(args['conmon-bin'] ?? 'conmon', 'conmon');
   const initBin = args['init-bin'] !== undefined ? requireBinary(args['init-bin'], 'trellis (npm run build)') : BUILT_INIT;
   if (!existsSync(initBin)) {
@@ -265,8 +267,11 @@ async function server(args: ServerArgs): Promise<void> {
   if (!existsSync(SPAWNER_BINARY) || spawner.pid() === undefined) {
     throw new TrellisError('ERR_TRELLIS_SPAWNER_NOT_BUILT', `cannot start trellis-spawner (${SPAWNER_BINARY})`, { hint: "run 'npm run build' (it compiles src/runtime/spawner with gcc)" });
   }
-  const runc = new Runc(runcBin, args['runtime-plugin-extra-arg'], spawner);
-  const conmon = new Conmon(conmonBin, runcBin, {}, Number(parseGoDuration(args['process-start-timeout']) / 1_000_000n), args['process-log-max-bytes'], spawner);
+  const startTimeoutMs = Number(parseGoDuration(args['process-start-timeout']) / 1_000_000n);
+  // runc from the spawner's sealed copy: no copy of itself in every container's init (issue 10).
+  const runtime = () => spawner.sealedRuntime() ?? runcBin;
+  const runc = new Runc(runtime, args['runtime-plugin-extra-arg'], spawner, startTimeoutMs);
+  const conmon = new Conmon(conmonBin, runtime, {}, startTimeoutMs, args['process-log-max-bytes'], spawner);
   const gardener = new Gardener({
     depot,
     containerizer: new Containerizer(depot, runc, conmon),
@@ -449,3 +454,19 @@ await yargs(hideBin(process.argv))
   .version(false)
   .help()
   .parseAsync();
+
+/** An ELF binary named runc: what runc 1.1's sealed-copy check (issue 10) is for. */
+function isRuncBinary(path: string): boolean {
+  if (basename(path) !== 'runc') return false;
+  try {
+    const fd = openSync(path, 'r');
+    try {
+      const head = Buffer.alloc(4);
+      return readSync(fd, head, 0, 4, 0) === 4 && head.equals(Buffer.from([0x7f, 0x45, 0x4c, 0x46]));
+    } finally {
+      closeSync(fd);
+    }
+  } catch {
+    return false;
+  }
+}

@@ -255,7 +255,13 @@ export class Networker {
     log.info({ id, pid: input.Pid }, 'up.start');
     const s: State = { handle, id, pid: input.Pid, startTime, ip: '', rules, mappings: [], ...(request.subnet !== undefined ? { subnet: request.subnet, gateway: request.gateway } : {}) };
     // The egress table does not depend on the address: write it while the gate works.
-    const [added, firewall] = await Promise.allSettled([this.o.gate.add(id, input.Pid, request), this.applyFirewall(s)]);
+    const timed = async <T>(step: string, p: Promise<T>): Promise<T> => {
+      const t0 = performance.now();
+      const out = await p;
+      log.debug({ step, ms: Math.round((performance.now() - t0) * 10) / 10 }, 'up.step');
+      return out;
+    };
+    const [added, firewall] = await Promise.allSettled([timed('gate-add', this.o.gate.add(id, input.Pid, request)), timed('egress', this.applyFirewall(s))]);
     if (added.status === 'rejected') throw added.reason;
     const address = added.value.ips?.[0]?.address?.split('/')[0];
     s.ip = address ?? '';

@@ -81,7 +81,8 @@ export const TRANSIENT_RETRY_DELAYS_MS = [25, 100, 250, 500, 1000];
 export class Conmon {
   constructor(
     readonly binary: string,
-    readonly runtimeBinary: string,
+    /** The runtime's path, or how to find it at each start (a sealed copy's path may change: issue 10). */
+    private readonly runtime: string | (() => string),
     private readonly env: NodeJS.ProcessEnv = {},
     /** How long runc may take to start a process before its monitor is killed. */
     private readonly startTimeoutMs = 30_000,
@@ -90,6 +91,10 @@ export class Conmon {
     /** Starts conmon and runc without forking the large gdn process (issue 10). */
     private readonly spawner: Spawner = sharedSpawner(),
   ) {}
+
+  get runtimeBinary(): string {
+    return typeof this.runtime === 'string' ? this.runtime : this.runtime();
+  }
 
   argv(o: ConmonCommon): string[] {
     return [

@@ -8,6 +8,8 @@ import type { OciConfig, OciProcess } from './bundle.js';
 import type { Depot } from './depot.js';
 import { processFiles } from './process.js';
 import type { Runc } from './runc.js';
+import { cgroupDirs, killCgroups } from './runcdelete.js';
+import { watchForInit } from './initwatch.js';
 
 /** Waits until `pid` has exited (gone, or a zombie its monitor has yet to reap). */
 async function waitGone(pid: number, timeoutMs: number): Promise<void> {
@@ -54,9 +56,10 @@ export class Containerizer {
 
   /**
    * The first half of create: the container exists under its monitor, its namespaces too (so
-   * the network can be set up in them), and its init waits for `start`. Returns the init's host pid.
+   * the network can be set up in them), and its init waits for `start`. Returns the init's host
+   * pid; `onInit` may learn it earlier, once runc's bootstrap has made the init's namespaces.
    */
-  async createStopped(key: string, config: OciConfig): Promise<number> {
+  async createStopped(key: string, config: OciConfig, onInit?: (pid: number) => void): Promise<number> {
     const dir = this.depot.dir(key);
     await writeFile(join(dir, 'config.json'), JSON.stringify(config), { mode: 0o600 });
     const initDir = this.initDir(key);
@@ -64,7 +67,7 @@ export class Containerizer {
     const files = processFiles(initDir, key);
     await mkdir(files.exitDir, { mode: 0o700 });
     // conmon wants the bundle (-b) to hold config.json; the init's own files go beside it.
-    const started = await this.conmon.create({
+    const started = this.conmon.create({
       containerId: key,
       monitorId: `${key}-init`.slice(0, 200),
       dir,
@@ -75,7 +78,9 @@ export class Containerizer {
       logPath: files.logPath,
       stdin: false,
     });
-    return started.pid;
+    // `onInit`: the init's pid as soon as its namespaces exist, before runc create returns (issue 10).
+    if (onInit !== undefined) void watchForInit(files.conmonPidFile, started).then((pid) => pid !== undefined && onInit(pid), () => {});
+    return (await started).pid;
   }
 
   /** The second half of create: the init runs. On failure the container is gone again. */
@@ -167,7 +172,7 @@ export class Containerizer {
         if (await this.isOurInit(key, initPid)) process.kill(initPid, 'SIGKILL');
         else await this.runc.kill(root, key, 'KILL');
         await waitGone(initPid, 5000);
-        await this.runc.delete(root, key, false);
+        await this.runc.deleteStopped(root, key);
         await this.waitMonitorsGone(key);
         return;
       } catch {
@@ -183,12 +188,46 @@ export class Containerizer {
         await waitGone(st.pid, 5000);
       }
       try {
-        await this.runc.delete(root, key, false);
+        await this.runc.deleteStopped(root, key);
       } catch {
         await this.runc.delete(root, key, true);
       }
+    } else {
+      // No runc state (its directory vanished, or runc cannot read it): the init and its
+      // monitor would run on. The init conmon started is killed (its pid namespace goes with it).
+      const pid = await this.pidFromFile(join(this.depot.dir(key), 'pidfile'));
+      if (pid !== undefined && (await this.isOurInit(key, pid))) {
+        try {
+          process.kill(pid, 'SIGKILL');
+        } catch {
+          // gone
+        }
+        await waitGone(pid, 5000);
+      }
     }
+    // Whatever runc did or could not do: nothing may be left in, or of, the container's cgroups.
+    await killCgroups(await this.cgroupDirs(key));
     await this.waitMonitorsGone(key);
+  }
+
+  /** The container's cgroup directories in every hierarchy, from its bundle (none without a cgroups path). */
+  private async cgroupDirs(key: string): Promise<string[]> {
+    try {
+      const config = JSON.parse(await readFile(join(this.depot.dir(key), 'config.json'), 'utf8')) as { linux?: { cgroupsPath?: unknown } };
+      const path = config.linux?.cgroupsPath;
+      return typeof path === 'string' ? cgroupDirs(path, await readFile('/proc/self/mountinfo', 'utf8')) : [];
+    } catch {
+      return [];
+    }
+  }
+
+  private async pidFromFile(path: string): Promise<number | undefined> {
+    try {
+      const pid = Number((await readFile(path, 'utf8')).trim());
+      return Number.isInteger(pid) && pid > 1 ? pid : undefined;
+    } catch {
+      return undefined;
+    }
   }
 
   /** Whether `pid` is this container's init: its parent is the container's own monitor (a recycled pid's is not). */

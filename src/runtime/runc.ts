@@ -3,6 +3,8 @@
 import { readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ExternalFailure } from '../errors.js';
+import { ExecFifoAbsent, ExecFifoFailure, runcInitPid, startThroughFifo } from './execfifo.js';
+import { deletableState, deleteStopped, initStopped } from './runcdelete.js';
 import { sharedSpawner, type Spawner } from './spawner/spawner.js';
 
 export interface RuncState {
@@ -15,11 +17,18 @@ export interface RuncState {
 
 export class Runc {
   constructor(
-    readonly binary: string,
+    /** The runtime's path, or how to find it at each call (a sealed copy's path may change: issue 10). */
+    private readonly runtime: string | (() => string),
     private readonly extraGlobalArgs: string[] = [],
     /** Starts runc without forking the large gdn process (issue 10). */
     private readonly spawner: Spawner = sharedSpawner(),
+    /** How long a start may wait for the container's init to take its start signal. */
+    private readonly startTimeoutMs = 30_000,
   ) {}
+
+  get binary(): string {
+    return typeof this.runtime === 'string' ? this.runtime : this.runtime();
+  }
 
   /** Global flags for a container whose runc state lives at `root`. */
   globalArgs(root: string, logFile: string): string[] {
@@ -32,7 +41,23 @@ export class Runc {
     return JSON.parse(res.stdout) as RuncState;
   }
 
+  /**
+   * What `runc start` does, without a runc process (issue 10): the exec fifo is read here.
+   * Where there is none to read (another runtime's layout, or no longer created), `runc start`
+   * itself runs and says why.
+   */
   async start(root: string, id: string): Promise<void> {
+    const stateDir = join(root, id);
+    const pid = await runcInitPid(stateDir);
+    if (pid !== undefined) {
+      try {
+        await startThroughFifo(stateDir, pid, this.startTimeoutMs);
+        return;
+      } catch (err) {
+        if (err instanceof ExecFifoFailure) throw new ExternalFailure('runc', `runc start: ${err.message}`);
+        if (!(err instanceof ExecFifoAbsent)) throw err;
+      }
+    }
     await this.run(root, ['start', id]);
   }
 
@@ -42,6 +67,22 @@ export class Runc {
 
   async delete(root: string, id: string, force: boolean): Promise<void> {
     await this.run(root, ['delete', ...(force ? ['--force'] : []), id]);
+  }
+
+  /**
+   * `runc delete` of a container whose init has ended, done here where runc's state shows
+   * it safe (issue 10: no Go process on the teardown); else `runc delete` itself. A cgroup
+   * that cannot be removed is an error (runc would only log it).
+   */
+  async deleteStopped(root: string, id: string): Promise<void> {
+    const stateDir = join(root, id);
+    const text = await readFile(join(stateDir, 'state.json'), 'utf8').catch(() => undefined);
+    const st = text === undefined ? undefined : deletableState(text);
+    if (st !== undefined && (await initStopped(st.pid, st.startTime))) {
+      await deleteStopped(stateDir, st);
+      return;
+    }
+    await this.delete(root, id, false);
   }
 
   private async run(root: string, args: string[], opts: { reject?: boolean } = {}) {

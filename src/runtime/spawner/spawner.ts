@@ -5,6 +5,7 @@
 // 'error', 'exit', 'close', kill), so moving a call here changes little.
 import { spawn as nodeSpawn, type ChildProcess } from 'node:child_process';
 import { EventEmitter } from 'node:events';
+import { readlinkSync } from 'node:fs';
 import { constants } from 'node:os';
 import { Readable, Writable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
@@ -61,11 +62,18 @@ export interface Transport {
 /** Starts a spawner; onData gets every chunk it sends, onClose is called once when it is gone. */
 export type TransportFactory = (onData: (b: Buffer) => void, onClose: (why: string) => void) => Transport;
 
-/** The real transport: trellis-spawner as a child of this process, framed over its stdin/stdout. */
+/** Where the spawner holds its sealed copy of the runtime (trellis-spawner.c SEALED_FD). */
+export const SEALED_FD = 1000;
+
+/**
+ * The real transport: trellis-spawner as a child of this process, framed over its stdin/stdout.
+ * `sealRuntime()`: the runtime binary the spawner keeps a sealed copy of (issue 10), if any.
+ */
 export const processTransport =
-  (binary = SPAWNER_BINARY): TransportFactory =>
+  (binary = SPAWNER_BINARY, sealRuntime: () => string | undefined = () => undefined): TransportFactory =>
   (onData, onClose) => {
-    const child: ChildProcess = nodeSpawn(binary, [String(process.pid)], { stdio: ['pipe', 'pipe', 'inherit'], env: {} });
+    const seal = sealRuntime();
+    const child: ChildProcess = nodeSpawn(binary, [String(process.pid), ...(seal === undefined ? [] : [seal])], { stdio: ['pipe', 'pipe', 'inherit'], env: {} });
     let closed = false;
     const gone = (why: string) => {
       if (closed) return;
@@ -324,6 +332,22 @@ export class Spawner {
     return this.channel().pid;
   }
 
+  /**
+   * The sealed copy of the runtime the running spawner holds, as a path to execute (issue 10:
+   * runc then need not copy itself in every container's init); undefined when it holds none.
+   * A spawner started again after a loss has another pid: ask again for each use.
+   */
+  sealedRuntime(): string | undefined {
+    const pid = this.channel().pid;
+    if (pid === undefined) return undefined;
+    const path = `/proc/${pid}/fd/${SEALED_FD}`;
+    try {
+      return readlinkSync(path).startsWith('/memfd:trellis-runtime') ? path : undefined;
+    } catch {
+      return undefined;
+    }
+  }
+
   /** Ends the spawner; children already started live on. */
   close(): void {
     const t = this.transport;
@@ -368,9 +392,15 @@ export class Spawner {
 }
 
 let shared: Spawner | undefined;
+let sharedSeal: string | undefined;
 
 /** The daemon's one spawner, started on first use. */
 export function sharedSpawner(): Spawner {
-  shared ??= new Spawner();
+  shared ??= new Spawner(processTransport(SPAWNER_BINARY, () => sharedSeal));
   return shared;
+}
+
+/** The runtime binary the shared spawner keeps a sealed copy of, from its next start (gdn's wiring). */
+export function sealRuntimeInSharedSpawner(runtime: string): void {
+  sharedSeal = runtime;
 }

@@ -5,7 +5,13 @@
  * is small, so starting a child costs little; gdn starts it once and asks it over stdin/stdout.
  * Not setuid: it runs as the daemon's user, for the daemon, and does only what gdn asks.
  *
- *   trellis-spawner PARENT_PID
+ *   trellis-spawner PARENT_PID [RUNTIME]
+ *
+ * With RUNTIME (the OCI runtime's binary, runc), the spawner holds a fully sealed memfd copy
+ * of it at fd SEALED_FD, for gdn to run as /proc/<spawner>/fd/SEALED_FD (issue #10): runc 1.1
+ * copies itself into a sealed memfd in every `runc init` (CVE-2019-5736) unless it already
+ * runs from one, and a sealed copy cannot be written, so one copy serves every container.
+ * Without it (or when making it fails) nothing changes: gdn runs RUNTIME itself.
  *
  * Frames, both ways: u32 little-endian length of what follows, u8 type, u32 id, payload.
  * gdn -> spawner:
@@ -32,6 +38,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <linux/close_range.h>
 #include <sys/signalfd.h>
@@ -46,6 +53,8 @@ enum { F_SETSID = 1, F_STDIN = 2, F_STDOUT = 4, F_STDERR = 8, F_FD3 = 16 };
 #define MAX_FRAME (16u << 20)
 #define CHUNK 65536
 #define LOW_FD 16 /* every fd of ours sits above the ones a child is given */
+#define SEALED_FD 1000 /* the sealed runtime (gdn reads /proc/<pid>/fd/1000) */
+#define SEALS (F_SEAL_SEAL | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE) /* runc's RUNC_MEMFD_SEALS */
 
 struct buf {
 	struct buf *next;
@@ -82,6 +91,44 @@ static int high(int fd)
 		die("fcntl");
 	close(fd);
 	return h;
+}
+
+/* The sealed copy of the runtime at SEALED_FD, close-on-exec; on any failure, none (gdn then runs the file). */
+static void seal_runtime(const char *path)
+{
+	int src = open(path, O_RDONLY | O_CLOEXEC);
+	if (src < 0) {
+		fprintf(stderr, "trellis-spawner: %s: %s (runc will copy itself)\n", path, strerror(errno));
+		return;
+	}
+	int m = memfd_create("trellis-runtime", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+	int ok = m >= 0;
+	char *b = malloc(CHUNK);
+	ok = ok && b != NULL;
+	while (ok) {
+		ssize_t n = read(src, b, CHUNK);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0) {
+			ok = n == 0;
+			break;
+		}
+		for (ssize_t off = 0; ok && off < n;) {
+			ssize_t w = write(m, b + off, (size_t)(n - off));
+			if (w < 0 && errno == EINTR)
+				continue;
+			ok = w > 0;
+			off += w > 0 ? w : 0;
+		}
+	}
+	free(b);
+	close(src);
+	ok = ok && fcntl(m, F_ADD_SEALS, SEALS) == 0 && fcntl(m, F_GET_SEALS) == SEALS;
+	ok = ok && dup3(m, SEALED_FD, O_CLOEXEC) == SEALED_FD;
+	if (!ok)
+		fprintf(stderr, "trellis-spawner: cannot seal a copy of %s: %s (runc will copy itself)\n", path, strerror(errno));
+	if (m >= 0)
+		close(m);
 }
 
 static void write_all(const void *p, size_t n)
@@ -448,8 +495,8 @@ static void reap(void)
 
 int main(int argc, char **argv)
 {
-	if (argc != 2) {
-		fprintf(stderr, "usage: trellis-spawner PARENT_PID (started by gdn)\n");
+	if (argc != 2 && argc != 3) {
+		fprintf(stderr, "usage: trellis-spawner PARENT_PID [RUNTIME] (started by gdn)\n");
 		return 1;
 	}
 	long parent = strtol(argv[1], NULL, 10);
@@ -465,6 +512,8 @@ int main(int argc, char **argv)
 	fcntl(STDIN_FILENO, F_SETFD, FD_CLOEXEC);
 	fcntl(STDOUT_FILENO, F_SETFD, FD_CLOEXEC);
 	fcntl(STDIN_FILENO, F_SETFL, fcntl(STDIN_FILENO, F_GETFL) | O_NONBLOCK);
+	if (argc == 3)
+		seal_runtime(argv[2]);
 	devnull = high(open("/dev/null", O_RDWR | O_CLOEXEC));
 	if (devnull < 0)
 		die("/dev/null");
