@@ -33,7 +33,8 @@
 #include "garden-init.h"
 #include "spawn-request.h"
 
-#define MAX_CONNS 256
+/* processes running at once through the server (one connection each, until they exit) */
+#define MAX_CONNS 4096
 
 struct conn {
   int fd;        /* -1: a free slot */
@@ -42,6 +43,9 @@ struct conn {
 };
 
 static struct conn conns[MAX_CONNS];
+/* init's own open-file limit as runc gave it: every child gets it back (runc exec's processes have it) */
+static struct rlimit inherited_nofile;
+static int raised_nofile;
 static char request_buf[SPAWN_REQUEST_MAX + 1];
 static struct spawn_request request;
 
@@ -76,6 +80,7 @@ static _Noreturn void become(int conn, int status_fd, const struct spawn_request
   for (int s = 1; s < NSIG; s++) signal(s, SIG_DFL);
   sigprocmask(SIG_SETMASK, &none, NULL);
   if (setsid() < 0) child_fail(status_fd, STAGE_TTY, errno);
+  if (raised_nofile && setrlimit(RLIMIT_NOFILE, &inherited_nofile) != 0) child_fail(status_fd, STAGE_RLIMIT, errno);
   int master = -1;
   if (q->tty) {
     /* the container's own devpts: /dev/ptmx resolves in the container's mount namespace */
@@ -323,6 +328,11 @@ int spawn_server(void) {
   if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0) {
     fprintf(stderr, "garden-init: PR_SET_DUMPABLE: %s\n", strerror(errno));
     return 1;
+  }
+  /* a connection per running process: room for them all */
+  if (getrlimit(RLIMIT_NOFILE, &inherited_nofile) == 0 && inherited_nofile.rlim_cur < inherited_nofile.rlim_max) {
+    struct rlimit raised = {inherited_nofile.rlim_max, inherited_nofile.rlim_max};
+    raised_nofile = setrlimit(RLIMIT_NOFILE, &raised) == 0;
   }
   sigset_t all;
   sigfillset(&all);
