@@ -3,6 +3,7 @@
 
 import { expect } from 'chai';
 import fc from 'fast-check';
+import { Conmon } from '../../src/runtime/conmon.js';
 import { DEFAULT_PATH_ROOT, buildBundle, buildProcess, buildSpawnRequest, type ProcessInput } from '../../src/runtime/bundle.js';
 import {
   EXEC_MAGIC, SPAWN_MAGIC, SPAWN_REQUEST_MAX, encodeExecRequest, encodeSpawnRequest, type SpawnRequest,
@@ -138,5 +139,20 @@ describe('buildSpawnRequest: the process runc exec would start', function () {
     }).process.args;
     expect(bundle(true)).to.deep.equal(['/tmp/garden-init', '--spawn-server']);
     expect(bundle(undefined)).to.deep.equal(['/tmp/garden-init']);
+  });
+});
+
+describe('conmon runs trellis-exec as the runtime of a spawn-server exec', function () {
+  const common = {
+    containerId: 'c', monitorId: 'm', dir: '/d', runtimeRoot: '/d/runc', pidFile: '/d/pidfile', conmonPidFile: '/d/conmon.pid',
+    exitDir: '/d/exit', logPath: '/d/output.log', stdin: true,
+  };
+  const runtimeOf = (argv: string[]) => argv[argv.indexOf('-r') + 1];
+
+  it('passes -r <trellis-exec> for that monitor only, and keeps --root for it to ignore', function () {
+    const conmon = new Conmon('/usr/bin/conmon', '/usr/sbin/runc');
+    expect(runtimeOf(conmon.argv({ ...common, runtime: '/x/trellis-exec' }))).to.equal('/x/trellis-exec');
+    expect(runtimeOf(conmon.argv(common))).to.equal('/usr/sbin/runc');
+    expect(conmon.argv({ ...common, runtime: '/x/trellis-exec' })).to.include.members(['--runtime-arg', '/d/runc']);
   });
 });
