@@ -240,8 +240,24 @@ function processEnv(input: ProcessInput): string[] {
  * What garden-init's spawn server is asked to start (spawnrequest.ts): the process `runc exec`
  * would start for buildProcess(input), ids, groups, environment and all.
  */
+/** As runc sets a process's environment (os.Setenv per entry): one entry per name, where it first appears, with its last value. */
+function dedupEnv(env: string[]): string[] {
+  const at = new Map<string, number>();
+  const out: string[] = [];
+  for (const e of env) {
+    const eq = e.indexOf('=');
+    const name = eq < 0 ? e : e.slice(0, eq);
+    const i = at.get(name);
+    if (i === undefined) {
+      at.set(name, out.length);
+      out.push(e);
+    } else out[i] = e;
+  }
+  return out;
+}
+
 export function buildSpawnRequest(input: ProcessInput): SpawnRequest {
-  const env = processEnv(input);
+  const env = dedupEnv(processEnv(input));
   // runc fills in HOME from the user it starts (root, for the launcher) when the env names none
   if (input.home !== undefined && !env.some((e) => e.startsWith('HOME='))) env.push(`HOME=${input.home}`);
   return {

@@ -152,7 +152,7 @@ describe('issue 10: run through garden-init\'s spawn server (integration)', func
     const probe = async () => {
       const out: Record<string, string> = {};
       for (const user of ['', 'bob']) {
-        const r = await runAndWait(server.client, h, { ...sh(PROBE), user, rlimits }, '');
+        const r = await runAndWait(server.client, h, { ...sh(PROBE), user, rlimits, env: ['DUP=first', 'OTHER=x', 'DUP=second'] }, '');
         expect(r.code, `probe as ${user || 'root'}: ${r.stderr}`).to.equal(0);
         out[user || 'root'] = r.stdout;
       }

@@ -127,6 +127,12 @@ describe('buildSpawnRequest: the process runc exec would start', function () {
     expect(r.args).to.deep.equal(['id']);
   });
 
+  it('gives a name once, where it first appears, with its last value, as runc does (Garden: "should apply the merged environment variables")', function () {
+    const r = buildSpawnRequest(proc({ containerEnv: ['CONTAINER_ENV=1', 'TEST=hi'], env: ['TEST=hello', 'FRUIT=banana', 'CONTAINER_ENV=2'] }));
+    expect(r.env.slice(0, 3)).to.deep.equal(['CONTAINER_ENV=2', 'TEST=hello', 'FRUIT=banana']);
+    expect(r.env.filter((e) => e.startsWith('TEST='))).to.have.length(1);
+  });
+
   it('keeps an explicit HOME and defaults a terminal to 80x24', function () {
     const r = buildSpawnRequest(proc({ env: ['HOME=/elsewhere'], terminal: true }));
     expect(r.env.filter((e) => e.startsWith('HOME='))).to.deep.equal(['HOME=/elsewhere']);

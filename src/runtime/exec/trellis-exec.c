@@ -302,7 +302,7 @@ static ssize_t receive(int sock, struct spawn_msg *m, pid_t *pid, int *fd, int w
   return n;
 }
 
-/* The parent of `pid` as /proc says, or -1 when it is gone. */
+/* The parent of `pid` as /proc says; -1 when it is gone, 0 while it is being reaped. */
 static pid_t parent_of(pid_t pid) {
   char path[64], buf[512];
   snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
@@ -472,12 +472,13 @@ int main(int argc, char **argv) {
       /* the kernel's word for the sender: init's own child, not a process that only says so */
       /*
        * Only init and its child before exec hold the connection (init is not dumpable: no
-       * pidfd_getfd from inside). A child that already failed may be reaped: nothing to check.
+       * pidfd_getfd from inside). A child that already ended may be reaped (no /proc entry),
+       * or being reaped (/proc shows ppid 0 once it is unhashed): nothing left to check.
        */
       pid_t parent = parent_of(sender);
-      if (sender <= 1 || (parent != -1 && parent != h.init_pid) || (tty && (fd < 0 || !is_pty_master(fd)))) {
+      if (sender <= 1 || (parent > 0 && parent != h.init_pid) || (tty && (fd < 0 || !is_pty_master(fd)))) {
         if (fd >= 0) close(fd);
-        fprintf(stderr, START_PREFIX "the container's init sent a bad process id or terminal\n");
+        fprintf(stderr, START_PREFIX "the container's init sent a bad process id or terminal (pid %d, its parent %d, init %d, fd %d)\n", (int)sender, (int)parent, (int)h.init_pid, fd);
         return 1;
       }
       if (!tty && fd >= 0) close(fd);
