@@ -30,6 +30,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
+#include <sys/time.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -89,6 +90,9 @@ static _Noreturn void start_failed(int stage, int err) {
     break;
   case STAGE_RLIMIT:
     fprintf(stderr, START_PREFIX "error setting rlimit: %s\n", e);
+    break;
+  case STAGE_INHERIT:
+    fprintf(stderr, START_PREFIX "the container's init no longer has the priority, CPUs or OOM score it started with, and a process cannot get them back: %s\n", e);
     break;
   case STAGE_TTY:
     fprintf(stderr, START_PREFIX "setting up the terminal: %s\n", e);
@@ -186,11 +190,26 @@ static void join_ns(pid_t pid, const char *name, dev_t dev, ino_t ino, int type)
   close(fd);
 }
 
+/*
+ * Until "started", every wait on init is bounded: a container can hold its init's queue full or
+ * stop the forked child, and nothing may then keep conmon and us forever (gdn's own timer goes
+ * with gdn on a restart). The proxy waits without a bound: the process may run for days.
+ */
+#define START_TIMEOUT_S 20
+
+static void socket_timeouts(int fd, time_t seconds) {
+  struct timeval tv = {seconds, 0};
+  if (setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) != 0 || setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv) != 0)
+    die("socket timeouts: %s", strerror(errno));
+}
+
 static int connect_init(pid_t init_pid) {
   int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
   if (fd < 0) die("socket: %s", strerror(errno));
   int one = 1;
   if (setsockopt(fd, SOL_SOCKET, SO_PASSCRED, &one, sizeof one) != 0) die("SO_PASSCRED: %s", strerror(errno));
+  /* connect() on a unix socket waits at most the send timeout for room in a full queue (EAGAIN) */
+  socket_timeouts(fd, START_TIMEOUT_S);
   struct sockaddr_un addr;
   memset(&addr, 0, sizeof addr);
   addr.sun_family = AF_UNIX;
@@ -271,6 +290,10 @@ static ssize_t receive(int sock, struct spawn_msg *m, pid_t *pid, int *fd, int w
   ssize_t n;
   do n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC);
   while (n < 0 && errno == EINTR);
+  if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+    fprintf(stderr, START_PREFIX "the container's init did not answer within %ds\n", START_TIMEOUT_S);
+    exit(1);
+  }
   if (n < 0) return -1;
   int bad = (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) != 0;
   *pid = 0;
@@ -357,6 +380,23 @@ static void write_pid_file(const char *path, pid_t pid) {
   if (fd < 0 || write(fd, text, (size_t)len) != len || close(fd) != 0 || rename(tmp, path) != 0) die("cannot write %s", path);
 }
 
+/* Whether a signal's default action ends the process (the proxy dies of it too); stop, continue and ignore do not. */
+static int kills_by_default(int sig) {
+  switch (sig) {
+  case SIGCHLD:
+  case SIGCONT:
+  case SIGSTOP:
+  case SIGTSTP:
+  case SIGTTIN:
+  case SIGTTOU:
+  case SIGURG:
+  case SIGWINCH:
+    return 0;
+  default:
+    return sig >= 1 && sig < NSIG;
+  }
+}
+
 /* Stays for conmon: forwards signals to the process, and ends as it ended. */
 static _Noreturn void proxy(int sock) {
   int null = open("/dev/null", O_RDWR | O_CLOEXEC);
@@ -388,7 +428,8 @@ static _Noreturn void proxy(int sock) {
     if (n == (ssize_t)sizeof m && m.type == SPAWN_WAITED) {
       int status = m.a;
       if (WIFEXITED(status)) _exit(WEXITSTATUS(status));
-      if (WIFSIGNALED(status) && WTERMSIG(status) >= 1 && WTERMSIG(status) < NSIG) {
+      /* a status that names a stop signal (only a lying init sends one) must not stop us forever */
+      if (WIFSIGNALED(status) && kills_by_default(WTERMSIG(status))) {
         int sig = WTERMSIG(status);
         /* die of the same signal (conmon records 128+n), without a core file of our own */
         prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
@@ -400,6 +441,7 @@ static _Noreturn void proxy(int sock) {
         raise(sig);
         _exit(128 + sig);
       }
+      if (WIFSIGNALED(status)) _exit(128 + (WTERMSIG(status) & 0x7f));
       _exit(255);
     }
     if (n > 0) continue; /* nothing else is expected: ignore it */
@@ -501,6 +543,7 @@ int main(int argc, char **argv) {
   int n = slash == NULL ? snprintf(real, sizeof real, "real-pid") : snprintf(real, sizeof real, "%.*s/real-pid", (int)(slash - pid_file), pid_file);
   if (n < 0 || (size_t)n >= sizeof real) die("path too long: %s", pid_file);
   write_pid_file(real, child);
+  socket_timeouts(sock, 0); /* the proxy waits as long as the process runs */
   pid_t p = fork();
   if (p < 0) die("fork: %s", strerror(errno));
   if (p == 0) proxy(sock);

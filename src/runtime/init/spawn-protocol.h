@@ -52,7 +52,8 @@ enum spawn_stage {
   STAGE_SETUID,
   STAGE_GIVE_STDIO,
   STAGE_EXEC,
-  STAGE_LAST = STAGE_EXEC,
+  STAGE_INHERIT, /* init's scheduling or OOM settings as the process started could not be given back */
+  STAGE_LAST = STAGE_INHERIT,
 };
 
 #endif

@@ -16,9 +16,11 @@
 #include <grp.h>
 #include <limits.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <stddef.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/prctl.h>
@@ -43,9 +45,74 @@ struct conn {
 };
 
 static struct conn conns[MAX_CONNS];
-/* init's own open-file limit as runc gave it: every child gets it back (runc exec's processes have it) */
-static struct rlimit inherited_nofile;
-static int raised_nofile;
+/*
+ * What init had from runc when it started, before any process of the container existed: every
+ * child gets it back, as a `runc exec` process gets it from the host. Root in the container can
+ * change pid 1's limits, nice value, CPUs and OOM score later; that must not carry over to the
+ * processes of every user started after (security review, issue 10).
+ */
+static struct {
+  struct rlimit limits[RLIM_NLIMITS];
+  int nice;
+  int oom_score_adj;
+  cpu_set_t cpus;
+  int have_cpus;
+} inherited;
+/* kept free so that a full fd table still lets init accept and close what waits (EMFILE) */
+static int reserve_fd = -1;
+
+static int read_oom_score_adj(void) {
+  char buf[16];
+  int fd = open("/proc/self/oom_score_adj", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return INT_MIN;
+  ssize_t n = read(fd, buf, sizeof buf - 1);
+  close(fd);
+  if (n <= 0) return INT_MIN;
+  buf[n] = '\0';
+  return atoi(buf);
+}
+
+static void record_inherited(void) {
+  for (int r = 0; r < RLIM_NLIMITS; r++)
+    if (getrlimit((__rlimit_resource_t)r, &inherited.limits[r]) != 0) inherited.limits[r].rlim_cur = inherited.limits[r].rlim_max = RLIM_INFINITY;
+  errno = 0;
+  inherited.nice = getpriority(PRIO_PROCESS, 0);
+  if (errno != 0) inherited.nice = 0;
+  inherited.oom_score_adj = read_oom_score_adj();
+  inherited.have_cpus = sched_getaffinity(0, sizeof inherited.cpus, &inherited.cpus) == 0;
+}
+
+/* In the child: init's settings as it started (each only where it changed since). */
+static int restore_inherited(int *stage) {
+  *stage = STAGE_RLIMIT;
+  for (int r = 0; r < RLIM_NLIMITS; r++) {
+    struct rlimit now;
+    if (getrlimit((__rlimit_resource_t)r, &now) != 0) continue;
+    if (now.rlim_cur == inherited.limits[r].rlim_cur && now.rlim_max == inherited.limits[r].rlim_max) continue;
+    if (setrlimit((__rlimit_resource_t)r, &inherited.limits[r]) != 0) return errno;
+  }
+  *stage = STAGE_INHERIT;
+  errno = 0;
+  int nice = getpriority(PRIO_PROCESS, 0);
+  if (errno == 0 && nice != inherited.nice && setpriority(PRIO_PROCESS, 0, inherited.nice) != 0) return errno;
+  if (inherited.have_cpus) {
+    cpu_set_t now;
+    if (sched_getaffinity(0, sizeof now, &now) == 0 && !CPU_EQUAL(&now, &inherited.cpus) &&
+        sched_setaffinity(0, sizeof inherited.cpus, &inherited.cpus) != 0)
+      return errno;
+  }
+  if (inherited.oom_score_adj != INT_MIN && read_oom_score_adj() != inherited.oom_score_adj) {
+    char text[16];
+    int len = snprintf(text, sizeof text, "%d", inherited.oom_score_adj);
+    int fd = open("/proc/self/oom_score_adj", O_WRONLY | O_CLOEXEC);
+    if (fd < 0) return errno;
+    int ok = write(fd, text, (size_t)len) == len;
+    int err = errno;
+    close(fd);
+    if (!ok) return err;
+  }
+  return 0;
+}
 static char request_buf[SPAWN_REQUEST_MAX + 1];
 static struct spawn_request request;
 
@@ -80,7 +147,9 @@ static _Noreturn void become(int conn, int status_fd, const struct spawn_request
   for (int s = 1; s < NSIG; s++) signal(s, SIG_DFL);
   sigprocmask(SIG_SETMASK, &none, NULL);
   if (setsid() < 0) child_fail(status_fd, STAGE_TTY, errno);
-  if (raised_nofile && setrlimit(RLIMIT_NOFILE, &inherited_nofile) != 0) child_fail(status_fd, STAGE_RLIMIT, errno);
+  int stage;
+  int err = restore_inherited(&stage);
+  if (err != 0) child_fail(status_fd, stage, err);
   int master = -1;
   if (q->tty) {
     /* the container's own devpts: /dev/ptmx resolves in the container's mount namespace */
@@ -150,7 +219,7 @@ static _Noreturn void become(int conn, int status_fd, const struct spawn_request
   for (size_t i = 0; i < q->envc; i++)
     if (strncmp(q->envp[i], "PATH=", 5) == 0) path = q->envp[i] + 5;
   char exe[PATH_MAX];
-  int err = resolve(q->argv[0], path, exe, sizeof exe);
+  err = resolve(q->argv[0], path, exe, sizeof exe);
   if (err != 0) child_fail(status_fd, STAGE_EXEC, err);
   execve(exe, (char *const *)q->argv, (char *const *)q->envp);
   child_fail(status_fd, STAGE_EXEC, errno);
@@ -262,9 +331,20 @@ static void on_message(struct conn *c) {
   for (size_t i = 0; i < nfds; i++) close(fds[i]);
 }
 
+/* A bounded round: the poll loop serves everything else in between (security review, issue 10). */
+#define ACCEPTS_PER_ROUND 32
+
 static void on_accept(int lfd) {
-  for (;;) {
+  for (int round = 0; round < ACCEPTS_PER_ROUND; round++) {
     int fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+    if (fd < 0 && (errno == EMFILE || errno == ENFILE) && reserve_fd >= 0) {
+      /* no fd left (root in the container may lower init's limit): take the waiting one and close it, so poll does not spin */
+      close(reserve_fd);
+      fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+      if (fd >= 0) close(fd);
+      reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+      continue;
+    }
     if (fd < 0) return;
     struct ucred cred;
     socklen_t len = sizeof cred;
@@ -329,11 +409,14 @@ int spawn_server(void) {
     fprintf(stderr, "garden-init: PR_SET_DUMPABLE: %s\n", strerror(errno));
     return 1;
   }
+  record_inherited();
   /* a connection per running process: room for them all */
-  if (getrlimit(RLIMIT_NOFILE, &inherited_nofile) == 0 && inherited_nofile.rlim_cur < inherited_nofile.rlim_max) {
-    struct rlimit raised = {inherited_nofile.rlim_max, inherited_nofile.rlim_max};
-    raised_nofile = setrlimit(RLIMIT_NOFILE, &raised) == 0;
+  struct rlimit *nofile = &inherited.limits[RLIMIT_NOFILE];
+  if (nofile->rlim_cur < nofile->rlim_max) {
+    struct rlimit raised = {nofile->rlim_max, nofile->rlim_max};
+    (void)setrlimit(RLIMIT_NOFILE, &raised);
   }
+  reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
   sigset_t all;
   sigfillset(&all);
   sigprocmask(SIG_BLOCK, &all, NULL);
