@@ -30,7 +30,7 @@ import { userPaths } from '../src/paths.js';
 import { planCgroups, probeOverlayInUserns, requireBinary, requireSetuid, requireWritableDir, requireSetuidRoot } from '../src/probe.js';
 import { CgroupReader } from '../src/runtime/cgroupstats.js';
 import { applyV2 } from '../src/runtime/cgroupv2.js';
-import { BUILT_INIT, UNPRIVILEGED_CAPS } from '../src/runtime/bundle.js';
+import { BUILT_EXEC, BUILT_INIT, UNPRIVILEGED_CAPS } from '../src/runtime/bundle.js';
 import { DEFAULT_PROFILE, loadProfile, type OciSeccomp } from '../src/runtime/seccomp.js';
 import { Conmon } from '../src/runtime/conmon.js';
 import { Containerizer } from '../src/runtime/containerizer.js';
@@ -282,6 +282,8 @@ async function server(args: ServerArgs): Promise<void> {
     uidMappings,
     gidMappings,
     initBinary: initBin,
+    // garden-init's spawn server is ours: a foreign --init-bin gets every process by `runc exec`
+    execBinary: initBin === BUILT_INIT && existsSync(BUILT_EXEC) ? BUILT_EXEC : undefined,
     toolsBinary: toolsBin,
     seccomp,
     defaultRootfs,

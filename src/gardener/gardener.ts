@@ -15,7 +15,8 @@ import {
 import type { IdMapping } from '../idmap/subid.js';
 import type { ImagePlugin } from '../image/plugin.js';
 import type { NetworkPlugin, UpResult } from '../network/plugin.js';
-import { TOOLS_PATH, buildBundle, buildProcess, type BindMountSpec } from '../runtime/bundle.js';
+import { TOOLS_PATH, buildBundle, buildProcess, buildSpawnRequest, type BindMountSpec, type ProcessInput } from '../runtime/bundle.js';
+import { encodeExecRequest, encodeSpawnRequest } from '../runtime/spawnrequest.js';
 import type { CgroupReader } from '../runtime/cgroupstats.js';
 import type { OciSeccomp } from '../runtime/seccomp.js';
 import type { Containerizer } from '../runtime/containerizer.js';
@@ -100,6 +101,11 @@ export interface GardenerConfig {
   uidMappings: IdMapping[];
   gidMappings: IdMapping[];
   initBinary: string;
+  /**
+   * trellis-exec (src/runtime/exec): new containers' garden-init runs its spawn server and `run`
+   * goes through it, not `runc exec`. Undefined: every process by `runc exec` (e.g. --init-bin).
+   */
+  execBinary?: string;
   seccomp?: OciSeccomp;
   /** Static busybox bound into every container for stream-in/out. */
   toolsBinary?: string;
@@ -313,6 +319,7 @@ export class Gardener {
         cgroupsPath: this.cfg.cgroupParent === undefined ? undefined : `${this.cfg.cgroupParent}/${key}`,
         seccomp: this.cfg.seccomp,
         limits: { memoryBytes: Number(memory), cpuShares: Number(cpu), pidsMax: Number(pids) },
+        spawnServer: this.cfg.execBinary !== undefined,
       });
       const props = propertyMap(spec.properties);
       if (this.cfg.externalIp) props['garden.network.external-ip'] = this.cfg.externalIp;
@@ -344,6 +351,7 @@ export class Gardener {
       early.decided = true;
       undo.push(['runtime', () => this.cfg.containerizer.destroy(key)]);
       record.initPid = initPid;
+      if (this.cfg.execBinary !== undefined) record.spawnServer = await this.step('runtime', () => this.cfg.containerizer.namespaceIds(initPid));
       let upping: Promise<UpResult>;
       if (early.up !== undefined && early.pid === initPid) upping = early.up;
       else {
@@ -744,7 +752,7 @@ export class Gardener {
     const homeAsDefault = cwd === '';
     if (homeAsDefault) cwd = user.home;
     else if (!posix.isAbsolute(cwd)) cwd = posix.join(user.home, cwd);
-    const build = (dir: string) => buildProcess({
+    const input = (dir: string): ProcessInput => ({
       args: [spec.path, ...spec.args],
       containerEnv: c.record.env,
       env: spec.env,
@@ -759,6 +767,25 @@ export class Gardener {
       windowSize: spec.windowSize,
       launcher: c.record.launcher === true,
     });
+    const build = (dir: string) => buildProcess(input(dir));
+    // By garden-init's spawn server when the container has one (no runc, no launcher to watch);
+    // a process too large for one request, and containers made before, by `runc exec`.
+    const spawnBody = (dir: string): Buffer | undefined => {
+      if (this.cfg.execBinary === undefined || c.record.spawnServer === undefined || c.record.initPid === undefined) return undefined;
+      try {
+        return encodeSpawnRequest(buildSpawnRequest(input(dir)));
+      } catch (err) {
+        if (err instanceof RangeError && /more than the spawn server takes|too many/.test(err.message)) return undefined;
+        throw new InvalidArgument(err instanceof Error ? err.message : String(err));
+      }
+    };
+    const spawnOpts = (dir: string) => {
+      const body = spawnBody(dir);
+      const ns = c.record.spawnServer;
+      if (body === undefined || ns === undefined || c.record.initPid === undefined) return undefined;
+      const id = (x: { dev: string; ino: string }) => ({ dev: BigInt(x.dev), ino: BigInt(x.ino) });
+      return { binary: this.cfg.execBinary!, request: encodeExecRequest(c.record.initPid, id(ns.userNs), id(ns.netNs), body) };
+    };
     const launched = user.uid !== 0 && c.record.launcher === true;
     const dir = this.cfg.depot.processDir(key, id);
     const files = processFiles(dir, key);
@@ -770,8 +797,9 @@ export class Gardener {
         throw err;
       }
       try {
-        const s = await this.cfg.containerizer.exec(key, id, dir, build(cwdNow), opts);
-        if (launched) await confirmLaunch(s.pid, s.exited, files.logPath, this.cfg.initBinary);
+        const spawn = spawnOpts(cwdNow);
+        const s = await this.cfg.containerizer.exec(key, id, dir, build(cwdNow), { ...opts, spawn });
+        if (launched && spawn === undefined) await confirmLaunch(s.pid, s.exited, files.logPath, this.cfg.initBinary);
         return s;
       } catch (err) {
         await rm(dir, { recursive: true, force: true }).catch(() => {});
@@ -791,6 +819,8 @@ export class Gardener {
       if (/executable file not found|no such file or directory/i.test(msg) && !/chdir|cwd/i.test(msg)) {
         throw new ExecutableNotFound(msg);
       }
+      // as the launcher's confirmLaunch did for a user: a program that cannot be executed
+      if (launched && /exec: ".*": permission denied/i.test(msg)) throw new ExecutableNotFound(msg);
       throw err;
     }
     const p = new ProcessHandle(id, files, started.pid);

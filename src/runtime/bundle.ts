@@ -3,6 +3,7 @@
 import { fileURLToPath } from 'node:url';
 import type { IdMapping } from '../idmap/subid.js';
 import type { OciSeccomp } from './seccomp.js';
+import type { SpawnRequest } from './spawnrequest.js';
 
 export interface OciMount {
   destination: string;
@@ -72,6 +73,8 @@ export const READONLY_PATHS = ['/proc/asound', '/proc/bus', '/proc/fs', '/proc/i
 export const INIT_PATH = '/tmp/garden-init';
 /** garden-init as `npm run build` leaves it beside this module. */
 export const BUILT_INIT = fileURLToPath(new URL('./init/garden-init', import.meta.url));
+/** trellis-exec (the runtime conmon runs to start a process through garden-init's spawn server), as built. */
+export const BUILT_EXEC = fileURLToPath(new URL('./exec/trellis-exec', import.meta.url));
 /** A static busybox for stream-in/out (tar, mkdir), so that works whatever the image holds. */
 export const TOOLS_PATH = '/dev/.trellis/busybox';
 
@@ -111,6 +114,8 @@ export interface BundleInput {
   limits: ContainerLimits;
   /** The filter every process in the container runs under; undefined = unconfined. */
   seccomp?: OciSeccomp;
+  /** garden-init also starts the container's processes (`--spawn-server`): run needs no `runc exec`. */
+  spawnServer?: boolean;
 }
 
 function bindOptions(b: { readOnly: boolean; lockedFlags: string[] }): string[] {
@@ -156,8 +161,8 @@ export function buildBundle(input: BundleInput): OciConfig {
     ociVersion: '1.0.2',
     process: {
       user: { uid: 0, gid: 0 },
-      // Without arguments garden-init only reaps and waits; every user process arrives by `runc exec`.
-      args: [INIT_PATH],
+      // garden-init reaps and waits; a user process arrives by its spawn server, or by `runc exec`.
+      args: input.spawnServer === true ? [INIT_PATH, '--spawn-server'] : [INIT_PATH],
       env: input.env,
       cwd: '/',
       capabilities: { bounding: caps, effective: caps, inheritable: caps, permitted: caps },
@@ -223,11 +228,55 @@ export function launcherArgs(uid: number, gid: number, groups: number[], args: s
  * started as container root running garden-init's launcher, which sets the user's groups and
  * ids and execs the program; its capabilities end as runc would leave them for that user.
  */
-export function buildProcess(input: ProcessInput): OciProcess {
+function processEnv(input: ProcessInput): string[] {
   const env = [...input.containerEnv, ...input.env];
   if (!env.some((e) => e.startsWith('PATH='))) env.push(input.uid === 0 ? DEFAULT_PATH_ROOT : DEFAULT_PATH_USER);
   if (!env.some((e) => e.startsWith('USER='))) env.push(`USER=${input.username}`);
   if (input.uid !== 0 && input.home !== undefined && !env.some((e) => e.startsWith('HOME='))) env.push(`HOME=${input.home}`);
+  return env;
+}
+
+/**
+ * What garden-init's spawn server is asked to start (spawnrequest.ts): the process `runc exec`
+ * would start for buildProcess(input), ids, groups, environment and all.
+ */
+/** As runc sets a process's environment (os.Setenv per entry): one entry per name, where it first appears, with its last value. */
+function dedupEnv(env: string[]): string[] {
+  const at = new Map<string, number>();
+  const out: string[] = [];
+  for (const e of env) {
+    const eq = e.indexOf('=');
+    const name = eq < 0 ? e : e.slice(0, eq);
+    const i = at.get(name);
+    if (i === undefined) {
+      at.set(name, out.length);
+      out.push(e);
+    } else out[i] = e;
+  }
+  return out;
+}
+
+export function buildSpawnRequest(input: ProcessInput): SpawnRequest {
+  const env = dedupEnv(processEnv(input));
+  // runc fills in HOME from the user it starts (root, for the launcher) when the env names none
+  if (input.home !== undefined && !env.some((e) => e.startsWith('HOME='))) env.push(`HOME=${input.home}`);
+  return {
+    uid: input.uid,
+    gid: input.gid,
+    setgroups: input.uid !== 0,
+    groups: input.uid !== 0 ? input.additionalGids ?? [] : [],
+    tty: input.terminal,
+    rows: input.terminal ? input.windowSize?.rows || 24 : 0,
+    columns: input.terminal ? input.windowSize?.columns || 80 : 0,
+    rlimits: input.rlimits,
+    cwd: input.cwd,
+    args: input.args,
+    env,
+  };
+}
+
+export function buildProcess(input: ProcessInput): OciProcess {
+  const env = processEnv(input);
   const caps = [...UNPRIVILEGED_CAPS];
   const rlimits: OciRlimit[] = [];
   for (const [key, value] of Object.entries(input.rlimits)) {

@@ -52,6 +52,8 @@ export interface ConmonCommon {
   terminal?: boolean;
   /** No size limit on this log (gdn's own helpers, whose output must arrive whole). */
   unlimitedLog?: boolean;
+  /** The runtime binary for this monitor when not runc (trellis-exec for a spawn-server exec). */
+  runtime?: string;
 }
 
 export interface ExecOptions extends ConmonCommon {
@@ -102,7 +104,7 @@ export class Conmon {
       '-c', o.containerId,
       '-u', o.monitorId,
       '-n', o.monitorId,
-      '-r', this.runtimeBinary,
+      '-r', o.runtime ?? this.runtimeBinary,
       '-b', o.dir,
       '--full-attach',
       '--socket-dir-path', o.dir,

@@ -1,8 +1,10 @@
 // Turns a bundle into a running container and back: conmon + `runc create`, then
-// `runc start`; `runc exec` under conmon for processes; `runc delete` on destroy.
-import { mkdir, readdir, readFile, readlink, writeFile } from 'node:fs/promises';
+// `runc start`; `runc exec` (or trellis-exec and garden-init's spawn server) under conmon for
+// processes; `runc delete` on destroy.
+import { mkdir, readdir, readFile, readlink, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { ExternalFailure } from '../errors.js';
 import { Conmon, type StartedMonitor } from './conmon.js';
 import type { OciConfig, OciProcess } from './bundle.js';
 import type { Depot } from './depot.js';
@@ -93,12 +95,24 @@ export class Containerizer {
     }
   }
 
-  async exec(key: string, processId: string, dir: string, spec: OciProcess, opts: { unlimitedLog?: boolean } = {}): Promise<StartedMonitor> {
+  /**
+   * Starts a process under its monitor: by `runc exec`, or, with `spawn`, by trellis-exec asking
+   * the container's garden-init (no runc, and the program has been exec'd when this resolves).
+   * The pid is the process's own host pid either way.
+   */
+  async exec(
+    key: string,
+    processId: string,
+    dir: string,
+    spec: OciProcess,
+    opts: { unlimitedLog?: boolean; spawn?: { binary: string; request: Buffer } } = {},
+  ): Promise<StartedMonitor> {
     const files = processFiles(dir, key);
     await mkdir(files.exitDir, { mode: 0o700 });
     const specPath = join(dir, 'spec.json');
     await writeFile(specPath, JSON.stringify(spec), { mode: 0o600 });
-    return this.conmon.exec({
+    if (opts.spawn !== undefined) await writeFile(join(dir, 'exec-request'), opts.spawn.request, { mode: 0o600 });
+    const started = await this.conmon.exec({
       containerId: key,
       monitorId: processId,
       dir,
@@ -111,7 +125,19 @@ export class Containerizer {
       terminal: spec.terminal === true,
       unlimitedLog: opts.unlimitedLog,
       processSpecPath: specPath,
+      runtime: opts.spawn?.binary,
     });
+    if (opts.spawn === undefined) return started;
+    // conmon watches trellis-exec's proxy; signals, stop and the depot want the process itself
+    const real = Number((await readFile(join(dir, 'real-pid'), 'utf8')).trim());
+    if (!(real > 1)) throw new ExternalFailure('trellis-exec', `no process id in ${join(dir, 'real-pid')}`);
+    return { pid: real, exited: started.exited };
+  }
+
+  /** The nsfs identities of a process's user and network namespaces (trellis-exec checks them). */
+  async namespaceIds(pid: number): Promise<{ userNs: { dev: string; ino: string }; netNs: { dev: string; ino: string } }> {
+    const [user, net] = await Promise.all([stat(`/proc/${pid}/ns/user`, { bigint: true }), stat(`/proc/${pid}/ns/net`, { bigint: true })]);
+    return { userNs: { dev: String(user.dev), ino: String(user.ino) }, netNs: { dev: String(net.dev), ino: String(net.ino) } };
   }
 
   async initPid(key: string): Promise<number | undefined> {

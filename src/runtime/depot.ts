@@ -27,6 +27,12 @@ export interface ContainerRecord {
   network?: Record<string, string>;
   /** garden-init is bound at /tmp/garden-init and launches non-root processes (containers made before it was have neither). */
   launcher?: boolean;
+  /**
+   * garden-init runs its spawn server: `run` goes by trellis-exec, not `runc exec`. The init's
+   * user and network namespaces (nsfs dev and inode, decimal) let trellis-exec tell the init
+   * from a process that got its pid later. Containers made before it have none.
+   */
+  spawnServer?: { userNs: { dev: string; ino: string }; netNs: { dev: string; ino: string } };
 }
 
 export interface ProcessRecord {

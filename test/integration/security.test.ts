@@ -92,9 +92,15 @@ describe('container security (integration)', function () {
     }
   });
 
-  it('a FIFO as /etc/passwd does not stall the server, only that container, and only for a while', async function () {
-    const { startServer: start } = await import('./harness.js');
-    const quick = await start({ extraArgs: ['--process-start-timeout', '2s'] });
+  it('a FIFO as /etc/passwd does not stall the server, only that container, and only for a while (runc exec)', async function () {
+    const { startServer: start, runtimeDir } = await import('./harness.js');
+    const { copyFile, mkdtemp, rm } = await import('node:fs/promises');
+    const { BUILT_INIT } = await import('../../src/runtime/bundle.js');
+    // runc reads the container's /etc/passwd to start a process: the path containers made by
+    // an older gdn, or given --init-bin (this copy of garden-init), still take
+    const initDir = await mkdtemp(join(runtimeDir(), 'init-bin-'));
+    await copyFile(BUILT_INIT, join(initDir, 'garden-init'));
+    const quick = await start({ extraArgs: ['--process-start-timeout', '2s', '--init-bin', join(initDir, 'garden-init')] });
     try {
       await quick.client.create(spec({ handle: 'sec-fifo' }));
       await quick.client.create(spec({ handle: 'sec-fine' }));
@@ -110,6 +116,21 @@ describe('container security (integration)', function () {
     } finally {
       const { cleanupServer: clean } = await import('./harness.js');
       await clean(quick);
+      await rm(initDir, { recursive: true, force: true });
+    }
+  });
+
+  it('a FIFO as /etc/passwd does not stall the spawn server (issue 10): Run starts, only the program reading it blocks, and is killed', async function () {
+    await server.client.create(spec({ handle: 'sec-fifo-spawn' }));
+    try {
+      expect((await runAndWait(server.client, 'sec-fifo-spawn', sh('rm /etc/passwd && mkfifo /etc/passwd && echo made'))).stdout).to.equal('made\n');
+      const { Collector } = await import('./harness.js');
+      const stuck = await Promise.all(Array.from({ length: 5 }, () => server.client.run('sec-fifo-spawn', sh('id -u'), { stdout: new Collector(), stderr: new Collector() })));
+      expect((await runAndWait(server.client, 'sec-fifo-spawn', sh('echo still-running'))).stdout).to.equal('still-running\n');
+      for (const p of stuck) await p.signal(1);
+      for (const p of stuck) expect(await p.wait()).to.equal(137);
+    } finally {
+      await server.client.destroy('sec-fifo-spawn');
     }
   });
 

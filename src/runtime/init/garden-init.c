@@ -2,6 +2,8 @@
  * garden-init: pid 1 of every Trellis container, and the launcher of its non-root processes.
  *
  *   garden-init                                  init: reap zombies, wait for SIGTERM/SIGINT
+ *   garden-init --spawn-server                   init, and it starts processes asked for by the
+ *                                                host (spawn-server.c): `run` without `runc exec`
  *   garden-init --run UID GID GIDS -- PROG ARG.. launcher: setgroups(GIDS), setresgid(GID),
  *                                                setresuid(UID), then exec PROG (searched in PATH)
  *
@@ -23,6 +25,7 @@
 #include <sys/types.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#include "garden-init.h"
 
 #define MAX_GROUPS 256
 
@@ -82,13 +85,12 @@ static _Noreturn void unmapped(const char *kind, unsigned long id) {
 }
 
 /* Finds PROG as execvp would (PATH from the environment), as the user the process now is. */
-static int resolve(const char *prog, char *out, size_t outlen) {
+int resolve(const char *prog, const char *path, char *out, size_t outlen) {
   if (strchr(prog, '/') != NULL) {
     if (strlen(prog) >= outlen) return ENAMETOOLONG;
     strcpy(out, prog);
     return access(out, X_OK) == 0 ? 0 : errno;
   }
-  const char *path = getenv("PATH");
   if (path == NULL) path = "/usr/local/bin:/usr/bin:/bin";
   int last = ENOENT;
   while (*path != '\0') {
@@ -115,18 +117,16 @@ static int resolve(const char *prog, char *out, size_t outlen) {
  * /dev/stdout and the like can be reopened; /dev/null and what cannot change are left alone.
  * The group stays (a terminal keeps devpts's tty group).
  */
-static void give_stdio(uid_t uid) {
+int give_stdio(uid_t uid) {
   struct stat null;
   int have_null = stat("/dev/null", &null) == 0;
   for (int fd = 0; fd <= 2; fd++) {
     struct stat st;
     if (fstat(fd, &st) != 0 || st.st_uid == uid) continue;
     if (have_null && S_ISCHR(st.st_mode) && st.st_rdev == null.st_rdev) continue;
-    if (fchown(fd, uid, (gid_t)-1) != 0 && errno != EINVAL && errno != EPERM && errno != EROFS) {
-      fprintf(stderr, "garden-init: giving stdio to uid %lu: %s\n", (unsigned long)uid, strerror(errno));
-      _exit(127);
-    }
+    if (fchown(fd, uid, (gid_t)-1) != 0 && errno != EINVAL && errno != EPERM && errno != EROFS) return errno;
   }
+  return 0;
 }
 
 static int run_mode(int argc, char **argv) {
@@ -148,13 +148,17 @@ static int run_mode(int argc, char **argv) {
     if (errno == EINVAL) unmapped("gid", gid);
     fail("setresgid for", prog, errno);
   }
-  give_stdio((uid_t)uid);
+  int given = give_stdio((uid_t)uid);
+  if (given != 0) {
+    fprintf(stderr, "garden-init: giving stdio to uid %lu: %s\n", uid, strerror(given));
+    _exit(127);
+  }
   if (setresuid((uid_t)uid, (uid_t)uid, (uid_t)uid) != 0) {
     if (errno == EINVAL) unmapped("uid", uid);
     fail("setresuid for", prog, errno);
   }
   char path[PATH_MAX];
-  int err = resolve(prog, path, sizeof path);
+  int err = resolve(prog, getenv("PATH"), path, sizeof path);
   if (err != 0) fail("exec", prog, err);
   execv(path, &argv[6]);
   fail("exec", prog, errno);
@@ -162,8 +166,9 @@ static int run_mode(int argc, char **argv) {
 
 int main(int argc, char **argv) {
   if (argc >= 2 && strcmp(argv[1], "--run") == 0) return run_mode(argc, argv);
+  if (argc == 2 && strcmp(argv[1], "--spawn-server") == 0) return spawn_server();
   if (argc > 1) {
-    fprintf(stderr, "garden-init: unknown arguments; usage: garden-init | garden-init --run UID GID GIDS -- PROG [ARG...]\n");
+    fprintf(stderr, "garden-init: unknown arguments; usage: garden-init [--spawn-server] | garden-init --run UID GID GIDS -- PROG [ARG...]\n");
     return 2;
   }
   return init_mode();
