@@ -146,6 +146,23 @@ describe('issue 10: run through garden-init\'s spawn server (integration)', func
     expect(await victim.wait()).to.equal(137);
   });
 
+  it('a pid that is no longer the recorded init (its namespaces differ) starts nothing: a recycled pid leads nowhere', async function () {
+    this.timeout(120_000);
+    const path = join(server.depot, h, 'container.json');
+    const original = await readFile(path, 'utf8');
+    const record = JSON.parse(original) as { spawnServer: { userNs: { ino: string } } };
+    record.spawnServer.userNs.ino = String(BigInt(record.spawnServer.userNs.ino) + 1n);
+    await server.kill9();
+    await writeFile(path, JSON.stringify(record));
+    server = await restartServer(server);
+    const err = await server.client.run(h, sh('echo should-not-run'), {}).then(() => null, (e: unknown) => e as Error);
+    expect(err?.message).to.include('is no longer the container\'s init (its user namespace differs)');
+    await server.kill9();
+    await writeFile(path, original);
+    server = await restartServer(server);
+    expect((await runAndWait(server.client, h, sh('echo runs-again'))).stdout).to.equal('runs-again\n');
+  });
+
   it('leaves a process exactly as runc exec would: ids, groups, caps, no_new_privs, seccomp, cgroup, umask, rlimits, session, fds, env', async function () {
     this.timeout(120_000);
     const rlimits = { nofile: 4321, nproc: 777 };
