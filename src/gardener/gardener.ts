@@ -351,7 +351,6 @@ export class Gardener {
       early.decided = true;
       undo.push(['runtime', () => this.cfg.containerizer.destroy(key)]);
       record.initPid = initPid;
-      if (this.cfg.execBinary !== undefined) record.spawnServer = await this.step('runtime', () => this.cfg.containerizer.namespaceIds(initPid));
       let upping: Promise<UpResult>;
       if (early.up !== undefined && early.pid === initPid) upping = early.up;
       else {
@@ -364,6 +363,8 @@ export class Gardener {
       if (upped.status === 'fulfilled') undo.push(['network', () => this.cfg.network.down(handle)]);
       if (started.status === 'rejected') throw started.reason;
       if (upped.status === 'rejected') throw upped.reason;
+      // After start: an init that died before it is a start failure, in runc's words.
+      if (this.cfg.execBinary !== undefined) record.spawnServer = await this.step('runtime', () => this.cfg.containerizer.namespaceIds(initPid));
       const up = upped.value;
       Object.assign(props, up.properties);
       await this.writeNetworkFiles(key, handle, props, up.dnsServers, up.searchDomains);
