@@ -48,10 +48,7 @@ export async function watchForInit(conmonPidFile: string, until: Promise<unknown
     () => (done = true),
   );
   let monitor: number | undefined;
-  // runc's own start-up comes first; then a look every few ms, less often the longer it takes
-  // (under load a runc create lasts seconds, and 50 of them must not keep gdn busy looking).
-  await sleep(8);
-  for (let delay = 2; !done; delay = Math.min(delay * 1.5, 50)) {
+  for (let delay = 1; !done; delay = Math.min(delay + 1, 4)) {
     if (monitor === undefined) {
       try {
         const pid = Number((await readFile(conmonPidFile, 'utf8')).trim());
