@@ -14,7 +14,7 @@ import {
 } from '../errors.js';
 import type { IdMapping } from '../idmap/subid.js';
 import type { ImagePlugin } from '../image/plugin.js';
-import type { NetworkPlugin, UpResult } from '../network/plugin.js';
+import type { NetworkPlugin } from '../network/plugin.js';
 import { TOOLS_PATH, buildBundle, buildProcess, buildSpawnRequest, type BindMountSpec, type ProcessInput } from '../runtime/bundle.js';
 import { encodeExecRequest, encodeSpawnRequest } from '../runtime/spawnrequest.js';
 import type { CgroupReader } from '../runtime/cgroupstats.js';
@@ -321,45 +321,20 @@ export class Gardener {
         limits: { memoryBytes: Number(memory), cpuShares: Number(cpu), pidsMax: Number(pids) },
         spawnServer: this.cfg.execBinary !== undefined,
       });
-      const props = propertyMap(spec.properties);
-      if (this.cfg.externalIp) props['garden.network.external-ip'] = this.cfg.externalIp;
-      const networkUp = (pid: number): Promise<UpResult> =>
-        this.step('network', () => this.cfg.network.up(handle, pid, props, { netoutRules: spec.netoutRules, netin: spec.netin, network: spec.network }));
-      // The init's namespaces exist well before runc create returns: where the network plugin
-      // allows it, the network is set up in them meanwhile (issue 10), else once create returned.
-      const early: { pid?: number; up?: Promise<UpResult>; decided?: boolean } = {};
-      const onInit = this.cfg.network.earlyUp
-        ? (pid: number) => {
-            if (early.decided) return;
-            early.pid = pid;
-            early.up = networkUp(pid);
-            early.up.catch(() => {});
-          }
-        : undefined;
-      const dropEarly = async () => {
-        // Came up for an init that is not the container's (a retried runc create): take it down.
-        if (early.up !== undefined) await early.up.then(() => this.cfg.network.down(handle), () => undefined).catch((e: unknown) => log.error({ err: errorMessage(e) }, 'create.early-network-down-failed'));
-      };
-      let initPid: number;
-      try {
-        initPid = await this.step('runtime', () => this.cfg.containerizer.createStopped(key, config, onInit));
-      } catch (err) {
-        early.decided = true;
-        await dropEarly();
-        throw err;
-      }
-      early.decided = true;
+      const initPid = await this.step('runtime', () => this.cfg.containerizer.createStopped(key, config));
       undo.push(['runtime', () => this.cfg.containerizer.destroy(key)]);
       record.initPid = initPid;
-      let upping: Promise<UpResult>;
-      if (early.up !== undefined && early.pid === initPid) upping = early.up;
-      else {
-        await dropEarly();
-        upping = networkUp(initPid);
-      }
 
-      // Its init starts while the network is (still) set up (nothing of the client's runs before create returns).
-      const [started, upped] = await Promise.allSettled([this.step('runtime', () => this.cfg.containerizer.start(key), 'runtime.start'), upping]);
+      const props = propertyMap(spec.properties);
+      if (this.cfg.externalIp) props['garden.network.external-ip'] = this.cfg.externalIp;
+      // The namespaces exist once the container is created: its init starts while the
+      // network is set up in them (nothing of the client's runs before create returns).
+      const [started, upped] = await Promise.allSettled([
+        this.step('runtime', () => this.cfg.containerizer.start(key), 'runtime.start'),
+        this.step('network', () =>
+          this.cfg.network.up(handle, initPid, props, { netoutRules: spec.netoutRules, netin: spec.netin, network: spec.network }),
+        ),
+      ]);
       if (upped.status === 'fulfilled') undo.push(['network', () => this.cfg.network.down(handle)]);
       if (started.status === 'rejected') throw started.reason;
       if (upped.status === 'rejected') throw upped.reason;

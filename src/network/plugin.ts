@@ -22,8 +22,6 @@ export interface UpExtra {
 
 export interface NetworkPlugin {
   readonly name: string;
-  /** Whether `up` may run while the runtime still sets the container up (its namespaces exist, runc create has not returned). */
-  readonly earlyUp?: boolean;
   up(handle: string, pid: number, properties: Record<string, string>, extra: UpExtra): Promise<UpResult>;
   down(handle: string): Promise<void>;
   netIn(handle: string, input: { HostIP: string; HostPort: number; ContainerIP: string; ContainerPort: number }): Promise<{ host_port: number; container_port: number }>;
@@ -122,7 +120,6 @@ export class ExecNetworkPlugin implements NetworkPlugin {
 /** Trellis's own networker, called in-process (no Node spawn per create): the default when setup gave the user a network. */
 export class InProcessNetwork implements NetworkPlugin {
   readonly name = 'trellis-networker';
-  readonly earlyUp = true;
   constructor(private readonly networker: Networker) {}
 
   /** After restore: the networker takes up its sockets on the mapped ports again. */

@@ -11,7 +11,6 @@ import type { Depot } from './depot.js';
 import { processFiles } from './process.js';
 import type { Runc } from './runc.js';
 import { cgroupDirs, killCgroups } from './runcdelete.js';
-import { watchForInit } from './initwatch.js';
 
 /** Waits until `pid` has exited (gone, or a zombie its monitor has yet to reap). */
 async function waitGone(pid: number, timeoutMs: number): Promise<void> {
@@ -58,10 +57,9 @@ export class Containerizer {
 
   /**
    * The first half of create: the container exists under its monitor, its namespaces too (so
-   * the network can be set up in them), and its init waits for `start`. Returns the init's host
-   * pid; `onInit` may learn it earlier, once runc's bootstrap has made the init's namespaces.
+   * the network can be set up in them), and its init waits for `start`. Returns the init's host pid.
    */
-  async createStopped(key: string, config: OciConfig, onInit?: (pid: number) => void): Promise<number> {
+  async createStopped(key: string, config: OciConfig): Promise<number> {
     const dir = this.depot.dir(key);
     await writeFile(join(dir, 'config.json'), JSON.stringify(config), { mode: 0o600 });
     const initDir = this.initDir(key);
@@ -69,7 +67,7 @@ export class Containerizer {
     const files = processFiles(initDir, key);
     await mkdir(files.exitDir, { mode: 0o700 });
     // conmon wants the bundle (-b) to hold config.json; the init's own files go beside it.
-    const started = this.conmon.create({
+    const started = await this.conmon.create({
       containerId: key,
       monitorId: `${key}-init`.slice(0, 200),
       dir,
@@ -80,9 +78,7 @@ export class Containerizer {
       logPath: files.logPath,
       stdin: false,
     });
-    // `onInit`: the init's pid as soon as its namespaces exist, before runc create returns (issue 10).
-    if (onInit !== undefined) void watchForInit(files.conmonPidFile, started).then((pid) => pid !== undefined && onInit(pid), () => {});
-    return (await started).pid;
+    return started.pid;
   }
 
   /** The second half of create: the init runs. On failure the container is gone again. */

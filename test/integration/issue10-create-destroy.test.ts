@@ -10,8 +10,6 @@ import { existsSync } from 'node:fs';
 import { chmod, open, readFile, readlink, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { loadUserNetwork } from '../../plugins/networker/config.js';
-import { gateId } from '../../plugins/networker/networker.js';
-import { userPaths } from '../../src/paths.js';
 import { Protocol } from '../../src/client/types.js';
 import {
   cleanupServer, dumpLogsIfFailed, eventually, leftovers, monitorsMentioning, restartServer, runAndWait, runtimeDir, type Server, sh, spec, startServer,
@@ -270,64 +268,6 @@ describe('issue 10: the egress tables in the container\'s network namespace, exa
     expect(saved(pid, 'ip6tables-save')).to.deep.equal(['*filter', ':INPUT ACCEPT [0:0]', ':FORWARD DROP [0:0]', ':OUTPUT DROP [0:0]', '-A OUTPUT -o lo -j ACCEPT', 'COMMIT']);
     await server.client.netOut(handle, { protocol: Protocol.TCP, networks: [{ start: gw, end: gw }], ports: [{ start: 8080, end: 8080 }] });
     expect(saved(pid, 'iptables-save')).to.deep.equal(v4([`-A trellis-netout -d ${gw}/32 -p tcp -m tcp --dport 8080 -j ACCEPT`]));
-    await server.client.destroy(handle);
-    expect(await leftovers(handle, { depot: server.depot })).to.deep.equal([]);
-  });
-});
-
-describe('issue 10: the network is set up while runc create still runs (integration)', function () {
-  let server: Server;
-  const NETWORKER_STATE = join(userPaths(process.getuid!()).runtimeDir, 'network');
-
-  before(async function () {
-    server = await startServer({ logLevel: 'debug' });
-  });
-
-  after(async function () {
-    await cleanupServer(server);
-  });
-
-  afterEach(function () {
-    dumpLogsIfFailed(this, server);
-  });
-
-  it('the network is up before runc create has returned, for the init that is then the container\'s', async function () {
-    const handle = 'early-network';
-    await server.client.create(spec({ handle }));
-    const events = server.logs().split('\n').filter((l) => l.includes(`"handle":"${handle}"`) || (l.includes('"create.step"') && l.includes('"step":"runtime"')));
-    const upStart = events.findIndex((l) => l.includes('"up.start"'));
-    const upFinished = events.findIndex((l) => l.includes('"up.finished"'));
-    expect(upStart, 'up started').to.be.greaterThan(-1);
-    const { pid } = runcState(server, handle);
-    expect(JSON.parse(events[upStart]!).pid, 'up was given the container\'s init').to.equal(pid);
-    const state = JSON.parse(await readFile(join(NETWORKER_STATE, `${gateId(handle)}.json`), 'utf8')) as { pid: number };
-    expect(state.pid).to.equal(pid);
-    expect(upFinished).to.be.greaterThan(upStart);
-    const runtimeDone = events.findIndex((l) => l.includes('"create.step"') && l.includes('"step":"runtime"'));
-    expect(runtimeDone, 'runc create returned').to.be.greaterThan(-1);
-    expect(upStart, 'up started before runc create returned').to.be.lessThan(runtimeDone);
-    const info = await server.client.info(handle);
-    expect(await runAndWait(server.client, handle, sh('ip -4 -o addr show eth0 || ifconfig eth0'))).to.include({ code: 0 });
-    expect((await runAndWait(server.client, handle, sh('cat /proc/net/fib_trie | grep -c ' + info.ContainerIP))).stdout.trim()).to.not.equal('0');
-    await server.client.destroy(handle);
-    expect(await leftovers(handle, { depot: server.depot })).to.deep.equal([]);
-  });
-
-  it('a runc create that fails after the network came up takes the network down again: nothing is left', async function () {
-    const handle = 'early-network-fails';
-    // a file bound over a directory of the rootfs: runc fails while it mounts, after its bootstrap made the namespaces
-    const err = await server.client
-      .create(spec({ handle, bind_mounts: [{ src_path: '/etc/hostname', dst_path: '/etc', mode: 0, origin: 0 }] }))
-      .then(() => undefined, (e: unknown) => e as Error);
-    expect(err, 'the create failed').to.be.instanceOf(Error);
-    expect(err!.message).to.match(/not a directory/i);
-    const mine = server.logs().split('\n').filter((l) => l.includes(`"handle":"${handle}"`));
-    expect(mine.some((l) => l.includes('"up.start"')), 'the network was being set up when runc failed').to.equal(true);
-    expect(await server.client.list()).to.not.include(handle);
-    expect(await leftovers(handle, { depot: server.depot })).to.deep.equal([]);
-    expect(existsSync(join(NETWORKER_STATE, `${gateId(handle)}.json`)), 'the networker holds nothing for it').to.equal(false);
-    // and the handle's address comes back: a create of it works at once
-    await server.client.create(spec({ handle }));
     await server.client.destroy(handle);
     expect(await leftovers(handle, { depot: server.depot })).to.deep.equal([]);
   });
