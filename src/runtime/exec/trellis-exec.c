@@ -243,27 +243,8 @@ static int connect_init(pid_t init_pid) {
 }
 
 static void send_request(int fd, const char *body, size_t len, int with_stdio) {
-  struct iovec iov = {(void *)body, len};
-  union {
-    char buf[CMSG_SPACE(3 * sizeof(int))];
-    struct cmsghdr align;
-  } ctl;
-  memset(&ctl, 0, sizeof ctl);
-  struct msghdr msg;
-  memset(&msg, 0, sizeof msg);
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  if (with_stdio) {
-    int fds[3] = {0, 1, 2};
-    msg.msg_control = ctl.buf;
-    msg.msg_controllen = sizeof ctl.buf;
-    struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
-    cm->cmsg_level = SOL_SOCKET;
-    cm->cmsg_type = SCM_RIGHTS;
-    cm->cmsg_len = CMSG_LEN(sizeof fds);
-    memcpy(CMSG_DATA(cm), fds, sizeof fds);
-  }
-  if (sendmsg(fd, &msg, MSG_NOSIGNAL) != (ssize_t)len) {
+  static const int stdio[3] = {0, 1, 2};
+  if (spawn_send(fd, body, len, stdio, with_stdio ? 3 : 0) != (ssize_t)len) {
     char e[128];
     go_error(errno, e, sizeof e);
     fprintf(stderr, START_PREFIX "sending the request to the container's init: %s\n", e);
@@ -352,24 +333,7 @@ static int is_pty_master(int fd) {
 }
 
 static void send_console(const char *socket_path, int console, int master) {
-  struct iovec iov = {(void *)"/dev/ptmx", 9};
-  union {
-    char buf[CMSG_SPACE(sizeof(int))];
-    struct cmsghdr align;
-  } ctl;
-  memset(&ctl, 0, sizeof ctl);
-  struct msghdr msg;
-  memset(&msg, 0, sizeof msg);
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  msg.msg_control = ctl.buf;
-  msg.msg_controllen = sizeof ctl.buf;
-  struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
-  cm->cmsg_level = SOL_SOCKET;
-  cm->cmsg_type = SCM_RIGHTS;
-  cm->cmsg_len = CMSG_LEN(sizeof(int));
-  memcpy(CMSG_DATA(cm), &master, sizeof(int));
-  if (sendmsg(console, &msg, MSG_NOSIGNAL) < 0) die("sending the terminal to %s", socket_path);
+  if (spawn_send(console, "/dev/ptmx", 9, &master, 1) < 0) die("sending the terminal to %s", socket_path);
 }
 
 static void write_pid_file(const char *path, pid_t pid) {

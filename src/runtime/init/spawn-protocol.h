@@ -16,6 +16,9 @@
 #ifndef TRELLIS_SPAWN_PROTOCOL_H
 #define TRELLIS_SPAWN_PROTOCOL_H
 #include <stdint.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/types.h>
 
 #define SPAWN_SOCKET_NAME "trellis-garden-init" /* abstract: a leading NUL */
 #define SPAWN_MAGIC "TRELLIS-SPAWN-1"
@@ -55,5 +58,30 @@ enum spawn_stage {
   STAGE_INHERIT, /* init's scheduling or OOM settings as the process started could not be given back */
   STAGE_LAST = STAGE_INHERIT,
 };
+
+/* One message of `len` bytes with `nfds` (at most 3) fds attached by SCM_RIGHTS; sendmsg's result. */
+static inline ssize_t spawn_send(int sock, const void *buf, size_t len, const int *fds, size_t nfds) {
+  struct iovec iov = {(void *)buf, len};
+  union {
+    char buf[CMSG_SPACE(3 * sizeof(int))];
+    struct cmsghdr align;
+  } ctl;
+  memset(&ctl, 0, sizeof ctl);
+  struct msghdr msg;
+  memset(&msg, 0, sizeof msg);
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  if (nfds > 3) return -1;
+  if (nfds > 0) {
+    msg.msg_control = ctl.buf;
+    msg.msg_controllen = CMSG_SPACE(nfds * sizeof(int));
+    struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
+    cm->cmsg_level = SOL_SOCKET;
+    cm->cmsg_type = SCM_RIGHTS;
+    cm->cmsg_len = CMSG_LEN(nfds * sizeof(int));
+    memcpy(CMSG_DATA(cm), fds, nfds * sizeof(int));
+  }
+  return sendmsg(sock, &msg, MSG_NOSIGNAL);
+}
 
 #endif

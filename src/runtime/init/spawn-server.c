@@ -181,26 +181,7 @@ static _Noreturn void become(int conn, int status_fd, const struct spawn_request
   struct spawn_msg m;
   memset(&m, 0, sizeof m);
   m.type = SPAWN_PID;
-  struct iovec iov = {&m, sizeof m};
-  union {
-    char buf[CMSG_SPACE(sizeof(int))];
-    struct cmsghdr align;
-  } ctl;
-  memset(&ctl, 0, sizeof ctl);
-  struct msghdr msg;
-  memset(&msg, 0, sizeof msg);
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  if (master >= 0) {
-    msg.msg_control = ctl.buf;
-    msg.msg_controllen = sizeof ctl.buf;
-    struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
-    cm->cmsg_level = SOL_SOCKET;
-    cm->cmsg_type = SCM_RIGHTS;
-    cm->cmsg_len = CMSG_LEN(sizeof(int));
-    memcpy(CMSG_DATA(cm), &master, sizeof(int));
-  }
-  if (sendmsg(conn, &msg, MSG_NOSIGNAL) != (ssize_t)sizeof m) child_fail(status_fd, STAGE_STDIO, errno);
+  if (spawn_send(conn, &m, sizeof m, &master, master >= 0 ? 1 : 0) != (ssize_t)sizeof m) child_fail(status_fd, STAGE_STDIO, errno);
   if (master >= 0) close(master);
   close(conn);
   for (size_t i = 0; i < q->nrlimits; i++)
