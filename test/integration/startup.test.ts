@@ -88,6 +88,7 @@ describe('gdn server as a program (integration, issue 10: flat memory)', functio
       const argv = (await readFile(`/proc/${pid}/cmdline`, 'utf8')).split('\0');
       const env = (await readFile(`/proc/${pid}/environ`, 'utf8')).split('\0');
       expect(argv, argv.join(' ')).to.include('--max-semi-space-size=2');
+      expect(argv, argv.join(' ')).to.include('--optimize-for-size');
       // (the installed package's /usr/bin/gdn in CI, dist/cmd/gdn.js in a checkout)
       expect(argv, argv.join(' ')).to.include(GDN);
       expect(env).to.include('MALLOC_ARENA_MAX=2');
